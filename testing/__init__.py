@@ -1,0 +1,1 @@
+"""Shared testing library of fsdp-conformance: multi-rank harness and FSDP helpers."""
