@@ -1,0 +1,86 @@
+"""Version-tolerant imports of the FSDP1 and FSDP2 APIs.
+
+FSDP2 (``fully_shard``) moved from ``torch.distributed._composable.fsdp`` to
+``torch.distributed.fsdp`` in torch 2.6; this module imports whichever exists
+so the rest of ``testing.fsdp`` works on torch 2.6 and newer.  Names that the
+running torch lacks are ``None``; use :func:`has_fsdp2` to feature-detect.
+"""
+
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import (  # FSDP1: present in every supported torch.
+    CPUOffload,
+    FullyShardedDataParallel,
+    MixedPrecision,
+    ShardingStrategy,
+)
+
+try:  # torch >= 2.6
+    from torch.distributed.fsdp import (
+        CPUOffloadPolicy,
+        FSDPModule,
+        MixedPrecisionPolicy,
+        fully_shard,
+    )
+except ImportError:  # pragma: no cover - older layout
+    try:
+        from torch.distributed._composable.fsdp import (
+            CPUOffloadPolicy,
+            FSDPModule,
+            MixedPrecisionPolicy,
+            fully_shard,
+        )
+    except ImportError:
+        CPUOffloadPolicy = FSDPModule = MixedPrecisionPolicy = fully_shard = None
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover - torch < 2.5 layout
+    try:
+        from torch.distributed._tensor import DTensor
+    except ImportError:
+        DTensor = None
+
+try:
+    from torch.distributed.device_mesh import init_device_mesh
+except ImportError:  # pragma: no cover
+    init_device_mesh = None
+
+FSDP = FullyShardedDataParallel
+
+__all__ = [
+    "CPUOffload", "CPUOffloadPolicy", "DTensor", "FSDP", "FSDPModule",
+    "FullyShardedDataParallel", "MixedPrecision", "MixedPrecisionPolicy",
+    "ShardingStrategy", "fully_shard", "has_fsdp2", "init_device_mesh",
+    "is_fsdp1", "is_fsdp2", "is_dtensor",
+]
+
+
+def has_fsdp2() -> bool:
+    """True if this torch provides FSDP2's ``fully_shard`` and DTensor."""
+    return fully_shard is not None and DTensor is not None and init_device_mesh is not None
+
+
+def is_fsdp1(module: torch.nn.Module) -> bool:
+    """True if ``module`` or any submodule is an FSDP1 wrapper."""
+    return any(isinstance(m, FullyShardedDataParallel) for m in module.modules())
+
+
+def is_fsdp2(module: torch.nn.Module) -> bool:
+    """True if ``fully_shard`` was applied to ``module`` or any submodule."""
+    return FSDPModule is not None and any(isinstance(m, FSDPModule) for m in module.modules())
+
+
+def is_dtensor(t) -> bool:
+    """True if ``t`` is a DTensor (FSDP2 sharded parameter or gradient)."""
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def world_size() -> int:
+    """World size of the default process group, or 1 if none is initialized."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """Rank in the default process group, or 0 if none is initialized."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

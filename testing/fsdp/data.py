@@ -1,0 +1,56 @@
+"""Deterministic per-rank and global batches.
+
+Rank ``r``'s batch at step ``s`` is drawn from a generator seeded from
+``(seed, r, s)``, so ranks see different data by default.  The global batch
+is every rank's batch concatenated in rank order: the input a non-FSDP
+reference sees for the same step.
+"""
+
+import hashlib
+from typing import List, Optional, Union
+
+import torch
+
+from testing.fsdp.models import Batch, ModelSpec
+
+DEFAULT_BATCH_SIZE = 4
+
+
+def batch_seed(seed: int, rank: int, step: int) -> int:
+    """A 63-bit generator seed determined by ``(seed, rank, step)``."""
+    digest = hashlib.sha256(f"{seed}/{rank}/{step}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _to(batch: Batch, device) -> Batch:
+    if device is None:
+        return batch
+    return tuple(t.to(device) for t in batch)
+
+
+def rank_batch(spec: ModelSpec, *, seed: int, rank: int, step: int,
+               batch_size: int = DEFAULT_BATCH_SIZE,
+               device: Optional[Union[torch.device, str]] = None,
+               same_across_ranks: bool = False) -> Batch:
+    """``(inputs, targets)`` for ``rank`` at ``step`` (rank 0's if ``same_across_ranks``)."""
+    gen = torch.Generator().manual_seed(batch_seed(seed, 0 if same_across_ranks else rank, step))
+    return _to(spec.make_batch(gen, batch_size), device)
+
+
+def rank_batches(spec: ModelSpec, *, seed: int, world_size: int, step: int,
+                 batch_size: int = DEFAULT_BATCH_SIZE, device=None,
+                 same_across_ranks: bool = False) -> List[Batch]:
+    """Every rank's batch for ``step``, in rank order."""
+    return [rank_batch(spec, seed=seed, rank=r, step=step, batch_size=batch_size,
+                       device=device, same_across_ranks=same_across_ranks)
+            for r in range(world_size)]
+
+
+def global_batch(spec: ModelSpec, *, seed: int, world_size: int, step: int,
+                 batch_size: int = DEFAULT_BATCH_SIZE, device=None,
+                 same_across_ranks: bool = False) -> Batch:
+    """All ranks' batches for ``step`` concatenated along dim 0 in rank order."""
+    parts = rank_batches(spec, seed=seed, world_size=world_size, step=step,
+                         batch_size=batch_size, device=device,
+                         same_across_ranks=same_across_ranks)
+    return tuple(torch.cat(ts) for ts in zip(*parts))

@@ -1,0 +1,321 @@
+"""Small deterministic models for FSDP behaviour tests, with a registry.
+
+Every builder returns a :class:`ModelSpec`: how to build the model from a seed
+(identical parameters on every rank for the same seed, independent of and
+without disturbing the global RNG state), its natural FSDP wrap units
+(qualified submodule names), how to make a ``(inputs, targets)`` batch and the
+loss.  Models are built on CPU in float32 and are tiny so that a training step
+takes milliseconds on CPU.
+
+    spec = models.get("nested_mlp")
+    model = spec.build(seed=0)
+    inputs, targets = spec.make_batch(torch.Generator().manual_seed(0), 4)
+    loss = spec.loss_fn(model(inputs), targets)
+
+``models.names()`` lists the registry for parametrizing over every builder.
+"""
+
+import dataclasses
+from typing import Callable, Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Batch = Tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A model family: builder, wrap units, batch maker and loss.
+
+    Attributes:
+      name: registry name.
+      factory: zero-argument callable that constructs the model (uses the
+        global RNG; call :meth:`build` instead, which seeds it).
+      units: qualified names of submodules to wrap/shard separately, in any
+        order (wrapping helpers wrap deepest first, then the root).
+      make_batch: ``(generator, batch_size) -> (inputs, targets)`` on CPU.
+      loss_fn: ``(outputs, targets) -> scalar`` mean loss over the batch.
+      local_batch_stats: True if the forward depends on batch statistics
+        (BatchNorm), so a reference must run each rank's batch separately
+        instead of the concatenated global batch.
+      description: one line for humans.
+    """
+
+    name: str
+    factory: Callable[[], nn.Module]
+    units: Tuple[str, ...]
+    make_batch: Callable[[torch.Generator, int], Batch]
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    local_batch_stats: bool = False
+    description: str = ""
+
+    def build(self, seed: int = 0) -> nn.Module:
+        """Builds the model on CPU with parameters determined only by ``seed``."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.factory()
+
+
+_REGISTRY: Dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Adds ``spec`` to the registry (name must be new) and returns it."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get(name: str) -> ModelSpec:
+    """Returns the registered :class:`ModelSpec` called ``name``."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known: {sorted(_REGISTRY)}") from None
+
+
+def names() -> List[str]:
+    """Names of all registered models, sorted (handy for parameterized tests)."""
+    return sorted(_REGISTRY)
+
+
+def _regression_batch(in_dim: int, out_dim: int) -> Callable[[torch.Generator, int], Batch]:
+    def make(gen: torch.Generator, batch_size: int) -> Batch:
+        x = torch.randn(batch_size, in_dim, generator=gen)
+        y = torch.randn(batch_size, out_dim, generator=gen)
+        return x, y
+    return make
+
+
+def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # Loss in float32 whatever the compute dtype (mixed precision runs).
+    return F.mse_loss(outputs.float(), targets.float())
+
+
+# (a) Nested MLP -------------------------------------------------------------
+
+class _Block(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+class NestedMLP(nn.Module):
+    """Input projection, a stack of residual blocks, output projection."""
+
+    def __init__(self, in_dim=8, dim=16, hidden=32, out_dim=4, depth=3):
+        super().__init__()
+        self.inp = nn.Linear(in_dim, dim)
+        self.layers = nn.Sequential(*[_Block(dim, hidden) for _ in range(depth)])
+        self.out = nn.Linear(dim, out_dim)
+
+    def forward(self, x):
+        return self.out(self.layers(torch.relu(self.inp(x))))
+
+
+NESTED_MLP = register(ModelSpec(
+    name="nested_mlp",
+    factory=NestedMLP,
+    # layers.0.fc1 is nested inside the layers.0 unit on purpose.
+    units=("layers.0.fc1", "layers.0", "layers.1", "layers.2"),
+    make_batch=_regression_batch(8, 4),
+    loss_fn=_mse,
+    description="residual MLP; units nest (layers.0.fc1 inside layers.0)",
+))
+
+
+# (b) Submodule called twice --------------------------------------------------
+
+class SharedTwice(nn.Module):
+    """Applies ``shared`` twice in one forward (weight reuse inside a step)."""
+
+    def __init__(self, in_dim=8, dim=12, out_dim=4):
+        super().__init__()
+        self.inp = nn.Linear(in_dim, dim)
+        self.shared = nn.Sequential(nn.Linear(dim, dim), nn.Tanh())
+        self.out = nn.Linear(dim, out_dim)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        h = self.shared(h)
+        h = self.shared(h * 0.5 + 1.0)
+        return self.out(h)
+
+
+SHARED_TWICE = register(ModelSpec(
+    name="shared_twice",
+    factory=SharedTwice,
+    units=("shared",),
+    make_batch=_regression_batch(8, 4),
+    loss_fn=_mse,
+    description="submodule 'shared' runs twice per forward",
+))
+
+
+# (c) Tiny transformer with tied embedding and a buffer -------------------------
+
+class _Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, mask):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=-1)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        scores = (q @ k.transpose(-2, -1)) / (d // self.heads) ** 0.5
+        scores = scores.masked_fill(mask[:t, :t], float("-inf"))
+        y = torch.softmax(scores, dim=-1) @ v
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class _TransformerBlock(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = _Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x, mask):
+        x = x + self.attn(self.norm1(x), mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class TiedTransformer(nn.Module):
+    """Decoder-only transformer; ``lm_head.weight`` is ``embed.weight``.
+
+    Has a persistent buffer ``pos`` (fixed sinusoidal positions) and a
+    non-persistent buffer ``causal_mask``.
+    """
+
+    def __init__(self, vocab=17, dim=16, heads=2, depth=2, max_len=8):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.layers = nn.ModuleList(_TransformerBlock(dim, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+        self.lm_head.weight = self.embed.weight
+        pos = torch.arange(max_len, dtype=torch.float32)[:, None]
+        freq = torch.exp(-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+        pe = torch.zeros(max_len, dim)
+        pe[:, 0::2] = torch.sin(pos * freq)
+        pe[:, 1::2] = torch.cos(pos * freq)
+        self.register_buffer("pos", pe)
+        mask = torch.triu(torch.ones(max_len, max_len, dtype=torch.bool), diagonal=1)
+        self.register_buffer("causal_mask", mask, persistent=False)
+
+    def forward(self, tokens):
+        t = tokens.shape[1]
+        x = self.embed(tokens) + self.pos[:t].to(self.embed.weight.dtype)
+        for layer in self.layers:
+            x = layer(x, self.causal_mask)
+        return self.lm_head(self.norm(x))
+
+
+def _token_batch(gen: torch.Generator, batch_size: int, vocab=17, seq=8) -> Batch:
+    tokens = torch.randint(0, vocab, (batch_size, seq + 1), generator=gen)
+    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+
+
+def _lm_loss(logits, targets):
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+TIED_TRANSFORMER = register(ModelSpec(
+    name="tied_transformer",
+    factory=TiedTransformer,
+    # embed and lm_head share a weight, so both stay in the root unit.
+    units=("layers.0", "layers.1"),
+    make_batch=_token_batch,
+    loss_fn=_lm_loss,
+    description="2-layer transformer, tied embedding/lm_head, buffers",
+))
+
+
+# (d) Uneven dimensions -------------------------------------------------------
+
+class UnevenMLP(nn.Module):
+    """Odd sizes: no dimension divides 2 or 4; ``fc3.bias`` has 3 elements."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(5, 7)
+        self.fc2 = nn.Linear(7, 11)
+        self.fc3 = nn.Linear(11, 3)
+        self.scale = nn.Parameter(torch.ones(1))  # fewer elements than ranks
+
+    def forward(self, x):
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x))))) * self.scale
+
+
+UNEVEN_MLP = register(ModelSpec(
+    name="uneven_mlp",
+    factory=UnevenMLP,
+    units=("fc1", "fc3"),
+    make_batch=_regression_batch(5, 3),
+    loss_fn=_mse,
+    description="uneven shards; params with fewer elements than world size",
+))
+
+
+# (e) BatchNorm ----------------------------------------------------------------
+
+class BatchNormMLP(nn.Module):
+    """MLP with BatchNorm1d (running-stat buffers, batch-dependent forward)."""
+
+    def __init__(self, in_dim=8, dim=16, out_dim=4):
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(in_dim, dim), nn.BatchNorm1d(dim), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(),
+                                  nn.Linear(dim, out_dim))
+
+    def forward(self, x):
+        return self.head(self.block(x))
+
+
+BATCHNORM_MLP = register(ModelSpec(
+    name="batchnorm_mlp",
+    factory=BatchNormMLP,
+    units=("block",),
+    make_batch=_regression_batch(8, 4),
+    loss_fn=_mse,
+    local_batch_stats=True,
+    description="BatchNorm1d; statistics are per rank (not SyncBatchNorm)",
+))
+
+
+# (f) Frozen part ----------------------------------------------------------------
+
+class FrozenBackboneMLP(nn.Module):
+    """``backbone`` has ``requires_grad=False``; only ``head`` trains."""
+
+    def __init__(self, in_dim=8, dim=16, out_dim=4):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+        self.head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, out_dim))
+        self.backbone.requires_grad_(False)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.backbone(x)))
+
+
+FROZEN_BACKBONE = register(ModelSpec(
+    name="frozen_backbone",
+    factory=FrozenBackboneMLP,
+    # FSDP1 without use_orig_params needs frozen and trainable params in
+    # different units, hence the frozen backbone is its own unit.
+    units=("backbone",),
+    make_batch=_regression_batch(8, 4),
+    loss_fn=_mse,
+    description="frozen backbone (requires_grad=False) in its own unit",
+))

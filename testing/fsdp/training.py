@@ -1,0 +1,143 @@
+"""Training loops for an FSDP model and for its non-FSDP reference.
+
+:func:`train` runs ``steps`` optimizer steps of a (wrapped) model on this
+rank's batches and returns the loss averaged over ranks per step.
+:func:`reference_train` trains a fresh, unwrapped copy (same seed) in this
+process on the global batch of every step and returns ``(model, losses)``.
+With equal per-rank batch sizes and mean losses, the global-batch mean loss
+equals the rank average that FSDP's gradient averaging optimizes, so the two
+runs should agree up to floating-point reduction order.  Models with
+``spec.local_batch_stats`` (BatchNorm) instead run each rank's batch
+separately in the reference and average the losses.
+
+:func:`check_against_reference` does wrap + train + reference + compare in one call.
+"""
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from testing.fsdp import compat, data, params, parity, wrapping
+from testing.fsdp.models import ModelSpec
+
+OptimFn = Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer]
+
+
+def default_optimizer(parameters) -> torch.optim.Optimizer:
+    """SGD with momentum (elementwise, so flat/sharded params behave like unsharded ones)."""
+    return torch.optim.SGD(parameters, lr=0.05, momentum=0.9)
+
+
+def _trainable(model: nn.Module):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _device_of(model: nn.Module, device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    for t in model.parameters():
+        return t.device
+    return torch.device("cpu")
+
+
+def train(model: nn.Module, spec: ModelSpec, *, steps: int = 3, seed: int = 0,
+          batch_size: int = data.DEFAULT_BATCH_SIZE, device=None,
+          optim_fn: OptimFn = default_optimizer,
+          before_step: Optional[Callable[[nn.Module, int], None]] = None,
+          same_across_ranks: bool = False) -> List[float]:
+    """Trains ``model`` on this rank's batches; returns the rank-averaged loss per step.
+
+    Args:
+      model: a wrapped model (or plain, for single-process use).
+      spec: its :class:`ModelSpec` (batch maker and loss).
+      device: where batches go; default: the device of the first parameter
+        (pass ``self.device`` when parameters are CPU-offloaded).
+      optim_fn: builds the optimizer from the trainable parameters.
+      before_step: ``fn(model, step)`` called after backward, before the
+        optimizer step (e.g. to inspect or perturb gradients).
+      same_across_ranks: give every rank rank 0's batch.
+    """
+    device = _device_of(model, device)
+    rank, world = compat.rank(), compat.world_size()
+    opt = optim_fn(_trainable(model))
+    losses = []
+    for step in range(steps):
+        inputs, targets = data.rank_batch(spec, seed=seed, rank=rank, step=step,
+                                          batch_size=batch_size, device=device,
+                                          same_across_ranks=same_across_ranks)
+        loss = spec.loss_fn(model(inputs), targets)
+        loss.backward()
+        if before_step is not None:
+            before_step(model, step)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.detach().float())
+    stacked = torch.stack(losses) if losses else torch.zeros(0, device=device)
+    if world > 1:
+        dist.all_reduce(stacked)
+        stacked = stacked / world
+    return [float(x) for x in stacked.cpu()]
+
+
+def reference_train(spec: ModelSpec, *, steps: int = 3, seed: int = 0,
+                    world_size: Optional[int] = None,
+                    batch_size: int = data.DEFAULT_BATCH_SIZE, device=None,
+                    optim_fn: OptimFn = default_optimizer,
+                    same_across_ranks: bool = False) -> Tuple[nn.Module, List[float]]:
+    """Trains ``spec.build(seed)`` without FSDP on the global batches; no collectives.
+
+    ``batch_size`` is per rank, as in :func:`train`.  Returns
+    ``(model, losses)``; the model stays on ``device`` (default CPU).
+    """
+    world_size = compat.world_size() if world_size is None else world_size
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    model = spec.build(seed).to(device)
+    opt = optim_fn(_trainable(model))
+    losses = []
+    for step in range(steps):
+        kwargs = dict(seed=seed, world_size=world_size, step=step, batch_size=batch_size,
+                      device=device, same_across_ranks=same_across_ranks)
+        if spec.local_batch_stats:
+            per_rank = [spec.loss_fn(model(x), y) for x, y in data.rank_batches(spec, **kwargs)]
+            loss = torch.stack(per_rank).mean()
+        else:
+            inputs, targets = data.global_batch(spec, **kwargs)
+            loss = spec.loss_fn(model(inputs), targets)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    return model, losses
+
+
+def check_against_reference(spec: ModelSpec, api: str, *, steps: int = 3, seed: int = 0,
+                            device=None, units: Optional[Sequence[str]] = None,
+                            batch_size: int = data.DEFAULT_BATCH_SIZE,
+                            optim_fn: OptimFn = default_optimizer,
+                            rtol: Optional[float] = None, atol: Optional[float] = None,
+                            before_step: Optional[Callable[[nn.Module, int], None]] = None,
+                            buffers: bool = False,
+                            **wrap_options: Any) -> Dict[str, Any]:
+    """Wraps ``spec``'s model with ``api``, trains it and a reference, asserts parity.
+
+    Compares the rank-averaged losses and every full parameter (and buffer if
+    ``buffers``) with tolerances of ``wrap_options.get("mixed_precision")`` or
+    float32.  ``units`` defaults to ``spec.units``.  Returns a dict with
+    ``model``, ``reference``, ``losses`` and ``reference_losses``.
+    """
+    units = spec.units if units is None else units
+    model = wrapping.wrap(spec.build(seed), api, units, device=device, **wrap_options)
+    losses = train(model, spec, steps=steps, seed=seed, batch_size=batch_size, device=device,
+                   optim_fn=optim_fn, before_step=before_step)
+    ref, ref_losses = reference_train(spec, steps=steps, seed=seed, batch_size=batch_size,
+                                      device=device, optim_fn=optim_fn)
+    dtype = wrap_options.get("mixed_precision") or torch.float32
+    context = f"model={spec.name} api={api} steps={steps}"
+    actual = params.full_params(model, buffers=buffers)  # collective: before any assert
+    parity.assert_params_close(actual, params.full_params(ref, buffers=buffers), dtype=dtype,
+                               rtol=rtol, atol=atol, context=context)
+    parity.assert_tensors_close(losses, ref_losses, name="loss", dtype=dtype,
+                                rtol=rtol, atol=atol, context=context)
+    return {"model": model, "reference": ref, "losses": losses, "reference_losses": ref_losses}

@@ -1,0 +1,158 @@
+"""One wrapping API for FSDP1 (``FullyShardedDataParallel``) and FSDP2 (``fully_shard``).
+
+:func:`wrap` wraps the named submodules ("units") deepest first, then the
+root, and places the model on the rank's device:
+
+    model = wrapping.wrap(spec.build(seed), "fsdp2", units=spec.units,
+                          device=self.device, mixed_precision=torch.bfloat16)
+
+Options common to both APIs are spelled once (``mixed_precision`` is a dtype,
+``cpu_offload`` a bool); API-specific options (``sharding_strategy`` and
+``use_orig_params`` for FSDP1, ``reshard_after_forward`` for FSDP2) raise
+``ValueError`` when given to the other API.  Anything else in ``extra`` goes
+to the FSDP constructor / ``fully_shard`` unchanged.
+"""
+
+from typing import Any, Dict, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from testing.fsdp import compat
+
+APIS = ("fsdp1", "fsdp2")
+
+
+def _default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _sorted_units(model: nn.Module, units: Sequence[str]):
+    """Validates unit names and orders them deepest first (stable)."""
+    names = list(dict.fromkeys(u for u in units if u))
+    for name in names:
+        model.get_submodule(name)  # raises AttributeError with a clear message
+    return sorted(names, key=lambda n: -n.count("."))
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _strategy(value) -> "compat.ShardingStrategy":
+    if value is None or isinstance(value, compat.ShardingStrategy):
+        return value
+    try:
+        return compat.ShardingStrategy[str(value).upper()]
+    except KeyError:
+        raise ValueError(f"unknown sharding_strategy {value!r}; "
+                         f"use one of {[s.name for s in compat.ShardingStrategy]}") from None
+
+
+def wrap(
+    model: nn.Module,
+    api: str,
+    units: Optional[Sequence[str]] = None,
+    *,
+    device: Optional[Union[torch.device, str]] = None,
+    mixed_precision: Optional[torch.dtype] = None,
+    cpu_offload: bool = False,
+    sharding_strategy=None,
+    use_orig_params: Optional[bool] = None,
+    reshard_after_forward: Optional[Union[bool, int]] = None,
+    mesh=None,
+    extra: Optional[Dict[str, Any]] = None,
+) -> nn.Module:
+    """Shards ``model`` with FSDP1 or FSDP2 and returns the module to train.
+
+    Args:
+      model: an unwrapped module (on CPU or ``device``); FSDP2 modifies it in
+        place, FSDP1 replaces the unit submodules with wrappers.
+      api: ``"fsdp1"`` or ``"fsdp2"``.
+      units: qualified submodule names wrapped separately before the root,
+        e.g. ``spec.units``; ``None`` or ``()`` wraps only the root.
+      device: target device; default ``cuda:<current>`` if CUDA is available,
+        else CPU.  FSDP1 always gets it as ``device_id`` (needed on CPU too).
+      mixed_precision: compute dtype (e.g. ``torch.bfloat16``); FSDP1 gets
+        ``MixedPrecision(param_dtype, reduce_dtype, buffer_dtype)`` and FSDP2
+        ``MixedPrecisionPolicy(param_dtype, reduce_dtype)`` of that dtype.
+      cpu_offload: FSDP1 ``CPUOffload(offload_params=True)`` / FSDP2
+        ``CPUOffloadPolicy()``.
+      sharding_strategy: FSDP1 only; a ``ShardingStrategy`` or its name
+        (``"FULL_SHARD"``, ``"SHARD_GRAD_OP"``, ``"NO_SHARD"``, ...).
+      use_orig_params: FSDP1 only.
+      reshard_after_forward: FSDP2 only (bool, or int for a smaller group).
+      mesh: FSDP2 only; a DeviceMesh (default: 1-D over the world).
+      extra: further keyword arguments for every FSDP constructor /
+        ``fully_shard`` call.
+
+    Returns:
+      The FSDP1 root wrapper, or ``model`` itself for FSDP2.
+    """
+    if api not in APIS:
+        raise ValueError(f"api must be one of {APIS}, got {api!r}")
+    device = torch.device(device) if device is not None else _default_device()
+    extra = dict(extra or {})
+    ordered = _sorted_units(model, units or ())
+    if api == "fsdp1":
+        if reshard_after_forward is not None:
+            raise ValueError("reshard_after_forward is an FSDP2 option; "
+                             "use sharding_strategy for fsdp1")
+        if mesh is not None:
+            raise ValueError("mesh is an FSDP2 option")
+        return _wrap_fsdp1(model, ordered, device, mixed_precision, cpu_offload,
+                           _strategy(sharding_strategy), use_orig_params, extra)
+    if sharding_strategy is not None or use_orig_params is not None:
+        raise ValueError("sharding_strategy/use_orig_params are FSDP1 options; "
+                         "use reshard_after_forward for fsdp2")
+    return _wrap_fsdp2(model, ordered, device, mixed_precision, cpu_offload,
+                       reshard_after_forward, mesh, extra)
+
+
+def _wrap_fsdp1(model, units, device, mp_dtype, cpu_offload, strategy,
+                use_orig_params, extra):
+    # torch >= 2.x refuses CPU modules without an explicit CPU device_id
+    # ("FSDP needs a non-CPU accelerator device"), so always pass it.
+    kwargs: Dict[str, Any] = {"device_id": device}
+    if mp_dtype is not None:
+        kwargs["mixed_precision"] = compat.MixedPrecision(
+            param_dtype=mp_dtype, reduce_dtype=mp_dtype, buffer_dtype=mp_dtype)
+    if cpu_offload:
+        kwargs["cpu_offload"] = compat.CPUOffload(offload_params=True)
+    if strategy is not None:
+        kwargs["sharding_strategy"] = strategy
+    if use_orig_params is not None:
+        kwargs["use_orig_params"] = use_orig_params
+    kwargs.update(extra)
+    if not cpu_offload:
+        model = model.to(device)
+    for name in units:
+        _set_submodule(model, name, compat.FSDP(model.get_submodule(name), **kwargs))
+    return compat.FSDP(model, **kwargs)
+
+
+def _wrap_fsdp2(model, units, device, mp_dtype, cpu_offload, reshard, mesh, extra):
+    if not compat.has_fsdp2():
+        raise RuntimeError(f"FSDP2 (fully_shard) is not available in torch {torch.__version__}")
+    if mesh is None:
+        mesh = compat.init_device_mesh(device.type, (compat.world_size(),))
+    kwargs: Dict[str, Any] = {"mesh": mesh}
+    if mp_dtype is not None:
+        kwargs["mp_policy"] = compat.MixedPrecisionPolicy(param_dtype=mp_dtype,
+                                                          reduce_dtype=mp_dtype)
+    if cpu_offload:
+        kwargs["offload_policy"] = compat.CPUOffloadPolicy()
+    if reshard is not None:
+        kwargs["reshard_after_forward"] = reshard
+    kwargs.update(extra)
+    # Buffers are never offloaded, so move everything; fully_shard then moves
+    # the parameter shards to CPU when offloading.
+    model = model.to(device)
+    for name in units:
+        compat.fully_shard(model.get_submodule(name), **kwargs)
+    compat.fully_shard(model, **kwargs)
+    return model
