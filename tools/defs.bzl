@@ -1,0 +1,226 @@
+"""Build macros for FSDP conformance tests.
+
+`fsdp_test` turns one test file into a `py_test` per device and world size, tagged so
+that `--config=cpu|cuda|hpu|xpu` (see .bazelrc) selects the tests for that device.
+`fsdp_test_suites` adds one `test_suite` per device to a package.
+"""
+
+load("@fsdp_python//:defs.bzl", "PYTHON_ENV_VERSIONS")
+
+# What each device needs. `tag` is what --test_tag_filters selects on; `size` and
+# `shard_count` are defaults that a test may override per device; `exec_properties` is
+# passed to remote execution, which places the test on a matching worker; accelerator
+# tests also ask for one device per rank ("gpus").
+DEVICES = {
+    "cpu": struct(
+        tag = "cpu",
+        size = "medium",
+        shard_count = 1,
+        exec_properties = {"device": "cpu"},
+        accelerator = False,
+    ),
+    "cuda": struct(
+        tag = "gpu",
+        size = "medium",
+        shard_count = 1,
+        exec_properties = {"device": "cuda"},
+        accelerator = True,
+    ),
+    "hpu": struct(
+        tag = "hpu",
+        size = "medium",
+        shard_count = 1,
+        exec_properties = {"device": "hpu"},
+        accelerator = True,
+    ),
+    "xpu": struct(
+        tag = "xpu",
+        size = "medium",
+        shard_count = 1,
+        exec_properties = {"device": "xpu"},
+        accelerator = True,
+    ),
+}
+
+ALL_DEVICES = sorted(DEVICES.keys())
+
+DEFAULT_WORLD_SIZES = [2]
+
+# Suite name suffix -> device tag, for fsdp_test_suites.
+_SUITES = {
+    "cpu_tests": "cpu",
+    "gpu_tests": "gpu",
+    "hpu_tests": "hpu",
+    "xpu_tests": "xpu",
+}
+
+def _per_device(value, device, default, what):
+    """Resolves an attribute given either for all devices or as a dict per device."""
+    if value == None:
+        return default
+    if type(value) == type({}):
+        for key in value:
+            if key not in DEVICES:
+                fail("%s: unknown device %r (known: %s)" % (what, key, ", ".join(ALL_DEVICES)))
+        return value.get(device, default)
+    return value
+
+def _world_sizes_for(world_sizes, device):
+    if world_sizes == None:
+        sizes = DEFAULT_WORLD_SIZES
+    elif type(world_sizes) == type({}):
+        for key in world_sizes:
+            if key not in DEVICES:
+                fail("world_sizes: unknown device %r (known: %s)" % (key, ", ".join(ALL_DEVICES)))
+        sizes = world_sizes.get(device, DEFAULT_WORLD_SIZES)
+    else:
+        sizes = world_sizes
+    if not sizes:
+        fail("world_sizes for %s is empty" % device)
+    for ws in sizes:
+        if type(ws) != type(0) or ws < 1:
+            fail("world_sizes for %s: %r is not a positive int" % (device, ws))
+    return sorted(sizes)
+
+def fsdp_test(
+        name,
+        srcs = None,
+        deps = [],
+        data = [],
+        api = None,
+        world_sizes = None,
+        devices = None,
+        disabled = {},
+        shard_count = None,
+        size = None,
+        args = [],
+        tags = [],
+        **kwargs):
+    """Defines one py_test per device and world size for an FSDP test file.
+
+    The first (smallest) world size of a device gets the target `<name>_<device>`; each
+    further one gets `<name>_<device>_ws<N>`. Every target runs `srcs[0]` with
+    `--device=<device> --world_size=<N>` ahead of `args`, depends on `//testing`, and is
+    tagged with the device tag (`cpu`, `gpu`, `hpu` or `xpu`), `ws<N>`, `fsdp`,
+    `block-network` (each test gets its own loopback, so ranks never collide on ports)
+    and `api` if given. A test whose device is absent fails rather than skips, unless it
+    is run with `--test_arg=--missing_device=skip`.
+
+    Args:
+      name: base name of the generated targets; also the default source, `<name>.py`.
+      srcs: Python sources; the first is the test's main file. Defaults to
+        `[name + ".py"]`.
+      deps: extra py_library dependencies; `//testing` is always added.
+      data: data files the test reads at run time.
+      api: the FSDP API the test exercises, e.g. `"fsdp1"` or `"fsdp2"`; added as a tag
+        so `--test_tag_filters=fsdp2` selects it.
+      world_sizes: world sizes to run; a list for every device, or a dict from device
+        to list (devices missing from the dict get `[2]`). Defaults to `[2]`.
+      devices: devices to generate targets for, a subset of `cpu`, `cuda`, `hpu`,
+        `xpu`. Defaults to all four.
+      disabled: dict from device to a reason. That device's targets are still defined
+        but tagged `manual`, `disabled` and `disabled:<reason>`, so `//...` skips them
+        while `bazel test //pkg:<target>` still runs them.
+      shard_count: number of shards, an int or a dict from device to int.
+        Defaults to 1.
+      size: test size, a string or a dict from device to string. Defaults to
+        `"medium"`.
+      args: extra arguments passed to the test after `--device` and `--world_size`.
+      tags: extra tags added to every generated target.
+      **kwargs: passed through to every `py_test` (e.g. `timeout`, `flaky`, `env`).
+
+    Example:
+      ```
+      load("//tools:defs.bzl", "fsdp_test", "fsdp_test_suites")
+
+      fsdp_test(
+          name = "mixed_precision_test",
+          api = "fsdp2",
+          world_sizes = {"cpu": [2], "cuda": [2, 4]},
+          disabled = {"hpu": "no bf16 reduce-scatter yet"},
+          shard_count = {"cuda": 4},
+      )
+
+      fsdp_test_suites()
+      ```
+
+      This makes `mixed_precision_test_cpu`, `mixed_precision_test_cuda`,
+      `mixed_precision_test_cuda_ws4`, `mixed_precision_test_hpu` (manual) and
+      `mixed_precision_test_xpu`.
+    """
+    if srcs == None:
+        srcs = [name + ".py"]
+    if not srcs:
+        fail("fsdp_test %s: srcs is empty" % name)
+    if devices == None:
+        devices = ALL_DEVICES
+    for device in list(devices) + list(disabled.keys()):
+        if device not in DEVICES:
+            fail("fsdp_test %s: unknown device %r (known: %s)" % (
+                name,
+                device,
+                ", ".join(ALL_DEVICES),
+            ))
+    if "main" in kwargs:
+        fail("fsdp_test %s: main is always srcs[0]" % name)
+    env = dict(kwargs.pop("env", {}))
+
+    # Part of every test's cache key: changing the interpreter's packages reruns tests.
+    env.setdefault("FSDP_PYTHON_ENV", PYTHON_ENV_VERSIONS)
+
+    all_deps = list(deps)
+    if "//testing" not in all_deps:
+        all_deps.append("//testing")
+
+    for device in devices:
+        info = DEVICES[device]
+        sizes = _world_sizes_for(world_sizes, device)
+        device_tags = []
+        if device in disabled:
+            device_tags = ["manual", "disabled", "disabled:" + disabled[device]]
+        for ws in sizes:
+            target = "%s_%s" % (name, device)
+            if ws != sizes[0]:
+                target += "_ws%d" % ws
+            exec_properties = dict(info.exec_properties)
+            if info.accelerator:
+                exec_properties["gpus"] = str(ws)
+            native.py_test(
+                name = target,
+                srcs = srcs,
+                main = srcs[0],
+                deps = all_deps,
+                data = data,
+                args = ["--device=" + device, "--world_size=%d" % ws] + args,
+                env = env,
+                exec_properties = exec_properties,
+                python_version = "PY3",
+                shard_count = _per_device(shard_count, device, info.shard_count, "shard_count"),
+                size = _per_device(size, device, info.size, "size"),
+                tags = [info.tag, "ws%d" % ws, "block-network", "fsdp"] +
+                       ([api] if api else []) + device_tags + tags,
+                **kwargs
+            )
+
+def fsdp_test_suites(name = None):
+    """Defines one test_suite per device tag for the tests of the calling package.
+
+    Call it at the end of a BUILD file. The suites are `cpu_tests`, `gpu_tests`,
+    `hpu_tests` and `xpu_tests` (prefixed with `<name>_` when name is given); each holds
+    the package's non-manual tests with that tag.
+
+    Args:
+      name: optional prefix of the suite names.
+
+    Example:
+      ```
+      fsdp_test_suites()
+      ```
+
+      Then `bazel test //fsdp:gpu_tests` runs every CUDA test in `//fsdp`.
+    """
+    for suite, tag in _SUITES.items():
+        native.test_suite(
+            name = (name + "_" + suite) if name else suite,
+            tags = [tag],
+        )
