@@ -143,7 +143,7 @@ def _check(actual: Mapping[str, Optional[torch.Tensor]],
             num_bad += 1
             problems.append(d.describe())
     if problems:
-        header = (f"rank {_current_rank(rank)}: {num_bad} of {len(expected)} {what}s differ"
+        header = (f"rank {_current_rank(rank)}: {num_bad} of {len(expected)} {what}{'es' if what.endswith('s') else 's'} differ"
                   f" ({'; '.join(sorted(tol_desc)) or 'no tolerances applied'})")
         if context:
             header += f" [{context}]"
