@@ -185,6 +185,8 @@ def fsdp_test(
             exec_properties = dict(info.exec_properties)
             if info.accelerator:
                 exec_properties["gpus"] = str(ws)
+
+            # buildifier: disable=native-py
             native.py_test(
                 name = target,
                 srcs = srcs,

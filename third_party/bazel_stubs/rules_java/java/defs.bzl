@@ -8,7 +8,9 @@ def java_binary(**attrs):
     Args:
       **attrs: attributes of the native rule.
     """
-    native.java_binary(**attrs)  # buildifier: disable=native-java
+
+    # buildifier: disable=native-java-binary
+    native.java_binary(**attrs)
 
 def java_import(**attrs):
     """Forwards to native.java_import.
@@ -16,7 +18,9 @@ def java_import(**attrs):
     Args:
       **attrs: attributes of the native rule.
     """
-    native.java_import(**attrs)  # buildifier: disable=native-java
+
+    # buildifier: disable=native-java-import
+    native.java_import(**attrs)
 
 def java_library(**attrs):
     """Forwards to native.java_library.
@@ -24,7 +28,9 @@ def java_library(**attrs):
     Args:
       **attrs: attributes of the native rule.
     """
-    native.java_library(**attrs)  # buildifier: disable=native-java
+
+    # buildifier: disable=native-java-library
+    native.java_library(**attrs)
 
 def java_lite_proto_library(**attrs):
     """Forwards to native.java_lite_proto_library.
@@ -32,7 +38,9 @@ def java_lite_proto_library(**attrs):
     Args:
       **attrs: attributes of the native rule.
     """
-    native.java_lite_proto_library(**attrs)  # buildifier: disable=native-java
+
+    # buildifier: disable=native-java-lite-proto
+    native.java_lite_proto_library(**attrs)
 
 def java_package_configuration(**attrs):
     """Forwards to native.java_package_configuration.
@@ -40,7 +48,9 @@ def java_package_configuration(**attrs):
     Args:
       **attrs: attributes of the native rule.
     """
-    native.java_package_configuration(**attrs)  # buildifier: disable=native-java
+
+    # buildifier: disable=native-java-package-config
+    native.java_package_configuration(**attrs)
 
 def java_plugin(**attrs):
     """Forwards to native.java_plugin.
@@ -48,7 +58,9 @@ def java_plugin(**attrs):
     Args:
       **attrs: attributes of the native rule.
     """
-    native.java_plugin(**attrs)  # buildifier: disable=native-java
+
+    # buildifier: disable=native-java-plugin
+    native.java_plugin(**attrs)
 
 def java_proto_library(**attrs):
     """Forwards to native.java_proto_library.
@@ -56,7 +68,9 @@ def java_proto_library(**attrs):
     Args:
       **attrs: attributes of the native rule.
     """
-    native.java_proto_library(**attrs)  # buildifier: disable=native-java
+
+    # buildifier: disable=native-java-proto
+    native.java_proto_library(**attrs)
 
 def java_runtime(**attrs):
     """Forwards to native.java_runtime.
@@ -64,7 +78,9 @@ def java_runtime(**attrs):
     Args:
       **attrs: attributes of the native rule.
     """
-    native.java_runtime(**attrs)  # buildifier: disable=native-java
+
+    # buildifier: disable=native-java-runtime
+    native.java_runtime(**attrs)
 
 def java_test(**attrs):
     """Forwards to native.java_test.
@@ -72,7 +88,9 @@ def java_test(**attrs):
     Args:
       **attrs: attributes of the native rule.
     """
-    native.java_test(**attrs)  # buildifier: disable=native-java
+
+    # buildifier: disable=native-java-test
+    native.java_test(**attrs)
 
 def java_toolchain(**attrs):
     """Forwards to native.java_toolchain.
@@ -80,4 +98,6 @@ def java_toolchain(**attrs):
     Args:
       **attrs: attributes of the native rule.
     """
-    native.java_toolchain(**attrs)  # buildifier: disable=native-java
+
+    # buildifier: disable=native-java-toolchain
+    native.java_toolchain(**attrs)

@@ -1,0 +1,424 @@
+"""Data model of the conformance report and the logic that builds the matrix.
+
+collect.py turns files into TestResult / TargetInfo / problems; this module
+arranges them into rows (behaviour > test method) and columns (device x FSDP
+API), decides the status of every cell and counts the summary.  The renderers
+only read the resulting Report.
+"""
+
+import dataclasses
+import re
+from typing import Dict, List, Optional, Tuple
+
+# Cell / result statuses.  The value is the label shown to people.
+PASS = "pass"
+FAIL = "fail"
+FLAKY = "flaky"
+SKIPPED = "skipped"
+DISABLED = "disabled"
+NOT_RUN = "not run"
+NO_RESULT = "no result"
+MALFORMED = "malformed"
+NA = "n/a"
+
+# Statuses that get a detail section (message, traceback, rank logs).
+NEEDS_DETAIL = (FAIL, FLAKY, NO_RESULT, MALFORMED)
+
+KNOWN_DEVICES = ("cpu", "cuda", "hpu", "xpu")
+KNOWN_APIS = ("fsdp1", "fsdp2")
+# Bazel device tags -> device column.
+TAG_TO_DEVICE = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "hpu": "hpu",
+                 "xpu": "xpu"}
+
+WHOLE_TARGET = "(whole target)"
+
+_TARGET_RE = re.compile(
+    r"^(?P<behaviour>.+?)_(?P<device>cpu|cuda|hpu|xpu)(?:_ws(?P<ws>\d+))?$")
+_API_RE = re.compile(r"(?<![A-Za-z0-9])fsdp([12])(?![0-9])", re.IGNORECASE)
+
+
+@dataclasses.dataclass
+class TestResult:
+  """One test method (or a whole target) from one XML file."""
+  label: str                 # //fsdp:foo_cpu, or "junit:<file>"
+  behaviour: str
+  device: str
+  method: Optional[str]      # row name (API token removed); None = target-level
+  api: Optional[str] = None  # fsdp1 / fsdp2 / None (API-neutral)
+  status: str = PASS
+  raw_name: str = ""         # test name as written in the XML
+  test_id: str = ""          # e.g. __main__.MultipleForwardTest.test_x_fsdp1
+  message: str = ""
+  text: str = ""             # traceback / log tail
+  duration: Optional[float] = None
+  shard: str = ""            # "1/4"
+  run: str = ""              # "2/3"
+  ws: Optional[int] = None
+  source: str = ""           # path of the file the result came from
+  log_path: str = ""         # test.log beside it, if any
+  rank_logs: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
+  anchor: str = ""           # set by build_report for results with detail
+
+  @property
+  def where(self) -> str:
+    bits = [self.label]
+    if self.shard:
+      bits.append("shard " + self.shard)
+    if self.run:
+      bits.append("run " + self.run)
+    return ", ".join(bits)
+
+
+@dataclasses.dataclass
+class TargetInfo:
+  """A test target as seen by `bazel query`."""
+  label: str
+  behaviour: str
+  device: str
+  ws: Optional[int]
+  apis: Tuple[str, ...]      # API tags; empty = tests every API
+  tags: Tuple[str, ...]
+  disabled: bool = False
+  reason: str = ""
+
+
+@dataclasses.dataclass
+class Problem:
+  source: str
+  message: str
+
+
+@dataclasses.dataclass
+class Collected:
+  """Everything read from the inputs, before arranging."""
+  results: List[TestResult] = dataclasses.field(default_factory=list)
+  targets: Dict[str, TargetInfo] = dataclasses.field(default_factory=dict)
+  # (device, environment dict, source path)
+  environments: List[Tuple[str, dict, str]] = dataclasses.field(
+      default_factory=list)
+  problems: List[Problem] = dataclasses.field(default_factory=list)
+  inputs: List[str] = dataclasses.field(default_factory=list)
+  notes: List[str] = dataclasses.field(default_factory=list)
+  have_query: bool = False
+
+  def merge(self, other: "Collected") -> None:
+    self.results.extend(other.results)
+    self.targets.update(other.targets)
+    self.environments.extend(other.environments)
+    self.problems.extend(other.problems)
+    self.inputs.extend(other.inputs)
+    self.notes.extend(other.notes)
+    self.have_query = self.have_query or other.have_query
+
+
+@dataclasses.dataclass
+class Cell:
+  status: str
+  results: List[TestResult] = dataclasses.field(default_factory=list)
+  reason: str = ""           # disabled reason / n/a explanation
+  span: int = 1              # API columns covered (API-neutral rows)
+  notes: List[str] = dataclasses.field(default_factory=list)
+
+  @property
+  def duration(self) -> Optional[float]:
+    times = [r.duration for r in self.results if r.duration is not None]
+    return sum(times) if times else None
+
+  @property
+  def link(self) -> str:
+    """Anchor of the first result with a detail section."""
+    for r in self.results:
+      if r.anchor and r.status in NEEDS_DETAIL:
+        return r.anchor
+    return ""
+
+  @property
+  def message(self) -> str:
+    for r in self.results:
+      if r.status in NEEDS_DETAIL and r.message:
+        return r.message
+    return self.reason
+
+
+@dataclasses.dataclass
+class Row:
+  behaviour: str
+  method: str
+  api_split: bool                        # False: one cell spans all APIs
+  cells: Dict[Tuple[str, str], Cell] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Group:
+  behaviour: str
+  labels: List[str]
+  rows: List[Row]
+
+
+@dataclasses.dataclass
+class Report:
+  devices: List[str]
+  apis: List[str]             # API columns under each device ("" = none)
+  groups: List[Group]
+  details: List[TestResult]   # results with a detail section, in order
+  disabled: List[TargetInfo]
+  environments: Dict[str, List[Tuple[dict, List[str]]]]
+  problems: List[Problem]
+  inputs: List[str]
+  notes: List[str]
+  counts: Dict[str, int]
+
+  def summary(self) -> str:
+    c = self.counts
+    line = "%d passed, %d failed, %d disabled, %d not run" % (
+        c.get(PASS, 0), c.get(FAIL, 0), c.get(DISABLED, 0), c.get(NOT_RUN, 0))
+    extra = [(FLAKY, "flaky"), (SKIPPED, "skipped"),
+             (NO_RESULT, "without result"), (MALFORMED, "malformed")]
+    for key, word in extra:
+      if c.get(key):
+        line += ", %d %s" % (c[key], word)
+    if self.problems:
+      line += " (%d problem%s reading results)" % (
+          len(self.problems), "" if len(self.problems) == 1 else "s")
+    return line
+
+
+# --------------------------------------------------------------------------
+# Name parsing.
+
+def parse_target_name(name: str, tags=()) -> Tuple[str, str, Optional[int]]:
+  """`multiple_forward_test_cpu_ws4` -> ('multiple_forward_test', 'cpu', 4)."""
+  m = _TARGET_RE.match(name)
+  if m:
+    ws = int(m.group("ws")) if m.group("ws") else None
+    return m.group("behaviour"), m.group("device"), ws
+  for tag in tags:
+    if tag in TAG_TO_DEVICE:
+      return name, TAG_TO_DEVICE[tag], None
+  return name, "other", None
+
+
+def split_api(name: str) -> Tuple[str, Optional[str]]:
+  """Derives (row name, API) from a test method name.
+
+  test_matches_ddp_fsdp2                -> ('test_matches_ddp', 'fsdp2')
+  test_fsdp1_state_dict                 -> ('test_state_dict', 'fsdp1')
+  test_prod0 (api='fsdp1', reshard=True) -> ('test_prod (reshard=True)', 'fsdp1')
+  test_plain1 ('fsdp2')                 -> ('test_plain', 'fsdp2')
+  test_x[fsdp1-bf16]  (pytest)          -> ('test_x[bf16]', 'fsdp1')
+  """
+  name = name.strip()
+  base, params, bracket = name, "", ""
+  m = re.match(r"^(\S+?)\s+\((.*)\)\s*$", name, re.S)
+  if m:
+    base, params = m.group(1), m.group(2)
+  else:
+    m = re.match(r"^([^\[]+)\[(.*)\]$", name, re.S)
+    if m:
+      base, bracket = m.group(1), m.group(2)
+  apis = [a.lower() for a in _API_RE.findall(name)]
+  api = ("fsdp" + apis[0]) if apis and len(set(apis)) == 1 else None
+  # Strip the API token from the method name itself.
+  parts = base.split("_")
+  kept = [p for p in parts if not _API_RE.fullmatch(p)]
+  if api and len(kept) != len(parts):
+    base = "_".join(kept)
+  if params:
+    # absl numbers parameterized cases (test_x0, test_x1); the parameters
+    # say what the case is, so drop the index.
+    base = re.sub(r"\d+$", "", base) or base
+    items = [p.strip() for p in _split_params(params)]
+    if api:
+      items = [p for p in items if not _API_RE.search(p)]
+    items = [p for p in items if p]
+    base = base + (" (%s)" % ", ".join(items) if items else "")
+  if bracket:
+    items = bracket.split("-")
+    if api:
+      items = [p for p in items if not _API_RE.search(p)]
+    base = base + ("[%s]" % "-".join(items) if items else "")
+  return base, api
+
+
+def _split_params(text: str) -> List[str]:
+  """Splits 'a=1, b=(2, 3), c' at top-level commas."""
+  out, depth, cur, quote = [], 0, [], ""
+  for ch in text:
+    if quote:
+      cur.append(ch)
+      if ch == quote:
+        quote = ""
+      continue
+    if ch in "'\"":
+      quote = ch
+    elif ch in "([{":
+      depth += 1
+    elif ch in ")]}":
+      depth -= 1
+    elif ch == "," and depth == 0:
+      out.append("".join(cur))
+      cur = []
+      continue
+    cur.append(ch)
+  if "".join(cur).strip():
+    out.append("".join(cur))
+  return out
+
+
+def _order(values, known) -> List[str]:
+  values = set(values)
+  head = [v for v in known if v in values]
+  return head + sorted(values - set(head))
+
+
+# --------------------------------------------------------------------------
+# Matrix.
+
+def aggregate(results: List[TestResult]) -> str:
+  statuses = [r.status for r in results]
+  failing = [s for s in statuses if s == FAIL]
+  if failing:
+    if PASS in statuses and any(r.run for r in results):
+      return FLAKY
+    return FAIL
+  for s in (MALFORMED, NO_RESULT):
+    if s in statuses:
+      return s
+  if PASS in statuses:
+    return PASS
+  if SKIPPED in statuses:
+    return SKIPPED
+  return statuses[0] if statuses else NOT_RUN
+
+
+def build_report(col: Collected) -> Report:
+  results = col.results
+  targets = col.targets
+
+  # A target tagged with a single API makes its API-neutral methods
+  # belong to that API.
+  for r in results:
+    t = targets.get(r.label)
+    if r.api is None and t is not None and len(t.apis) == 1:
+      r.api = t.apis[0]
+
+  devices = _order({r.device for r in results}
+                   | {t.device for t in targets.values()}
+                   | {d for d, _, _ in col.environments}, KNOWN_DEVICES)
+  apis = _order({r.api for r in results if r.api}
+                | {a for t in targets.values() for a in t.apis}, KNOWN_APIS)
+  api_cols = apis or [""]
+
+  behaviours = _order({r.behaviour for r in results}
+                      | {t.behaviour for t in targets.values()}, ())
+  method_results: Dict[Tuple[str, str], List[TestResult]] = {}
+  target_level: Dict[Tuple[str, str], List[TestResult]] = {}
+  for r in results:
+    if r.method is None:
+      target_level.setdefault((r.behaviour, r.device), []).append(r)
+    else:
+      method_results.setdefault((r.behaviour, r.method), []).append(r)
+
+  groups = []
+  counts: Dict[str, int] = {}
+  for beh in behaviours:
+    methods = sorted(m for (b, m) in method_results if b == beh)
+    beh_targets = [t for t in targets.values() if t.behaviour == beh]
+    labels = sorted({t.label for t in beh_targets}
+                    | {r.label for r in results if r.behaviour == beh})
+    rows = []
+    used_target_level = set()
+    for method in methods:
+      rs = method_results[(beh, method)]
+      row_apis = {r.api for r in rs if r.api}
+      row = Row(beh, method, api_split=bool(row_apis))
+      for dev in devices:
+        if row.api_split:
+          for api in api_cols:
+            if api not in row_apis:
+              row.cells[(dev, api)] = Cell(NA, reason="not a case for " + api)
+              continue
+            mine = [r for r in rs if r.device == dev and r.api in (api, None)]
+            row.cells[(dev, api)] = _cell(mine, beh, dev, api, target_level,
+                                          beh_targets, used_target_level)
+        else:
+          mine = [r for r in rs if r.device == dev]
+          cell = _cell(mine, beh, dev, None, target_level, beh_targets,
+                       used_target_level)
+          cell.span = len(api_cols)
+          row.cells[(dev, api_cols[0])] = cell
+      rows.append(row)
+    # Target-level results (crashes, missing XML) or query-only targets with
+    # no method known anywhere get one row for the whole target.
+    leftover = [r for key, rs in target_level.items() if key[0] == beh
+                for r in rs if id(r) not in used_target_level]
+    if leftover or not rows:
+      row = Row(beh, WHOLE_TARGET, api_split=False)
+      for dev in devices:
+        mine = [r for r in leftover if r.device == dev]
+        cell = _cell(mine, beh, dev, None, {}, beh_targets, set())
+        cell.span = len(api_cols)
+        row.cells[(dev, api_cols[0])] = cell
+      rows.append(row)
+    for row in rows:
+      for cell in row.cells.values():
+        if cell.status != NA:
+          counts[cell.status] = counts.get(cell.status, 0) + 1
+    groups.append(Group(beh, labels, rows))
+
+  details = []
+  seen = set()
+  for g in groups:
+    for row in g.rows:
+      for cell in row.cells.values():
+        for r in cell.results:
+          if r.status in NEEDS_DETAIL and id(r) not in seen:
+            seen.add(id(r))
+            r.anchor = "r%d" % (len(details) + 1)
+            details.append(r)
+
+  envs: Dict[str, List[Tuple[dict, List[str]]]] = {}
+  for dev, env, src in col.environments:
+    lst = envs.setdefault(dev, [])
+    key = {k: v for k, v in env.items() if k != "world_size"}
+    for known, srcs in lst:
+      if {k: v for k, v in known.items() if k != "world_size"} == key:
+        ws = known.setdefault("_world_sizes", set())
+        ws.add(env.get("world_size"))
+        srcs.append(src)
+        break
+    else:
+      env = dict(env)
+      env["_world_sizes"] = {env.get("world_size")}
+      lst.append((env, [src]))
+
+  disabled = sorted((t for t in targets.values() if t.disabled),
+                    key=lambda t: t.label)
+  return Report(devices=devices, apis=apis, groups=groups, details=details,
+                disabled=disabled, environments=envs, problems=col.problems,
+                inputs=col.inputs, notes=col.notes, counts=counts)
+
+
+def _cell(mine, beh, dev, api, target_level, beh_targets, used) -> Cell:
+  """Status of one cell given its method-level results."""
+  dev_targets = [t for t in beh_targets if t.device == dev
+                 and (api is None or not t.apis or api in t.apis)]
+  notes = ["%s is disabled: %s" % (t.label, t.reason or "no reason given")
+           for t in dev_targets if t.disabled]
+  if mine:
+    return Cell(aggregate(mine), list(mine), notes=notes)
+  tl = [r for r in target_level.get((beh, dev), [])
+        if api is None or r.api in (None, api)]
+  if tl:
+    used.update(id(r) for r in tl)
+    return Cell(aggregate(tl), tl, notes=notes)
+  if dev_targets:
+    live = [t for t in dev_targets if not t.disabled]
+    if not live:
+      reasons = sorted({t.reason or "no reason given" for t in dev_targets})
+      return Cell(DISABLED, reason="; ".join(reasons))
+    return Cell(NOT_RUN, reason="target %s has no result" %
+                ", ".join(t.label for t in live), notes=notes)
+  if beh_targets:
+    return Cell(NA, reason="no target for this device/API")
+  return Cell(NOT_RUN, reason="no result for this device")
