@@ -1,0 +1,37 @@
+"""pytest path: the same options the Bazel targets pass as flags.
+
+    pytest fsdp/multiple_forward_test.py --device=cuda --world-size=2
+"""
+
+import os
+
+_OPTIONS = {
+    "--device": ("FSDP_TEST_DEVICE", "device the ranks run on: cpu, cuda, hpu or xpu"),
+    "--world-size": ("FSDP_TEST_WORLD_SIZE", "world size of tests that do not pin one"),
+    "--missing-device": ("FSDP_TEST_MISSING_DEVICE",
+                         "fail (default) or skip (opt-in) when the device is absent"),
+    "--rank-timeout": ("FSDP_TEST_RANK_TIMEOUT", "per-test timeout in seconds"),
+    "--start-method": ("FSDP_TEST_START_METHOD", "fork (default), forkserver or spawn"),
+}
+_CHOICES = {"--device": ["cpu", "cuda", "hpu", "xpu"],
+            "--missing-device": ["fail", "skip"],
+            "--start-method": ["fork", "forkserver", "spawn"]}
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("fsdp-conformance")
+    for option, (_, help_text) in _OPTIONS.items():
+        group.addoption(option, default=None, choices=_CHOICES.get(option),
+                        help=help_text)
+
+
+def pytest_configure(config):
+    for option, (env_name, _) in _OPTIONS.items():
+        value = config.getoption(option)
+        if value is not None:
+            os.environ[env_name] = str(value)
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS(["pytest"], known_only=True)
+    from testing import multirank  # pylint: disable=g-import-not-at-top
+    multirank.install_process_guards()

@@ -1,0 +1,104 @@
+"""Device registry: which torch device and collective backend each device name uses.
+
+The registry maps the device names the suite accepts (``cpu``, ``cuda``, ``hpu``,
+``xpu``) to their process-group backend and counts the devices that are visible,
+without initializing an accelerator (so rank processes can still be forked).
+"""
+
+import dataclasses
+import importlib
+import os
+from typing import Callable, Optional
+
+# The NVML-based count lets the controller count GPUs without creating a CUDA
+# context, which would make forking rank processes unsafe.
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceKind:
+    """One kind of device the suite can run on.
+
+    Attributes:
+        name: the device name used by ``--device`` and by torch (``cuda``...).
+        backend: the torch.distributed backend for this device.
+        bazel_tag: the tag the Bazel targets of this device carry.
+        plugin: a module that must be imported to make the device usable, if any.
+    """
+
+    name: str
+    backend: str
+    bazel_tag: str
+    plugin: Optional[str] = None
+
+    @property
+    def is_accelerator(self) -> bool:
+        """True for devices that get one device per rank."""
+        return self.name != "cpu"
+
+    def count(self) -> int:
+        """Returns how many devices of this kind are visible (cpu: unlimited, -1)."""
+        if not self.is_accelerator:
+            return -1
+        return _count(self)
+
+    def missing_reason(self, world_size: int) -> Optional[str]:
+        """Returns a one-line reason why ``world_size`` ranks cannot run, or None."""
+        if not self.is_accelerator:
+            return None
+        try:
+            visible = self.count()
+            note = ""
+        except _Unavailable as e:
+            visible, note = 0, f" ({e})"
+        if visible >= world_size:
+            return None
+        return (f"{self.name} requested: {visible} devices visible; world size "
+                        f"{world_size} needs {world_size}{note}")
+
+    def torch_module(self):
+        """Returns the ``torch.<name>`` module of an accelerator."""
+        import torch  # pylint: disable=g-import-not-at-top
+        if self.plugin:
+            importlib.import_module(self.plugin)
+        return getattr(torch, self.name)
+
+
+class _Unavailable(Exception):
+    """The device's torch support is not installed or not compiled in."""
+
+
+def _count(kind: DeviceKind) -> int:
+    import torch  # pylint: disable=g-import-not-at-top
+    if kind.plugin:
+        try:
+            importlib.import_module(kind.plugin)
+        except ImportError as e:
+            raise _Unavailable(f"{kind.plugin} is not installed: {e}") from None
+    module = getattr(torch, kind.name, None)
+    counter: Optional[Callable[[], int]] = getattr(module, "device_count", None)
+    if counter is None:
+        raise _Unavailable(f"this torch build has no torch.{kind.name}")
+    if kind.name == "cuda" and not torch.backends.cuda.is_built():
+        raise _Unavailable(f"torch {torch.__version__} is a CPU-only build")
+    return counter()
+
+
+DEVICES = {
+        kind.name: kind for kind in (
+                DeviceKind("cpu", backend="gloo", bazel_tag="cpu"),
+                DeviceKind("cuda", backend="nccl", bazel_tag="gpu"),
+                DeviceKind("hpu", backend="hccl", bazel_tag="hpu",
+                                      plugin="habana_frameworks.torch"),
+                DeviceKind("xpu", backend="xccl", bazel_tag="xpu"),
+        )
+}
+
+
+def get(name: str) -> DeviceKind:
+    """Returns the DeviceKind called ``name``; raises ValueError naming the choices."""
+    try:
+        return DEVICES[name]
+    except KeyError:
+        raise ValueError(f"unknown device {name!r}: choose one of "
+                                          f"{', '.join(DEVICES)}") from None
