@@ -353,12 +353,20 @@ def build_report(col: Collected) -> Report:
     leftover = [r for key, rs in target_level.items() if key[0] == beh
                 for r in rs if id(r) not in used_target_level]
     if leftover or not rows:
-      row = Row(beh, WHOLE_TARGET, api_split=False)
+      # Split by API only when some target of this behaviour is API-specific.
+      split = apis and any(t.apis for t in beh_targets)
+      row = Row(beh, WHOLE_TARGET, api_split=bool(split))
       for dev in devices:
         mine = [r for r in leftover if r.device == dev]
-        cell = _cell(mine, beh, dev, None, {}, beh_targets, set())
-        cell.span = len(api_cols)
-        row.cells[(dev, api_cols[0])] = cell
+        if split:
+          for api in api_cols:
+            row.cells[(dev, api)] = _cell(
+                [r for r in mine if r.api in (None, api)], beh, dev, api, {},
+                beh_targets, set())
+        else:
+          cell = _cell(mine, beh, dev, None, {}, beh_targets, set())
+          cell.span = len(api_cols)
+          row.cells[(dev, api_cols[0])] = cell
       rows.append(row)
     for row in rows:
       for cell in row.cells.values():
@@ -380,9 +388,10 @@ def build_report(col: Collected) -> Report:
   envs: Dict[str, List[Tuple[dict, List[str]]]] = {}
   for dev, env, src in col.environments:
     lst = envs.setdefault(dev, [])
-    key = {k: v for k, v in env.items() if k != "world_size"}
+    strip = lambda e: {k: v for k, v in e.items()
+                       if k != "world_size" and not k.startswith("_")}
     for known, srcs in lst:
-      if {k: v for k, v in known.items() if k != "world_size"} == key:
+      if strip(known) == strip(env):
         ws = known.setdefault("_world_sizes", set())
         ws.add(env.get("world_size"))
         srcs.append(src)

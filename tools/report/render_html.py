@@ -27,6 +27,17 @@ LABELS = {
     M.MALFORMED: ("!", "MALFORMED"),
     M.NA: ("", "\u2014"),
 }
+LEGEND = {
+    M.PASS: "passed",
+    M.FAIL: "click for message and rank logs",
+    M.FLAKY: "failed in some runs",
+    M.DISABLED: "tagged disabled (reason shown)",
+    M.NOT_RUN: "target exists, no result",
+    M.SKIPPED: "skipped by the test",
+    M.NO_RESULT: "test.xml missing",
+    M.MALFORMED: "test.xml unreadable",
+    M.NA: "no such target or case",
+}
 CSS_CLASS = {s: "st-" + s.replace(" ", "-").replace("/", "") for s in LABELS}
 
 CSS = """
@@ -69,12 +80,12 @@ tr.group th { text-align: left; background: #e9ecf1; padding: 5px 8px;
 tr.group th .labels { font-weight: 400; color: #555; font-size: 11px;
   margin-left: 10px; }
 tr.group td { background: #e9ecf1; }
-td.cell { text-align: center; min-width: 92px; font-size: 12px;
+td.cell { text-align: center; width: 128px; min-width: 128px; font-size: 12px;
   white-space: nowrap; }
 td.cell .lbl { font-weight: 700; letter-spacing: .02em; }
 td.cell .dur { display: block; font-size: 11px; opacity: .8; }
 td.cell .why { display: block; white-space: normal; font-size: 11px;
-  max-width: 190px; margin: 0 auto; }
+  max-width: 180px; margin: 0 auto; }
 td.cell a { color: inherit; }
 .st-pass { background: var(--pass); color: var(--pass-fg); }
 .st-fail { background: var(--fail); color: var(--fail-fg); }
@@ -174,7 +185,7 @@ def _cell_html(cell: M.Cell, row: M.Row, dev: str, api: str,
   elif cell.status in (M.FAIL, M.FLAKY, M.NO_RESULT, M.MALFORMED):
     extra = '<span class="why">%s</span>' % esc(_short(cell.message, 48))
   dur = fmt_duration(cell.duration)
-  if dur and cell.status not in (M.NOT_RUN, M.DISABLED, M.NA):
+  if dur and cell.status not in (M.NOT_RUN, M.DISABLED, M.NA, M.SKIPPED):
     extra += '<span class="dur">%s</span>' % esc(dur)
   span = ' colspan="%d"' % cell.span if cell.span > 1 else ""
   return '<td class="%s"%s title="%s">%s%s</td>' % (
@@ -314,19 +325,19 @@ def render(report: M.Report, generated: str = "") -> str:
     out.append('<p><a href="#problems">%d problem(s) reading results</a></p>'
                % len(report.problems))
 
-  out.append("<h2>Environment</h2>")
-  out.extend(_environment(report))
-
   out.append('<h2 id="matrix">Results</h2>')
   out.append('<div class="legend">' + "".join(
       '<span class="%s">%s</span>' % (CSS_CLASS[s], esc(
-          ("%s %s" % LABELS[s]).strip() + " = " + s))
-      for s in (M.PASS, M.FAIL, M.FLAKY, M.DISABLED, M.NOT_RUN, M.SKIPPED,
-                M.NO_RESULT, M.NA)) + "</div>")
+          (("%s %s" % LABELS[s]).strip() if s != M.NA else "\u2014 n/a")
+          + " \u2014 " + LEGEND[s]))
+      for s in LEGEND) + "</div>")
   if not report.groups:
     out.append("<p>No results found.</p>")
   else:
     out.extend(_matrix(report))
+
+  out.append('<h2 id="environment">Environment</h2>')
+  out.extend(_environment(report))
 
   if report.details:
     out.append('<h2 id="failures">Failures and missing results (%d)</h2>'

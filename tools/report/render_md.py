@@ -62,7 +62,7 @@ def _cell(cell: M.Cell) -> str:
     text += " (%d/%d failed)" % (failed, len(cell.results)) if failed else \
         " \u00d7%d" % len(cell.results)
   dur = render_html.fmt_duration(cell.duration)
-  if dur and cell.status not in (M.NOT_RUN, M.DISABLED, M.NA):
+  if dur and cell.status not in (M.NOT_RUN, M.DISABLED, M.NA, M.SKIPPED):
     text += " %s" % dur
   return text
 
