@@ -373,9 +373,9 @@ def _describe(context: RankContext) -> dict:
 
 def _run_method(test_class, method_name, context: RankContext):
     """Runs setUp, the test method and tearDown; returns (status, detail)."""
-    test = test_class(method_name)
-    test.bind_rank(context)
     try:
+        test = test_class(method_name)
+        test.bind_rank(context)
         test.setUp()
         try:
             getattr(test, method_name)()
