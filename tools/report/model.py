@@ -319,6 +319,7 @@ def build_report(col: Collected) -> Report:
     else:
       method_results.setdefault((r.behaviour, r.method), []).append(r)
 
+  qdevs = {t.device for t in targets.values()}   # devices the query knows
   groups = []
   counts: Dict[str, int] = {}
   for beh in behaviours:
@@ -340,11 +341,11 @@ def build_report(col: Collected) -> Report:
               continue
             mine = [r for r in rs if r.device == dev and r.api in (api, None)]
             row.cells[(dev, api)] = _cell(mine, beh, dev, api, target_level,
-                                          beh_targets, used_target_level)
+                                          beh_targets, used_target_level, qdevs)
         else:
           mine = [r for r in rs if r.device == dev]
           cell = _cell(mine, beh, dev, None, target_level, beh_targets,
-                       used_target_level)
+                       used_target_level, qdevs)
           cell.span = len(api_cols)
           row.cells[(dev, api_cols[0])] = cell
       rows.append(row)
@@ -362,9 +363,9 @@ def build_report(col: Collected) -> Report:
           for api in api_cols:
             row.cells[(dev, api)] = _cell(
                 [r for r in mine if r.api in (None, api)], beh, dev, api, {},
-                beh_targets, set())
+                beh_targets, set(), qdevs)
         else:
-          cell = _cell(mine, beh, dev, None, {}, beh_targets, set())
+          cell = _cell(mine, beh, dev, None, {}, beh_targets, set(), qdevs)
           cell.span = len(api_cols)
           row.cells[(dev, api_cols[0])] = cell
       rows.append(row)
@@ -408,7 +409,8 @@ def build_report(col: Collected) -> Report:
                 inputs=col.inputs, notes=col.notes, counts=counts)
 
 
-def _cell(mine, beh, dev, api, target_level, beh_targets, used) -> Cell:
+def _cell(mine, beh, dev, api, target_level, beh_targets, used,
+          qdevs) -> Cell:
   """Status of one cell given its method-level results."""
   dev_targets = [t for t in beh_targets if t.device == dev
                  and (api is None or not t.apis or api in t.apis)]
@@ -428,6 +430,6 @@ def _cell(mine, beh, dev, api, target_level, beh_targets, used) -> Cell:
       return Cell(DISABLED, reason="; ".join(reasons))
     return Cell(NOT_RUN, reason="target %s has no result" %
                 ", ".join(t.label for t in live), notes=notes)
-  if beh_targets:
+  if beh_targets and dev in qdevs:
     return Cell(NA, reason="no target for this device/API")
   return Cell(NOT_RUN, reason="no result for this device")

@@ -145,7 +145,7 @@ def device_caption(report: M.Report, dev: str) -> str:
   envs = report.environments.get(dev) or []
   bits = []
   for env, _ in envs[:2]:
-    names = env.get("device_names") or []
+    names = [n for n in env.get("device_names") or [] if n != dev]
     count = env.get("device_count")
     if names:
       first = names[0]

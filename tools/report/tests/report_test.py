@@ -1,0 +1,414 @@
+"""Self-tests of tools/report against the XML fixtures in testdata/.
+
+testdata/query.xml  bazel query --output=xml of a small //fsdp suite (one target
+                    disabled with a reason, one API-specific target never run)
+testdata/cpu/       testlogs of a CPU run: all pass, a sharded _ws4 target,
+                    rank logs and environment.json as plain files
+testdata/cuda/      testlogs of a CUDA run: one failure, rank logs and
+                    environment.json inside test.outputs/outputs.zip
+testdata/broken/    malformed / missing / empty XML, a crash (Bazel's own
+                    test.xml), a missing shard, a flaky --runs_per_test target,
+                    a corrupt outputs.zip, a bad environment.json, and a
+                    target outside //fsdp
+testdata/pytest_xpu.xml  pytest --junitxml from a host without Bazel
+"""
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_TOOL = os.path.dirname(_HERE)
+sys.path.insert(0, _TOOL)
+
+import collect  # pylint: disable=g-import-not-at-top,wrong-import-position
+import model
+import render_html
+import render_md
+import report
+
+DATA = os.path.join(_HERE, "testdata")
+CPU = os.path.join(DATA, "cpu")
+CUDA = os.path.join(DATA, "cuda")
+BROKEN = os.path.join(DATA, "broken")
+QUERY = os.path.join(DATA, "query.xml")
+JUNIT = os.path.join(DATA, "pytest_xpu.xml")
+
+
+def run_cli(*args):
+  """Runs report.main in-process; returns (exit code, stdout, html, md)."""
+  out = tempfile.mkdtemp()
+  buf, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
+    try:
+      rc = report.main(list(args) + ["--out", out, "--no_bazel_query"])
+    except SystemExit as e:     # argparse usage errors
+      rc = e.code
+  html_text = md_text = ""
+  if os.path.exists(os.path.join(out, "report.html")):
+    with open(os.path.join(out, "report.html"), encoding="utf-8") as f:
+      html_text = f.read()
+    with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
+      md_text = f.read()
+  shutil.rmtree(out)
+  return rc, buf.getvalue() + err.getvalue(), html_text, md_text
+
+
+def html_cells(html_text, row_method):
+  """The <td> cells of the first matrix row whose heading is row_method."""
+  m = re.search(r'<th class="rowhead mono">%s</th>(.*?)</tr>'
+                % re.escape(row_method), html_text, re.S)
+  assert m, "row %r not in HTML" % row_method
+  return re.findall(r"<td [^>]*>.*?</td>", m.group(1), re.S)
+
+
+def section(html_text, anchor):
+  m = re.search(r'<section class="detail" id="%s">(.*?)</section>' % anchor,
+                html_text, re.S)
+  assert m, "no detail section %s" % anchor
+  return m.group(1)
+
+
+def md_row(md_text, row_method):
+  for line in md_text.splitlines():
+    if line.startswith("| &nbsp;&nbsp;`%s`" % row_method):
+      return [c.strip() for c in line.strip("|").split(" | ")][1:]
+  raise AssertionError("row %r not in Markdown" % row_method)
+
+
+class NameParsingTest(absltest.TestCase):
+
+  def test_api_from_method_names(self):
+    cases = {
+        "test_matches_ddp_fsdp1": ("test_matches_ddp", "fsdp1"),
+        "test_fsdp2_state_dict": ("test_state_dict", "fsdp2"),
+        "test_x0 (api='fsdp1')": ("test_x", "fsdp1"),
+        "test_p1 (api='fsdp2', dtype='bf16')": ("test_p (dtype='bf16')", "fsdp2"),
+        "test_plain1 ('fsdp2')": ("test_plain", "fsdp2"),
+        "test_y[fsdp1-bf16]": ("test_y[bf16]", "fsdp1"),
+        "test_no_api": ("test_no_api", None),
+        "test_fsdp12_is_not_an_api": ("test_fsdp12_is_not_an_api", None),
+    }
+    for name, want in cases.items():
+      self.assertEqual(model.split_api(name), want, name)
+
+  def test_target_names(self):
+    self.assertEqual(model.parse_target_name("multiple_forward_test_cpu"),
+                     ("multiple_forward_test", "cpu", None))
+    self.assertEqual(model.parse_target_name("uneven_sharding_test_cpu_ws4"),
+                     ("uneven_sharding_test", "cpu", 4))
+    self.assertEqual(model.parse_target_name("odd_target", ["gpu"]),
+                     ("odd_target", "cuda", None))
+
+  def test_rank_log_sections(self):
+    text = ("==== rank 0 of 2 starting (pid 7) ====\nhello\n"
+            "==== __main__.A.test_a_fsdp1 ====\na1\n"
+            "==== __main__.A.test_b_fsdp1 ====\nb1\nb2\n")
+    secs = collect.split_sections(text)
+    self.assertEqual([t for t, _ in secs],
+                     ["rank 0 of 2 starting (pid 7)", "__main__.A.test_a_fsdp1",
+                      "__main__.A.test_b_fsdp1"])
+    self.assertEqual(secs[2][1], "==== __main__.A.test_b_fsdp1 ====\nb1\nb2\n")
+    self.assertTrue(collect._id_matches(
+        "fsdp.x_test.A.test_a_fsdp1", "__main__.A", "test_a_fsdp1"))
+    self.assertFalse(collect._id_matches(
+        "__main__.A.test_a_fsdp10", "__main__.A", "test_a_fsdp1"))
+
+
+class MergedRunTest(absltest.TestCase):
+  """CPU + CUDA testlogs and the query XML: the realistic report."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.rc, cls.out, cls.html, cls.md = run_cli(
+        "--testlogs", CPU, "--testlogs", CUDA, "--query_xml", QUERY)
+
+  def test_exit_code_and_summary(self):
+    self.assertEqual(self.rc, 0)   # failures do not fail the report
+    self.assertIn("34 passed, 1 failed, 2 disabled, 1 not run, 1 skipped",
+                  self.out)
+    self.assertIn("report.html", self.out)
+    self.assertIn("report.md", self.out)
+
+  def test_columns_are_device_by_api(self):
+    heads = re.findall(r'<tr class="api">(.*?)</tr>', self.html, re.S)[0]
+    self.assertEqual(re.findall(r"<th[^>]*>(.*?)</th>", heads),
+                     ["fsdp1", "fsdp2", "fsdp1", "fsdp2"])
+    self.assertIn("| behaviour / test | cpu fsdp1 | cpu fsdp2 | cuda fsdp1 | "
+                  "cuda fsdp2 |", self.md)
+
+  def test_pass_cells_with_duration(self):
+    cells = html_cells(self.html, "test_backward_after_two_forwards")
+    self.assertLen(cells, 4)
+    for c in cells:
+      self.assertIn("st-pass", c)
+      self.assertIn("PASS", c)         # readable without colour
+    self.assertIn("3.41s", cells[0])
+    self.assertIn("3.15s", cells[1])
+    self.assertEqual(md_row(self.md, "test_backward_after_two_forwards")[0],
+                     "\u2705 pass 3.41s")
+
+  def test_api_neutral_method_spans_api_columns(self):
+    cells = html_cells(self.html, "test_no_extra_allgather")
+    self.assertLen(cells, 2)
+    self.assertIn('colspan="2"', cells[0])
+
+  def test_parameterized_rows(self):
+    cells = html_cells(self.html, "test_param_dtype (dtype=&#x27;bfloat16&#x27;)")
+    self.assertLen(cells, 4)
+    self.assertTrue(all("st-pass" in c for c in cells))
+
+  def test_failure_cell_links_to_message_and_rank_logs(self):
+    cells = html_cells(self.html, "test_matches_ddp")
+    self.assertIn("st-pass", cells[2])
+    fail = cells[3]
+    self.assertIn("st-fail", fail)
+    self.assertIn("FAIL", fail)
+    anchor = re.search(r'href="#(r\d+)"', fail).group(1)
+    self.assertIn("losses diverge from DDP", fail)         # tooltip + cell
+    detail = section(self.html, anchor)
+    self.assertIn("multiple_forward_test", detail)
+    self.assertIn("cuda", detail)
+    self.assertIn("__main__.MultipleForwardTest.test_matches_ddp_fsdp2", detail)
+    self.assertIn("max abs diff 4.1e-04", detail)          # message
+    self.assertIn("assertLossesClose", detail)             # traceback
+    self.assertIn("rank 0 log", detail)
+    self.assertIn("rank 1 log", detail)
+    self.assertIn("[rank1] reduce-scatter output differs", detail)
+    # Only the failing test's section of the rank logs.
+    self.assertNotIn("test_backward_after_two_forwards", detail)
+    self.assertNotIn("init_process_group", detail)
+    # Markdown links to the same anchor.
+    self.assertIn("\u274c [FAIL](#%s)" % anchor, md_row(self.md,
+                                                         "test_matches_ddp")[3])
+    self.assertIn('<a id="%s"></a>FAIL: multiple_forward_test' % anchor,
+                  self.md)
+    self.assertIn("[rank0] reduce-scatter output differs", self.md)
+
+  def test_disabled_target_shows_reason(self):
+    cells = html_cells(self.html, "test_checkpoint_wrapper")
+    self.assertIn("st-pass", cells[0])
+    for c in cells[2:]:
+      self.assertIn("DISABLED", c)
+      self.assertIn("hangs in NCCL all-gather with torch 2.5 (issue 14)", c)
+    self.assertIn("disabled: hangs in NCCL", md_row(self.md,
+                                                     "test_checkpoint_wrapper")[2])
+    self.assertIn("//fsdp:activation_checkpointing_test_cuda</code> \u2014 hangs",
+                  self.html)
+
+  def test_api_specific_target_not_run(self):
+    m = re.search(r"hybrid_shard_test<.*?</tr>(.*?)</tr>", self.html, re.S)
+    cells = re.findall(r"<td [^>]*>.*?</td>", m.group(1), re.S)
+    self.assertEqual([re.search(r'class="cell (st-[\w-]+)', c).group(1)
+                      for c in cells], ["st-na", "st-na", "st-na", "st-not-run"])
+    self.assertIn("NOT RUN", cells[3])
+
+  def test_sharded_target_merges_shards(self):
+    for method in ("test_uneven_params", "test_padding_grads"):
+      cells = html_cells(self.html, method)
+      self.assertTrue(all("st-pass" in c for c in cells), method)
+
+  def test_skipped(self):
+    cells = html_cells(self.html, "test_sharded_optim_state")
+    self.assertIn("SKIPPED", cells[0])
+
+  def test_environment_header(self):
+    self.assertIn("2.5.1+cu124", self.html)
+    self.assertIn("2.5.1+cpu", self.html)
+    self.assertIn("2\u00d7 NVIDIA H100 80GB HBM3", self.html)
+    self.assertIn("nccl", self.html)
+    self.assertIn("results come from different torch builds", self.html)
+    # One row per device environment; both world sizes of the CPU run.
+    self.assertRegex(self.html, r"gloo</td><td>2, 4</td>")
+    self.assertIn("| cuda | `2.5.1+cu124` | 2\u00d7 NVIDIA H100 80GB HBM3 | 2 | "
+                  "nccl | 2 |", self.md)
+
+  def test_html_is_self_contained(self):
+    self.assertIn("<style>", self.html)
+    self.assertNotRegex(self.html, r"<script|<link|src=\"http|@import")
+    self.assertIn("Problems reading results (0)", self.html)
+
+
+class BrokenInputsTest(absltest.TestCase):
+  """Bad or partial results become cells and problems, never a crash."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.rc, cls.out, cls.html, cls.md = run_cli("--testlogs", BROKEN)
+    problems = re.search(r'<h2 id="problems">(.*?)</ul>', cls.html, re.S)
+    cls.problems = problems.group(1)
+
+  def test_exit_zero(self):
+    self.assertEqual(self.rc, 0, self.out)
+
+  def _whole_target_cell(self, behaviour):
+    start = re.search(r'<th colspan="\d+">%s<' % behaviour, self.html).start()
+    m = re.compile(r'<th class="rowhead mono">\(whole target\)</th>(.*?)</tr>',
+                   re.S).search(self.html, start)
+    self.assertIsNotNone(m, behaviour)
+    return re.findall(r"<td [^>]*>.*?</td>", m.group(1), re.S)[0]
+
+  def test_malformed_xml(self):
+    cell = self._whole_target_cell("malformed_test")
+    self.assertIn("MALFORMED", cell)
+    self.assertIn("malformed_test_cpu/test.xml</code>: malformed XML",
+                  self.problems)
+
+  def test_missing_xml(self):
+    cell = self._whole_target_cell("missing_xml_test")
+    self.assertIn("NO RESULT", cell)
+    anchor = re.search(r'href="#(r\d+)"', cell).group(1)
+    self.assertIn("Segmentation fault", section(self.html, anchor))
+    self.assertIn("test.log without test.xml", self.problems)
+
+  def test_crash_xml_written_by_bazel(self):
+    cell = self._whole_target_cell("crash_test")
+    self.assertIn("FAIL", cell)
+    detail = section(self.html, re.search(r'href="#(r\d+)"', cell).group(1))
+    self.assertIn("exited with error code 134", detail)
+    self.assertIn("Fatal Python error: Aborted", detail)       # log tail
+    # The last section of the rank log: the test that was running.
+    self.assertIn("last test: __main__.CrashTest.test_abort_fsdp2", detail)
+    self.assertIn("about to all_gather", detail)
+
+  def test_missing_shards(self):
+    self.assertIn("//fsdp:partial_shard_test_cpu shard 2/3</code>: shard has "
+                  "no result directory", self.problems)
+    self.assertIn("shard 3/3", self.problems)
+    cells = html_cells(self.html, "test_one")
+    self.assertIn("st-pass", cells[0])
+    self.assertIn("NO RESULT", self._whole_target_cell("partial_shard_test"))
+
+  def test_flaky_runs(self):
+    cells = html_cells(self.html, "test_sometimes")
+    self.assertIn("FLAKY 1/3", cells[0])
+    detail = section(self.html, re.search(r'href="#(r\d+)"', cells[0]).group(1))
+    self.assertIn("run 2/3", detail)
+    self.assertIn("timed out waiting for rank 1", detail)
+    self.assertIn("(1/3 failed)", md_row(self.md, "test_sometimes")[0])
+
+  def test_empty_xml_bad_zip_bad_env(self):
+    self.assertIn("test.xml has no test cases", self.problems)
+    self.assertIn("cannot read outputs.zip", self.problems)
+    self.assertIn("bad environment.json", self.problems)
+    self.assertIn("FAIL", html_cells(self.html, "test_x")[0])  # still reported
+    self.assertIn("PASS", html_cells(self.html, "test_y")[0])
+
+  def test_other_packages_ignored(self):
+    self.assertNotIn("test_should_be_ignored", self.html)
+
+  def test_summary_counts_problems(self):
+    self.assertRegex(self.out, r"\d+ passed, \d+ failed, 0 disabled, 0 not "
+                               r"run, 1 flaky, \d+ without result, 1 malformed")
+    self.assertIn("## Problems reading results", self.md)
+
+
+class PytestJunitTest(absltest.TestCase):
+
+  def test_merged_with_bazel_run(self):
+    rc, out, html_text, md = run_cli("--testlogs", CPU, "--junit",
+                                     JUNIT + ":xpu", "--query_xml", QUERY)
+    self.assertEqual(rc, 0)
+    heads = re.findall(r'<tr class="dev">(.*?)</tr>', html_text, re.S)[0]
+    self.assertRegex(heads, r"(?s)cpu.*cuda.*xpu")
+    cells = html_cells(html_text, "test_matches_ddp")
+    self.assertIn("st-not-run", cells[2])     # cuda: in the query, not run
+    self.assertIn("st-pass", cells[4])        # xpu fsdp1
+    self.assertIn("st-fail", cells[5])        # xpu fsdp2
+    detail = section(html_text, re.search(r'href="#(r\d+)"', cells[5]).group(1))
+    self.assertIn("losses diverge from DDP at step 0 (xpu)", detail)
+    self.assertIn("junit:pytest_xpu.xml", detail)
+    self.assertIn("SKIPPED", html_cells(html_text,
+                                        "test_backward_after_two_forwards")[4])
+    # A device only in JUnit (no xpu targets in the query): not run, not n/a.
+    self.assertIn("NOT RUN", html_cells(html_text, "test_no_extra_allgather")[2])
+    rt = html_cells(html_text, "test_roundtrip")
+    self.assertIn("st-pass", rt[4])
+    self.assertIn("st-fail", rt[5])           # <error> counts as failure
+    self.assertIn("ccl backend not available", html_text)
+    self.assertIn("pytest JUnit (xpu)", md)
+
+  def test_bad_junit_is_a_problem(self):
+    tmp = tempfile.mkdtemp()
+    bad = os.path.join(tmp, "bad.xml")
+    with open(bad, "w") as f:
+      f.write("<testsuites><testcase")
+    rc, out, html_text, _ = run_cli("--junit", bad + ":cuda",
+                                    "--junit", os.path.join(tmp, "gone.xml:cuda"))
+    shutil.rmtree(tmp)
+    self.assertEqual(rc, 0)
+    self.assertIn("malformed JUnit XML", html_text)
+    self.assertIn("JUnit file not found", html_text)
+
+
+class CliTest(absltest.TestCase):
+
+  def test_usage_errors(self):
+    self.assertEqual(run_cli("--testlogs", "/nonexistent/dir")[0], 2)
+    self.assertEqual(run_cli("--junit", JUNIT)[0], 2)     # no :DEVICE
+    self.assertEqual(run_cli("--testlogs", CPU, "--query_xml", "/nope.xml")[0],
+                     2)
+    self.assertEqual(run_cli("--bogus_flag")[0], 2)
+
+  def test_without_query_partial_run_shows_not_run(self):
+    rc, out, html_text, md = run_cli("--testlogs", CUDA)
+    self.assertEqual(rc, 0)
+    self.assertIn("disabled targets are not shown", html_text)
+    # Only the CUDA run: no CPU column at all, failure still reported.
+    self.assertNotIn("cpu fsdp1", md)
+    self.assertIn("1 failed", out)
+
+  def test_malformed_query_xml(self):
+    tmp = tempfile.mkdtemp()
+    q = os.path.join(tmp, "q.xml")
+    with open(q, "w") as f:
+      f.write("<query><rule")
+    rc, out, html_text, _ = run_cli("--testlogs", CPU, "--query_xml", q)
+    shutil.rmtree(tmp)
+    self.assertEqual(rc, 0)
+    self.assertIn("cannot parse query XML", html_text)
+
+  def test_bazel_query_absent(self):
+    text, why = collect.run_bazel_query(tempfile.gettempdir())
+    self.assertIsNone(text)
+    self.assertIn("tools/bazel not found", why)
+
+  def test_escaping(self):
+    tmp = tempfile.mkdtemp()
+    d = os.path.join(tmp, "fsdp", "esc_test_cpu")
+    os.makedirs(d)
+    with open(os.path.join(d, "test.xml"), "w") as f:
+      f.write('<testsuites><testsuite name="E"><testcase name="test_e_fsdp1" '
+              'classname="__main__.E" time="1"><failure message="a|b &lt;'
+              'script&gt;x">tb</failure></testcase></testsuite></testsuites>')
+    rc, _, html_text, md = run_cli("--testlogs", tmp)
+    shutil.rmtree(tmp)
+    self.assertEqual(rc, 0)
+    self.assertNotIn("<script>", html_text)
+    self.assertIn("a|b &lt;script&gt;x", html_text)
+    self.assertNotIn("<script>", md.split("## Failures")[0])
+
+  def test_script_runs_standalone(self):
+    out = tempfile.mkdtemp()
+    proc = subprocess.run(
+        [sys.executable, os.path.join(_TOOL, "report.py"), "--testlogs", CPU,
+         "--testlogs", CUDA, "--query_xml", QUERY, "--no_bazel_query",
+         "--out", out], capture_output=True, text=True, check=False)
+    self.assertEqual(proc.returncode, 0, proc.stderr)
+    self.assertTrue(os.path.exists(os.path.join(out, "report.html")))
+    self.assertTrue(proc.stdout.strip().endswith(
+        "34 passed, 1 failed, 2 disabled, 1 not run, 1 skipped"))
+    shutil.rmtree(out)
+
+
+if __name__ == "__main__":
+  absltest.main()
