@@ -167,6 +167,7 @@ class Report:
   inputs: List[str]
   notes: List[str]
   counts: Dict[str, int]
+  ran_devices: Tuple[str, ...] = ()   # devices with at least one result
 
   def summary(self) -> str:
     c = self.counts
@@ -291,6 +292,17 @@ def aggregate(results: List[TestResult]) -> str:
   return statuses[0] if statuses else NOT_RUN
 
 
+def only_devices(col: Collected, devices) -> Collected:
+  """Keeps the given device columns only (report.py --devices)."""
+  keep = set(devices)
+  out = Collected(inputs=col.inputs, notes=col.notes, problems=col.problems,
+                  have_query=col.have_query)
+  out.results = [r for r in col.results if r.device in keep]
+  out.targets = {k: t for k, t in col.targets.items() if t.device in keep}
+  out.environments = [e for e in col.environments if e[0] in keep]
+  return out
+
+
 def build_report(col: Collected) -> Report:
   results = col.results
   targets = col.targets
@@ -406,7 +418,8 @@ def build_report(col: Collected) -> Report:
                     key=lambda t: t.label)
   return Report(devices=devices, apis=apis, groups=groups, details=details,
                 disabled=disabled, environments=envs, problems=col.problems,
-                inputs=col.inputs, notes=col.notes, counts=counts)
+                inputs=col.inputs, notes=col.notes, counts=counts,
+                ran_devices=tuple(sorted({r.device for r in results})))
 
 
 def _cell(mine, beh, dev, api, target_level, beh_targets, used,

@@ -233,8 +233,10 @@ def _environment(report: M.Report) -> List[str]:
   for dev in report.devices:
     envs = report.environments.get(dev)
     if not envs:
+      why = ("no environment.json found" if dev in report.ran_devices
+             else "no results for this device")
       out.append('<tr><td class="mono">%s</td><td colspan="6" style="color:#777">'
-                 'no environment.json found</td></tr>' % esc(dev))
+                 '%s</td></tr>' % (esc(dev), why))
       continue
     for env, sources in envs:
       names = env.get("device_names") or []

@@ -82,7 +82,9 @@ def render(report: M.Report, generated: str = "") -> str:
   for dev in report.devices:
     envs = report.environments.get(dev)
     if not envs:
-      out.append("| %s | | no environment.json found | | | |" % dev)
+      why = ("no environment.json found" if dev in report.ran_devices
+             else "no results for this device")
+      out.append("| %s | | %s | | | |" % (dev, why))
       continue
     for env, _ in envs:
       names = env.get("device_names") or []

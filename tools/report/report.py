@@ -55,6 +55,9 @@ def parse_args(argv):
                  help="do not run tools/bazel query when --query_xml is absent")
   p.add_argument("--package", default="fsdp",
                  help="Bazel package whose tests are reported (default fsdp)")
+  p.add_argument("--devices", metavar="LIST",
+                 help="comma-separated device columns to show, e.g. cpu,cuda "
+                      "(default: every device with a target or a result)")
   p.add_argument("--out", required=True, metavar="DIR",
                  help="directory for report.html and report.md")
   return p.parse_args(argv)
@@ -109,6 +112,9 @@ def main(argv=None) -> int:
   for path, device in junits:
     col.merge(collect.parse_pytest_junit(path, device))
 
+  if args.devices:
+    col = model.only_devices(col, [d.strip() for d in args.devices.split(",")
+                                   if d.strip()])
   report = model.build_report(col)
   now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
   out_dir = resolve(args.out)

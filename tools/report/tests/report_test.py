@@ -367,6 +367,13 @@ class CliTest(absltest.TestCase):
     self.assertNotIn("cpu fsdp1", md)
     self.assertIn("1 failed", out)
 
+  def test_devices_filter(self):
+    rc, out, _, md = run_cli("--testlogs", CPU, "--testlogs", CUDA,
+                             "--query_xml", QUERY, "--devices", "cuda")
+    self.assertEqual(rc, 0)
+    self.assertIn("| behaviour / test | cuda fsdp1 | cuda fsdp2 |", md)
+    self.assertIn("1 failed", out)
+
   def test_malformed_query_xml(self):
     tmp = tempfile.mkdtemp()
     q = os.path.join(tmp, "q.xml")
