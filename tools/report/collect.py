@@ -306,8 +306,7 @@ def parse_bazel_xml(text: str, *, source: str, label: str, behaviour: str,
     status, msg, body = _case_status(cases[0])
     log = _system_out(root)
     if status == M.FAIL:
-      msg = "whole target failed before reporting tests (%s)" % (
-          msg or "no message")
+      msg = "%s (no per-test results)" % (msg or "target failed")
     return whole(status, msg, log or body, _float(cases[0].get("time")))
   out = []
   for case in cases:
