@@ -81,7 +81,8 @@ def wrap(
         ``MixedPrecision(param_dtype, reduce_dtype, buffer_dtype)`` and FSDP2
         ``MixedPrecisionPolicy(param_dtype, reduce_dtype)`` of that dtype.
       cpu_offload: FSDP1 ``CPUOffload(offload_params=True)`` / FSDP2
-        ``CPUOffloadPolicy()``.
+        ``CPUOffloadPolicy()``; ``ValueError`` on a CPU device (torch needs an
+        accelerator for offload).
       sharding_strategy: FSDP1 only; a ``ShardingStrategy`` or its name
         (``"FULL_SHARD"``, ``"SHARD_GRAD_OP"``, ``"NO_SHARD"``, ...).
       use_orig_params: FSDP1 only.
@@ -96,6 +97,9 @@ def wrap(
     if api not in APIS:
         raise ValueError(f"api must be one of {APIS}, got {api!r}")
     device = torch.device(device) if device is not None else _default_device()
+    if cpu_offload and device.type == "cpu":
+        raise ValueError("cpu_offload=True needs an accelerator device: torch's FSDP "
+                         "offload moves parameters between CPU and the device")
     extra = dict(extra or {})
     ordered = _sorted_units(model, units or ())
     if api == "fsdp1":
