@@ -52,7 +52,7 @@ __all__ = [
     "CPUOffload", "CPUOffloadPolicy", "DTensor", "FSDP", "FSDPModule",
     "FullyShardedDataParallel", "MixedPrecision", "MixedPrecisionPolicy",
     "ShardingStrategy", "fully_shard", "has_fsdp2", "init_device_mesh",
-    "is_fsdp1", "is_fsdp2", "is_dtensor",
+    "is_fsdp1", "is_fsdp2", "is_dtensor", "current_device", "rank", "world_size",
 ]
 
 
@@ -84,3 +84,13 @@ def world_size() -> int:
 def rank() -> int:
     """Rank in the default process group, or 0 if none is initialized."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def current_device(device_type: str = "cuda") -> torch.device:
+    """This rank's device of ``device_type`` (its current index for accelerators)."""
+    if device_type == "cpu":
+        return torch.device("cpu")
+    module = getattr(torch, device_type, None)
+    if module is not None and hasattr(module, "current_device"):
+        return torch.device(device_type, module.current_device())
+    return torch.device(device_type)

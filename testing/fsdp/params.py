@@ -31,6 +31,13 @@ def clean_name(name: str) -> str:
 
 def _to_full_cpu(t: torch.Tensor) -> torch.Tensor:
     if compat.is_dtensor(t):
+        mesh_type = t.device_mesh.device_type
+        if t.device.type != mesh_type:
+            # CPU-offloaded FSDP2 shard: gather on the mesh's device (NCCL
+            # cannot all-gather CPU tensors).
+            local = t.to_local().to(compat.current_device(mesh_type))
+            t = compat.DTensor.from_local(local, t.device_mesh, t.placements,
+                                          shape=t.shape, stride=t.stride())
         t = t.full_tensor()
     return t.detach().to("cpu", copy=True)
 

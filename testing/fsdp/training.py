@@ -37,6 +37,10 @@ def _trainable(model: nn.Module):
 def _device_of(model: nn.Module, device) -> torch.device:
     if device is not None:
         return torch.device(device)
+    if compat.is_fsdp1(model) or compat.is_fsdp2(model):
+        # FSDP computes on the rank's current device even when parameters are
+        # offloaded to CPU.
+        return wrapping.default_device()
     for t in model.parameters():
         return t.device
     return torch.device("cpu")
@@ -52,8 +56,8 @@ def train(model: nn.Module, spec: ModelSpec, *, steps: int = 3, seed: int = 0,
     Args:
       model: a wrapped model (or plain, for single-process use).
       spec: its :class:`ModelSpec` (batch maker and loss).
-      device: where batches go; default: the device of the first parameter
-        (pass ``self.device`` when parameters are CPU-offloaded).
+      device: where batches go; default: the rank's current accelerator (CPU
+        without one) for FSDP models, else the first parameter's device.
       optim_fn: builds the optimizer from the trainable parameters.
       before_step: ``fn(model, step)`` called after backward, before the
         optimizer step (e.g. to inspect or perturb gradients).

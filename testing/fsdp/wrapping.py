@@ -23,7 +23,8 @@ from testing.fsdp import compat
 APIS = ("fsdp1", "fsdp2")
 
 
-def _default_device() -> torch.device:
+def default_device() -> torch.device:
+    """``cuda:<current device>`` if CUDA is available, else CPU."""
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -96,7 +97,7 @@ def wrap(
     """
     if api not in APIS:
         raise ValueError(f"api must be one of {APIS}, got {api!r}")
-    device = torch.device(device) if device is not None else _default_device()
+    device = torch.device(device) if device is not None else default_device()
     if cpu_offload and device.type == "cpu":
         raise ValueError("cpu_offload=True needs an accelerator device: torch's FSDP "
                          "offload moves parameters between CPU and the device")
