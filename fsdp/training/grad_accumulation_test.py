@@ -1,0 +1,136 @@
+"""Gradient accumulation without synchronization equals one large batch.
+
+Each rank runs three micro-batches (rank-distinct data): the first two without
+gradient synchronization (FSDP1 ``no_sync()``, FSDP2
+``set_requires_gradient_sync(False)``), the last one synchronized, then one
+optimizer step. While accumulating, no reduce collective may run and the
+gradients must stay local: FSDP1 keeps each rank's own accumulated gradient on
+the parameters (checked against a single-process gradient of that rank's data,
+and different across ranks); FSDP2 holds no sharded gradient yet. After the
+synchronized micro-batch, gradients and the updated parameters must equal a
+model trained without FSDP on the one large batch of all micro-batches of all
+ranks.
+"""
+
+import contextlib
+
+import torch
+import torch.distributed as dist
+from absl.testing import parameterized
+
+from testing import multirank
+from testing.fsdp import data
+from testing.fsdp import models
+from testing.fsdp import params
+from testing.fsdp import parity
+from testing.fsdp import training
+from testing.fsdp import wrapping
+
+SPEC = models.get("nested_mlp")
+MICRO_BATCHES = 3
+# Collectives that reduce gradients, under the names torch releases expose.
+_REDUCTIONS = ("reduce_scatter_tensor", "reduce_scatter_single", "reduce_scatter",
+               "all_reduce")
+
+
+@contextlib.contextmanager
+def _count_reductions(calls):
+    """Appends the name of every gradient-reducing collective called inside the block."""
+    originals = {n: getattr(dist, n) for n in _REDUCTIONS if hasattr(dist, n)}
+
+    def counted(name, fn):
+        def call(*args, **kwargs):
+            calls.append(name)
+            return fn(*args, **kwargs)
+        return call
+
+    for name, fn in originals.items():
+        setattr(dist, name, counted(name, fn))
+    try:
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(dist, name, fn)
+
+
+def _micro_batch(rank, index, device):
+    return data.rank_batch(SPEC, seed=0, rank=rank, step=index, device=device)
+
+
+def _reference_grads(ranks, micro_batches, device):
+    """Gradients of a plain model: mean loss over the given ranks' first micro-batches.
+
+    Per rank, each micro-batch loss is divided by MICRO_BATCHES as in the FSDP run, and
+    the ranks are averaged, as FSDP's reduction does.
+    """
+    model = SPEC.build(seed=0).to(device)
+    for rank in ranks:
+        for index in range(micro_batches):
+            inputs, targets = _micro_batch(rank, index, device)
+            loss = SPEC.loss_fn(model(inputs), targets) / (MICRO_BATCHES * len(ranks))
+            loss.backward()
+    return model
+
+
+def _grads(model):
+    return {params.clean_name(n): p.grad for n, p in model.named_parameters()}
+
+
+class GradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCase):
+
+    def _accumulate(self, model, api):
+        """Runs the unsynchronized micro-batches, checking after each; returns nothing."""
+        for index in range(MICRO_BATCHES - 1):
+            inputs, targets = _micro_batch(self.rank, index, self.device)
+            calls = []
+            with _count_reductions(calls):
+                if api == "fsdp1":
+                    with model.no_sync():
+                        (SPEC.loss_fn(model(inputs), targets) / MICRO_BATCHES).backward()
+                else:
+                    model.set_requires_gradient_sync(False)
+                    (SPEC.loss_fn(model(inputs), targets) / MICRO_BATCHES).backward()
+            self.assertEqual(calls, [], f"gradient collectives during unsynchronized "
+                                        f"micro-batch {index}")
+            if api == "fsdp1":
+                local = _reference_grads([self.rank], index + 1, self.device)
+                parity.assert_params_close(_grads(model), _grads(local), what="local gradient",
+                                           context=f"no_sync micro-batch {index}")
+                norm = torch.stack([p.grad.norm() for p in model.parameters()]).norm()
+                norms = [None] * self.world_size
+                dist.all_gather_object(norms, float(norm))
+                self.assertLen(set(norms), self.world_size,
+                               f"accumulated local gradient norms per rank: {norms}")
+            else:
+                sharded = [n for n, p in model.named_parameters() if p.grad is not None]
+                self.assertEqual(sharded, [], "sharded gradients set before synchronization")
+
+    @parameterized.named_parameters(("fsdp1", "fsdp1", {"use_orig_params": True}),
+                                    ("fsdp2", "fsdp2", {}))
+    def test_grad_accumulation_matches_large_batch(self, api, options):
+        model = wrapping.wrap(SPEC.build(seed=0), api, SPEC.units, device=self.device, **options)
+        optimizer = training.default_optimizer(model.parameters())
+        self._accumulate(model, api)
+
+        if api == "fsdp2":
+            model.set_requires_gradient_sync(True)
+        inputs, targets = _micro_batch(self.rank, MICRO_BATCHES - 1, self.device)
+        calls = []
+        with _count_reductions(calls):
+            (SPEC.loss_fn(model(inputs), targets) / MICRO_BATCHES).backward()
+        grads = params.full_grads(model)
+        optimizer.step()
+        actual = params.full_params(model)
+
+        ref = _reference_grads(range(self.world_size), MICRO_BATCHES, self.device)
+        ref_grads = _grads(ref)
+        training.default_optimizer(ref.parameters()).step()
+        self.assertNotEmpty(calls, "no gradient collective in the synchronized micro-batch")
+        parity.assert_params_close(grads, ref_grads, what="gradient",
+                                   context=f"api={api} after the synchronized micro-batch")
+        parity.assert_params_close(actual, params.full_params(ref),
+                                   context=f"api={api} after the optimizer step")
+
+
+if __name__ == "__main__":
+    multirank.main()

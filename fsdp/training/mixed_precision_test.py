@@ -1,0 +1,130 @@
+"""Mixed precision computes and reduces in the configured dtypes.
+
+Forward hooks on a root-level layer and on a layer inside a nested unit record
+the dtype of the weights and inputs each sees during forward; the reduce-scatter
+collective is intercepted to record the dtype of the gradients it reduces; after
+backward the sharded gradients must be back in the parameters' float32. Two
+policies: everything in one low-precision dtype, and low-precision parameters
+with float32 reduction. FSDP1 also casts buffers (``buffer_dtype``), checked on
+a buffer read in forward. Training must stay within the low-precision tolerance
+of a float32 reference trained without FSDP on all ranks' data.
+"""
+
+import contextlib
+
+import torch
+import torch.distributed as dist
+from absl.testing import parameterized
+
+from testing import multirank
+from testing.fsdp import compat
+from testing.fsdp import models
+from testing.fsdp import params
+from testing.fsdp import parity
+from testing.fsdp import training
+from testing.fsdp import wrapping
+
+SPEC = models.get("nested_mlp")
+TIED = models.get("tied_transformer")
+STEPS = 2
+# Names under which torch releases expose reduce-scatter (FSDP calls it via ``dist.<name>``).
+_REDUCE_SCATTERS = ("reduce_scatter_tensor", "reduce_scatter_single", "reduce_scatter")
+
+
+@contextlib.contextmanager
+def _record_reduce_scatter_dtypes(seen):
+    """Appends the input dtype of every reduce-scatter issued inside the block to ``seen``."""
+    originals = {n: getattr(dist, n) for n in _REDUCE_SCATTERS if hasattr(dist, n)}
+
+    def recorder(name, fn):
+        def call(*args, **kwargs):
+            inputs = args[1] if len(args) > 1 else kwargs.get("input", kwargs.get("input_list"))
+            first = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+            seen.append((name, first.dtype))
+            return fn(*args, **kwargs)
+        return call
+
+    for name, fn in originals.items():
+        setattr(dist, name, recorder(name, fn))
+    try:
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(dist, name, fn)
+
+
+def _record_forward_dtypes(module, seen, label):
+    """Records ``(label, weight dtype, input dtype)`` each time ``module`` runs forward."""
+    def hook(mod, args):
+        seen.append((label, mod.weight.dtype, args[0].dtype))
+    return module.register_forward_pre_hook(hook)
+
+
+def _policy(api, param_dtype, reduce_dtype):
+    """The API's mixed-precision option as an ``extra`` dict for ``wrapping.wrap``."""
+    if api == "fsdp1":
+        return {"mixed_precision": compat.MixedPrecision(
+            param_dtype=param_dtype, reduce_dtype=reduce_dtype, buffer_dtype=param_dtype)}
+    return {"mp_policy": compat.MixedPrecisionPolicy(param_dtype=param_dtype,
+                                                     reduce_dtype=reduce_dtype)}
+
+
+_CASES = []
+for _api in ("fsdp1", "fsdp2"):
+    for _pname, _pdt in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        _CASES.append((f"{_pname}_params_{_pname}_reduce_{_api}", _api, _pdt, _pdt))
+    _CASES.append((f"bf16_params_fp32_reduce_{_api}", _api, torch.bfloat16, torch.float32))
+
+
+class MixedPrecisionTest(multirank.MultiRankTestCase, parameterized.TestCase):
+
+    @parameterized.named_parameters(*_CASES)
+    def test_forward_and_reduction_use_configured_dtypes(self, api, param_dtype, reduce_dtype):
+        model = SPEC.build(seed=0)
+        forward_seen, reduce_seen, grad_dtypes = [], [], set()
+        _record_forward_dtypes(model.inp, forward_seen, "root layer inp")
+        _record_forward_dtypes(model.layers[1].fc1, forward_seen, "unit layer layers.1.fc1")
+        model = wrapping.wrap(model, api, SPEC.units, device=self.device,
+                              extra=_policy(api, param_dtype, reduce_dtype))
+
+        def grads_after_backward(m, step):
+            grad_dtypes.update(p.grad.dtype for p in m.parameters() if p.grad is not None)
+
+        with _record_reduce_scatter_dtypes(reduce_seen):
+            losses = training.train(model, SPEC, steps=STEPS, device=self.device,
+                                    before_step=grads_after_backward)
+        ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
+        actual = params.full_params(model)  # collective: before any assert
+
+        self.assertLen(forward_seen, 2 * STEPS)
+        for label, weight_dtype, input_dtype in forward_seen:
+            self.assertEqual((weight_dtype, input_dtype), (param_dtype, param_dtype),
+                             f"{label}: (weight, input) dtype in forward")
+        self.assertNotEmpty(reduce_seen, "no reduce-scatter was intercepted")
+        self.assertEqual({d for _, d in reduce_seen}, {reduce_dtype},
+                         f"dtypes given to reduce-scatter: {reduce_seen}")
+        self.assertEqual(grad_dtypes, {torch.float32}, "sharded gradient dtypes after backward")
+        parity.assert_params_close(actual, params.full_params(ref), dtype=param_dtype,
+                                   context=f"api={api} param_dtype={param_dtype}")
+        parity.assert_tensors_close(losses, ref_losses, name="loss", dtype=param_dtype)
+
+    @parameterized.named_parameters(("bf16_buffers_fsdp1", torch.bfloat16),
+                                    ("fp32_buffers_fsdp1", torch.float32))
+    def test_buffers_cast_to_buffer_dtype(self, buffer_dtype):
+        model = TIED.build(seed=0)
+        seen = []
+        model.register_forward_pre_hook(lambda m, args: seen.append(m.pos.dtype))
+        policy = compat.MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16,
+                                       buffer_dtype=buffer_dtype)
+        model = wrapping.wrap(model, "fsdp1", TIED.units, device=self.device,
+                              extra={"mixed_precision": policy})
+        losses = training.train(model, TIED, steps=STEPS, device=self.device)
+        ref, ref_losses = training.reference_train(TIED, steps=STEPS, device=self.device)
+        actual = params.full_params(model)
+        self.assertEqual(seen, [buffer_dtype] * STEPS, "dtype of buffer 'pos' in forward")
+        parity.assert_params_close(actual, params.full_params(ref), dtype=torch.bfloat16)
+        parity.assert_tensors_close(losses, ref_losses, name="loss", dtype=torch.bfloat16)
+
+
+if __name__ == "__main__":
+    multirank.main()
