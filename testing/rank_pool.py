@@ -346,6 +346,9 @@ def _join_group(rank, world_size, device_name, store_path) -> RankContext:
         device = torch.device(kind.name, rank)
     else:
         device = torch.device("cpu")
+        # Ranks share the machine's cores: one intra-op pool per core each
+        # would oversubscribe them several times over.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     store = dist.FileStore(store_path, world_size)
     dist.init_process_group(
         kind.backend, store=store, rank=rank, world_size=world_size,
