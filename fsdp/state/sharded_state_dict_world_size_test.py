@@ -1,0 +1,91 @@
+"""A torch.distributed.checkpoint saved by N ranks loads into a model sharded over N/2.
+
+Every rank of the world (4 on CPU) shards a model, trains it for two SGD steps
+on rank-distinct data and writes its sharded state dict with ``dcp.save``. Then
+the first half of the ranks load the checkpoint with ``dcp.load`` into a fresh,
+differently initialized model sharded over a subgroup of just those ranks
+(FSDP1 ``process_group``, FSDP2 a mesh made from that group); the other ranks
+wait. The resharded model must have the trained full parameters and give the
+trained model's outputs on rank-distinct inputs. The checkpoint is written
+inside the test (no dependence on test order) under TEST_TMPDIR and removed.
+"""
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from absl.testing import parameterized
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import StateDictType
+
+from testing import multirank
+from testing.fsdp import compat, data, models, params, parity, training, wrapping
+
+SPEC = models.get("nested_mlp")
+EVAL_STEP = 100  # a batch no training step used
+
+
+@contextlib.contextmanager
+def shared_checkpoint_dir():
+    """A fresh directory under TEST_TMPDIR, the same on every rank; removed on exit."""
+    holder = [tempfile.mkdtemp(prefix="ckpt-", dir=os.environ.get("TEST_TMPDIR"))
+              if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(holder, src=0)
+    try:
+        yield holder[0]
+    finally:
+        dist.barrier()
+        if dist.get_rank() == 0:
+            shutil.rmtree(holder[0], ignore_errors=True)
+
+
+def _sharded_context(model, api):
+    if api == "fsdp1":
+        return compat.FSDP.state_dict_type(model, StateDictType.SHARDED_STATE_DICT)
+    return contextlib.nullcontext()
+
+
+class ShardedStateDictWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
+
+    @parameterized.named_parameters(("fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
+    def test_dcp_checkpoint_loads_at_half_the_world_size(self, api):
+        self.assertGreaterEqual(self.world_size, 2, "needs at least 2 ranks to halve")
+        trained = wrapping.wrap(SPEC.build(seed=0), api, SPEC.units, device=self.device)
+        training.train(trained, SPEC, steps=2, seed=0, device=self.device)
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=EVAL_STEP,
+                                    device=self.device)
+        expected_params = params.full_params(trained)
+        with torch.no_grad():
+            expected_out = trained(inputs)
+        loaders = list(range(self.world_size // 2))
+        group = dist.new_group(loaders)  # collective over the world: every rank calls it
+        what = f"saved on {self.world_size} ranks, loaded on {len(loaders)}, api={api}"
+        with shared_checkpoint_dir() as path:
+            with _sharded_context(trained, api):
+                dcp.save(trained.state_dict(), checkpoint_id=path)
+            dist.barrier()
+            if self.rank in loaders:
+                if api == "fsdp1":
+                    options = {"extra": {"process_group": group}}
+                else:
+                    options = {"mesh": DeviceMesh.from_group(group, self.device.type)}
+                fresh = wrapping.wrap(SPEC.build(seed=1), api, SPEC.units,
+                                      device=self.device, **options)
+                with _sharded_context(fresh, api):
+                    state = fresh.state_dict()
+                    dcp.load(state, checkpoint_id=path, process_group=group)
+                    fresh.load_state_dict(state)
+                parity.assert_params_close(params.full_params(fresh), expected_params,
+                                           rtol=0, atol=0, context=what)
+                with torch.no_grad():
+                    parity.assert_tensors_close(fresh(inputs), expected_out, rtol=0, atol=0,
+                                                name=f"output, {what}")
+        dist.destroy_process_group(group)
+
+
+if __name__ == "__main__":
+    multirank.main()
