@@ -9,7 +9,7 @@ and prints a table:
     fresh rank processes, as torch's own distributed test harness does.
 
 Usage: tools/bazel run //tools:bench_harness -- --tests=20
-   or: PYTHONPATH=. python3 tools/bench_harness.py --tests=20
+   or: PYTHONPATH=. python3 tools/bench_harness.py --tests=20 [--device=cuda]
 """
 
 import multiprocessing
@@ -25,7 +25,9 @@ from absl import flags
 import torch
 import torch.distributed as dist
 
+from testing import devices
 from testing import multirank
+from testing import options
 
 MAX_TESTS = 500
 _TESTS = flags.DEFINE_integer("tests", 20, "Trivial tests per approach.", lower_bound=1,
@@ -37,8 +39,8 @@ _METHODS = flags.DEFINE_list("start_methods", ["fork", "forkserver", "spawn"],
 WORLD_SIZE = 2
 
 
-def _check_all_reduce(rank: int, world_size: int) -> None:
-    t = torch.full((8,), float(rank + 1))
+def _check_all_reduce(rank: int, world_size: int, device="cpu") -> None:
+    t = torch.full((8,), float(rank + 1), device=device)
     dist.all_reduce(t)
     expected = world_size * (world_size + 1) / 2
     if t.tolist() != [expected] * 8:
@@ -55,7 +57,7 @@ class TrivialTest(multirank.MultiRankTestCase):
 # module afresh) find them too.
 for _i in range(MAX_TESTS):
     setattr(TrivialTest, f"test_{_i:04d}",
-            lambda self: _check_all_reduce(self.rank, self.world_size))
+            lambda self: _check_all_reduce(self.rank, self.world_size, self.device))
 
 
 def _bench_harness(start_method: str, count: int):
@@ -75,10 +77,15 @@ def _bench_harness(start_method: str, count: int):
     return times[0], sum(later) / len(later)
 
 
-def _baseline_rank(rank: int, world_size: int, store_path: str) -> None:
+def _baseline_rank(rank: int, world_size: int, store_path: str, device_name: str) -> None:
+    kind = devices.get(device_name)
+    device = torch.device("cpu")
+    if kind.is_accelerator:
+        kind.torch_module().set_device(rank)
+        device = torch.device(kind.name, rank)
     store = dist.FileStore(store_path, world_size)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
-    _check_all_reduce(rank, world_size)
+    dist.init_process_group(kind.backend, store=store, rank=rank, world_size=world_size)
+    _check_all_reduce(rank, world_size, device)
     dist.destroy_process_group()
 
 
@@ -88,7 +95,8 @@ def _bench_spawn_per_test(count: int) -> float:
     started = time.perf_counter()
     for _ in range(count):
         store_path = os.path.join(tempfile.mkdtemp(), "store")
-        ranks = [context.Process(target=_baseline_rank, args=(r, WORLD_SIZE, store_path))
+        ranks = [context.Process(target=_baseline_rank,
+                                 args=(r, WORLD_SIZE, store_path, options.device().name))
                  for r in range(WORLD_SIZE)]
         for p in ranks:
             p.start()
@@ -108,8 +116,9 @@ def main(argv):
         rows.append((f"harness, {method}", first, per_test))
     baseline = _bench_spawn_per_test(_BASELINE_TESTS.value)
     rows.append(("spawn per test (baseline)", baseline, baseline))
+    kind = options.device()
     print(f"\n{count} trivial {WORLD_SIZE}-rank tests (all_reduce + check), "
-          f"torch {torch.__version__}, {os.cpu_count()} cores")
+          f"{kind.name}/{kind.backend}, torch {torch.__version__}, {os.cpu_count()} cores")
     print(f"| {'approach':<28} | {'first test (s)':>14} | {'per later test (s)':>18} "
           f"| {'vs baseline':>11} |")
     print(f"|{'-' * 30}|{'-' * 16}|{'-' * 20}|{'-' * 13}|")
