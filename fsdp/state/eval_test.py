@@ -1,0 +1,78 @@
+"""Forward passes without backward (eval mode, no_grad inference) give the reference's results.
+
+A sharded tied-embedding transformer (buffers, tied ``embed``/``lm_head``) is
+trained on rank-distinct data. Then:
+
+* ``model.eval()`` plus ``torch.no_grad()`` inference, twice in a row, must give
+  the outputs of a reference trained without FSDP on all ranks' data, and leave
+  the parameters as they were;
+* forwards in eval mode with autograd enabled whose outputs are dropped
+  without a backward, between training steps, must not disturb training: after
+  ``model.train()`` the remaining steps must match the uninterrupted reference.
+"""
+
+import torch
+from absl.testing import parameterized
+
+from testing import multirank
+from testing.fsdp import compat, data, models, params, parity, training, wrapping
+
+SPEC = models.get("tied_transformer")
+EVAL_STEP = 100  # a batch no training step used
+
+
+def _train_steps(model, opt, steps, device):
+    """SGD steps with the batches of the given step indices (rank-distinct)."""
+    for step in steps:
+        inputs, targets = data.rank_batch(SPEC, seed=0, rank=compat.rank(), step=step,
+                                          device=device)
+        SPEC.loss_fn(model(inputs), targets).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+class EvalTest(multirank.MultiRankTestCase, parameterized.TestCase):
+
+    def _inputs(self):
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=EVAL_STEP,
+                                    device=self.device)
+        return inputs
+
+    @parameterized.named_parameters(("fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
+    def test_no_grad_eval_after_training_matches_reference(self, api):
+        model = wrapping.wrap(SPEC.build(seed=0), api, SPEC.units, device=self.device)
+        training.train(model, SPEC, steps=2, seed=0, device=self.device)
+        reference, _ = training.reference_train(SPEC, steps=2, seed=0, device=self.device)
+        trained = params.full_params(model)
+        model.eval()
+        reference.eval()
+        inputs = self._inputs()
+        with torch.no_grad():
+            expected = reference(inputs)
+            for attempt in range(2):
+                out = model(inputs)
+                self.assertFalse(out.requires_grad, "no_grad output requires grad")
+                parity.assert_tensors_close(out, expected,
+                                            name=f"eval no_grad output #{attempt} api={api}")
+        parity.assert_params_close(params.full_params(model), trained, rtol=0, atol=0,
+                                   context=f"inference changed parameters api={api}")
+
+    @parameterized.named_parameters(("fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
+    def test_forward_without_backward_between_steps_matches_reference(self, api):
+        model = wrapping.wrap(SPEC.build(seed=0), api, SPEC.units, device=self.device)
+        opt = training.default_optimizer(model.parameters())
+        _train_steps(model, opt, [0], self.device)
+        model.eval()
+        for _ in range(2):
+            out = model(self._inputs())  # autograd on; no backward
+            self.assertTrue(out.requires_grad)
+            del out
+        model.train()
+        _train_steps(model, opt, [1, 2], self.device)
+        reference, _ = training.reference_train(SPEC, steps=3, seed=0, device=self.device)
+        parity.assert_params_close(params.full_params(model), params.full_params(reference),
+                                   context=f"3 steps with dropped eval forwards, api={api}")
+
+
+if __name__ == "__main__":
+    multirank.main()
