@@ -24,7 +24,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ME = "tools/remote"
 DEFAULT_PORT = 50151
 CACHE = os.environ.get("FSDP_CACHE_DIR") or os.path.expanduser("~/.cache/fsdp-conformance")
-STATE_DIR = os.path.join(CACHE, "remote")
+# One stack per state directory (the integration test uses its own).
+STATE_DIR = os.path.abspath(os.environ.get("FSDP_REMOTE_STATE_DIR") or os.path.join(CACHE, "remote"))
 STATE_FILE = os.path.join(STATE_DIR, "state.json")
 DEVICES = ("cpu", "cuda", "hpu", "xpu")
 
@@ -366,7 +367,8 @@ def start(args):
         except KeyError as e:
             raise Error("running as root but there is no `postgres` user (install postgresql-15)") from e
         user = "postgres"
-        pg_root = f"/tmp/fsdp-conformance-remote-{os.geteuid()}"
+        key = hashlib.sha256(STATE_DIR.encode()).hexdigest()[:10]
+        pg_root = f"/tmp/fsdp-conformance-remote-{key}"
     else:
         pg_root = os.path.join(STATE_DIR, "pg")
     pgdata = os.path.join(pg_root, "data")
@@ -401,7 +403,7 @@ def start(args):
     pid = spawn([os.path.join(pg, "postgres"), "-D", pgdata, "-h", "127.0.0.1", "-p", str(pg_port),
                  "-k", sockdir, "-c", "fsync=off", "-c", "max_connections=200"], pg_log, user=user)
     state["processes"].append({"role": "postgres", "pid": pid})
-    state.update(pg_port=pg_port, pgdata=pgdata)
+    state.update(pg_port=pg_port, pgdata=pgdata, pg_root=pg_root)
     save_state(state)
     wait_port(pg_port, pid, "PostgreSQL", pg_log)
     # A fresh database each start: no jobs or bot sessions left over from an earlier stack.
@@ -487,6 +489,11 @@ def stop(args):
         raise Error(f"could not stop: {', '.join(left)}")
     os.unlink(STATE_FILE)
     shutil.rmtree(os.path.join(STATE_DIR, "work"), ignore_errors=True)
+    if getattr(args, "purge", False):
+        # The database cluster and the CAS; the BuildGrid environment stays.
+        if state.get("pg_root"):
+            shutil.rmtree(state["pg_root"], ignore_errors=True)
+        shutil.rmtree(os.path.join(STATE_DIR, "cas"), ignore_errors=True)
     if not getattr(args, "quiet", False):
         say(f"stopped {len(procs)} process(es)")
 
@@ -513,7 +520,8 @@ def main(argv=None):
     s.add_argument("--gpus", type=int, default=0, help="accelerators per worker (non-cpu devices)")
     s.add_argument("--extra-worker", action="append", metavar="DEVICE[:GPUS]",
                    help="one more worker of another kind, e.g. cuda:4 (repeatable)")
-    sub.add_parser("stop", help="stop everything start started")
+    t = sub.add_parser("stop", help="stop everything start started")
+    t.add_argument("--purge", action="store_true", help="also delete the database cluster and the CAS")
     sub.add_parser("status", help="show the processes of the stack")
     args = p.parse_args(argv)
     try:
