@@ -4,8 +4,8 @@ A nested MLP is sharded with each strategy the API offers and trained for three
 SGD-with-momentum steps on rank-distinct data; its full parameters and losses
 must equal a model trained without FSDP on the concatenation of all ranks'
 batches. FSDP1: FULL_SHARD, SHARD_GRAD_OP and NO_SHARD. FSDP2:
-reshard_after_forward True, False and an int (resharding to groups of 2 after
-forward, which needs world size 4). Each is checked with nested units (every
+reshard_after_forward True and False (an int, which needs world size 4, is in
+reshard_to_subgroup_test.py, so that this file runs on 2 devices). Each is checked with nested units (every
 block its own unit, one unit nested inside another) and flat (root only).
 """
 
@@ -33,12 +33,6 @@ class ParityTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def test_matches_unsharded_training(self, api, units, options):
         training.check_against_reference(SPEC, api, units=units, steps=3,
                                          device=self.device, **options)
-
-    # Only non-root units reshard after forward, so this needs nested units.
-    @multirank.world_size(4)
-    def test_matches_unsharded_training_reshard_after_forward_2_nested_fsdp2(self):
-        training.check_against_reference(SPEC, "fsdp2", steps=3, device=self.device,
-                                         reshard_after_forward=2)
 
 
 if __name__ == "__main__":

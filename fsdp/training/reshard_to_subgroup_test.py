@@ -1,0 +1,28 @@
+"""FSDP2 resharding to a smaller group after forward trains like unsharded training.
+
+With ``reshard_after_forward=2`` on world size 4, each unit keeps its
+parameters gathered over groups of 2 ranks between forward and backward
+instead of freeing them entirely. Training must still equal a model trained
+without FSDP on all ranks' data. The value must be a non-trivial divisor of
+the world size, so this needs (and is declared with) world size 4.
+"""
+
+from testing import multirank
+from testing.fsdp import models
+from testing.fsdp import training
+
+SPEC = models.get("nested_mlp")
+
+
+class ReshardToSubgroupTest(multirank.MultiRankTestCase):
+
+    world_size = 4
+
+    # Only non-root units reshard after forward, so this needs nested units.
+    def test_matches_unsharded_training_reshard_after_forward_2_nested_fsdp2(self):
+        training.check_against_reference(SPEC, "fsdp2", steps=3, device=self.device,
+                                         reshard_after_forward=2)
+
+
+if __name__ == "__main__":
+    multirank.main()
