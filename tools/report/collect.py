@@ -323,8 +323,23 @@ def parse_bazel_xml(text: str, *, source: str, label: str, behaviour: str,
   return out
 
 
-def parse_pytest_junit(path: str, device: str) -> M.Collected:
-  """Reads pytest's --junitxml output from a host without Bazel."""
+def _junit_behaviour(classname: str, package: str) -> str:
+  """fsdp.training.parity_test.ParityTest -> training/parity_test, as for Bazel."""
+  parts = classname.split(".")
+  if len(parts) >= 2 and parts[-1][:1].isupper():
+    parts = parts[:-1]            # drop the test class
+  if package and len(parts) > 1 and parts[0] == package:
+    parts = parts[1:]
+  return "/".join(parts) or "(unknown)"
+
+
+def parse_pytest_junit(path: str, device: str, package: str = "fsdp"
+                       ) -> M.Collected:
+  """Reads pytest's --junitxml output from a host without Bazel.
+
+  An environment.json beside the file (the harness writes one to
+  FSDP_TEST_OUTPUT_DIR) describes that host's torch and devices.
+  """
   out = M.Collected()
   out.inputs.append("pytest JUnit (%s): %s" % (device, path))
   label = "junit:" + os.path.basename(path)
@@ -339,11 +354,7 @@ def parse_pytest_junit(path: str, device: str) -> M.Collected:
   for case in root.iter("testcase"):
     classname = case.get("classname", "")
     name = case.get("name", "")
-    parts = classname.split(".")
-    if len(parts) >= 2 and parts[-1][:1].isupper():
-      behaviour = parts[-2]       # fsdp.multiple_forward_test.MultipleForwardTest
-    else:
-      behaviour = parts[-1] or "(unknown)"
+    behaviour = _junit_behaviour(classname, package)
     method, api = M.split_api(name)
     status, msg, body = _case_status(case)
     out.results.append(M.TestResult(
@@ -353,7 +364,33 @@ def parse_pytest_junit(path: str, device: str) -> M.Collected:
         duration=_float(case.get("time")), source=path))
   if not out.results:
     out.problems.append(M.Problem(path, "JUnit XML has no test cases"))
+  env_path = os.path.join(os.path.dirname(path), "environment.json")
+  if os.path.isfile(env_path):
+    try:
+      env = json.loads(_read_text(env_path))
+      if not isinstance(env, dict):
+        raise ValueError("not a JSON object")
+      out.environments.append((device, env, env_path))
+    except ValueError as e:
+      out.problems.append(M.Problem(env_path, "bad environment.json: %s" % e))
   return out
+
+
+def drop_stale(col: M.Collected) -> M.Collected:
+  """Drops Bazel results of targets the BUILD files no longer declare.
+
+  bazel-testlogs keeps the folders of deleted or renamed targets; without a
+  target list (no query) everything is kept.
+  """
+  if not col.have_query:
+    return col
+  stale = sorted({r.label for r in col.results
+                  if r.label.startswith("//") and r.label not in col.targets})
+  if stale:
+    col.results = [r for r in col.results if r.label not in stale]
+    col.notes.append("ignored results of targets no longer in the BUILD files: "
+                     + ", ".join(stale))
+  return col
 
 
 # --------------------------------------------------------------------------

@@ -110,7 +110,8 @@ def main(argv=None) -> int:
   for d in testlogs:
     col.merge(collect.scan_testlogs(resolve(d), args.package))
   for path, device in junits:
-    col.merge(collect.parse_pytest_junit(path, device))
+    col.merge(collect.parse_pytest_junit(path, device, args.package))
+  col = collect.drop_stale(col)
 
   if args.devices:
     col = model.only_devices(col, [d.strip() for d in args.devices.split(",")

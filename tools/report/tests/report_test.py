@@ -337,6 +337,29 @@ class PytestJunitTest(absltest.TestCase):
     self.assertIn("ccl backend not available", html_text)
     self.assertIn("pytest JUnit (xpu)", md)
 
+  def test_subpackage_rows_match_bazel_and_environment_is_read(self):
+    tmp = tempfile.mkdtemp()
+    junit = os.path.join(tmp, "cuda.xml")
+    with open(junit, "w") as f:
+      f.write('<testsuites><testsuite name="pytest">'
+              '<testcase classname="fsdp.training.parity_test.ParityTest" '
+              'name="test_matches_fsdp2" time="0.5"/></testsuite></testsuites>')
+    with open(os.path.join(tmp, "environment.json"), "w") as f:
+      f.write('{"torch_version": "2.11.0+cu130", "device_names": ["NVIDIA H200"]}')
+    col = collect.parse_pytest_junit(junit, "cuda")
+    self.assertEqual([r.behaviour for r in col.results], ["training/parity_test"])
+    self.assertEqual(col.environments[0][1]["torch_version"], "2.11.0+cu130")
+    shutil.rmtree(tmp)
+
+  def test_results_of_deleted_targets_are_dropped_with_a_note(self):
+    col = collect.parse_query_xml(collect._read_text(QUERY), QUERY)
+    col.merge(collect.scan_testlogs(CPU))
+    gone = sorted({r.label for r in col.results})[0]
+    del col.targets[gone]
+    col = collect.drop_stale(col)
+    self.assertNotIn(gone, {r.label for r in col.results})
+    self.assertIn(gone, col.notes[-1])
+
   def test_bad_junit_is_a_problem(self):
     tmp = tempfile.mkdtemp()
     bad = os.path.join(tmp, "bad.xml")
