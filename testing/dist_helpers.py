@@ -1,5 +1,11 @@
 """Small helpers for code running on a rank: barrier, seeding, cross-rank checks."""
 
+import contextlib
+import os
+import shutil
+import tempfile
+from typing import Iterator
+
 import torch
 import torch.distributed as dist
 
@@ -14,6 +20,24 @@ def seed_per_rank(base: int = 0) -> int:
     seed = base * 1000 + dist.get_rank()
     torch.manual_seed(seed)
     return seed
+
+
+@contextlib.contextmanager
+def shared_tempdir(prefix: str = "tmp-") -> Iterator[str]:
+    """A fresh directory under TEST_TMPDIR, the same path on every rank (a collective).
+
+    Rank 0 creates it and broadcasts the path; on exit every rank waits at a
+    barrier, then rank 0 removes the directory.
+    """
+    holder = [tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("TEST_TMPDIR"))
+              if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(holder, src=0)
+    try:
+        yield holder[0]
+    finally:
+        dist.barrier()
+        if dist.get_rank() == 0:
+            shutil.rmtree(holder[0], ignore_errors=True)
 
 
 def assert_same_across_ranks(tensor: torch.Tensor, name: str = "tensor",

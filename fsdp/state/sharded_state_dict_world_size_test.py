@@ -10,43 +10,17 @@ trained model's outputs on rank-distinct inputs. The checkpoint is written
 inside the test (no dependence on test order) under TEST_TMPDIR and removed.
 """
 
-import contextlib
-import os
-import shutil
-import tempfile
-
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from absl.testing import parameterized
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import StateDictType
 
-from testing import multirank
-from testing.fsdp import compat, data, models, params, parity, training, wrapping
+from testing import dist_helpers, multirank
+from testing.fsdp import data, models, params, parity, state_dicts, training, wrapping
 
 SPEC = models.get("nested_mlp")
 EVAL_STEP = 100  # a batch no training step used
-
-
-@contextlib.contextmanager
-def shared_checkpoint_dir():
-    """A fresh directory under TEST_TMPDIR, the same on every rank; removed on exit."""
-    holder = [tempfile.mkdtemp(prefix="ckpt-", dir=os.environ.get("TEST_TMPDIR"))
-              if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(holder, src=0)
-    try:
-        yield holder[0]
-    finally:
-        dist.barrier()
-        if dist.get_rank() == 0:
-            shutil.rmtree(holder[0], ignore_errors=True)
-
-
-def _sharded_context(model, api):
-    if api == "fsdp1":
-        return compat.FSDP.state_dict_type(model, StateDictType.SHARDED_STATE_DICT)
-    return contextlib.nullcontext()
 
 
 class ShardedStateDictWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
@@ -64,9 +38,8 @@ class ShardedStateDictWorldSizeTest(multirank.MultiRankTestCase, parameterized.T
         loaders = list(range(self.world_size // 2))
         group = dist.new_group(loaders)  # collective over the world: every rank calls it
         what = f"saved on {self.world_size} ranks, loaded on {len(loaders)}, api={api}"
-        with shared_checkpoint_dir() as path:
-            with _sharded_context(trained, api):
-                dcp.save(trained.state_dict(), checkpoint_id=path)
+        with dist_helpers.shared_tempdir(prefix="ckpt-") as path:
+            dcp.save(state_dicts.sharded_state_dict(trained, api), checkpoint_id=path)
             dist.barrier()
             if self.rank in loaders:
                 if api == "fsdp1":
@@ -75,10 +48,7 @@ class ShardedStateDictWorldSizeTest(multirank.MultiRankTestCase, parameterized.T
                     options = {"mesh": DeviceMesh.from_group(group, self.device.type)}
                 fresh = wrapping.wrap(SPEC.build(seed=1), api, SPEC.units,
                                       device=self.device, **options)
-                with _sharded_context(fresh, api):
-                    state = fresh.state_dict()
-                    dcp.load(state, checkpoint_id=path, process_group=group)
-                    fresh.load_state_dict(state)
+                state_dicts.dcp_load(fresh, api, path, process_group=group)
                 parity.assert_params_close(params.full_params(fresh), expected_params,
                                            rtol=0, atol=0, context=what)
                 with torch.no_grad():
