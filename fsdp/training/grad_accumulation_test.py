@@ -12,13 +12,12 @@ model trained without FSDP on the one large batch of all micro-batches of all
 ranks.
 """
 
-import contextlib
-
 import torch
 import torch.distributed as dist
 from absl.testing import parameterized
 
 from testing import multirank
+from testing.fsdp import collective_spy
 from testing.fsdp import data
 from testing.fsdp import models
 from testing.fsdp import params
@@ -28,29 +27,6 @@ from testing.fsdp import wrapping
 
 SPEC = models.get("nested_mlp")
 MICRO_BATCHES = 3
-# Collectives that reduce gradients, under the names torch releases expose.
-_REDUCTIONS = ("reduce_scatter_tensor", "reduce_scatter_single", "reduce_scatter",
-               "all_reduce")
-
-
-@contextlib.contextmanager
-def _count_reductions(calls):
-    """Appends the name of every gradient-reducing collective called inside the block."""
-    originals = {n: getattr(dist, n) for n in _REDUCTIONS if hasattr(dist, n)}
-
-    def counted(name, fn):
-        def call(*args, **kwargs):
-            calls.append(name)
-            return fn(*args, **kwargs)
-        return call
-
-    for name, fn in originals.items():
-        setattr(dist, name, counted(name, fn))
-    try:
-        yield
-    finally:
-        for name, fn in originals.items():
-            setattr(dist, name, fn)
 
 
 def _micro_batch(rank, index, device):
@@ -82,8 +58,7 @@ class GradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCase):
         """Runs the unsynchronized micro-batches, checking after each; returns nothing."""
         for index in range(MICRO_BATCHES - 1):
             inputs, targets = _micro_batch(self.rank, index, self.device)
-            calls = []
-            with _count_reductions(calls):
+            with collective_spy.record_reductions(collective_spy.GRADIENT_REDUCTIONS) as calls:
                 if api == "fsdp1":
                     with model.no_sync():
                         (SPEC.loss_fn(model(inputs), targets) / MICRO_BATCHES).backward()
@@ -115,8 +90,7 @@ class GradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCase):
         if api == "fsdp2":
             model.set_requires_gradient_sync(True)
         inputs, targets = _micro_batch(self.rank, MICRO_BATCHES - 1, self.device)
-        calls = []
-        with _count_reductions(calls):
+        with collective_spy.record_reductions(collective_spy.GRADIENT_REDUCTIONS) as calls:
             (SPEC.loss_fn(model(inputs), targets) / MICRO_BATCHES).backward()
         grads = params.full_grads(model)
         optimizer.step()

@@ -10,13 +10,11 @@ a buffer read in forward. Training must stay within the low-precision tolerance
 of a float32 reference trained without FSDP on all ranks' data.
 """
 
-import contextlib
-
 import torch
-import torch.distributed as dist
 from absl.testing import parameterized
 
 from testing import multirank
+from testing.fsdp import collective_spy
 from testing.fsdp import compat
 from testing.fsdp import models
 from testing.fsdp import params
@@ -27,30 +25,6 @@ from testing.fsdp import wrapping
 SPEC = models.get("nested_mlp")
 TIED = models.get("tied_transformer")
 STEPS = 2
-# Names under which torch releases expose reduce-scatter (FSDP calls it via ``dist.<name>``).
-_REDUCE_SCATTERS = ("reduce_scatter_tensor", "reduce_scatter_single", "reduce_scatter")
-
-
-@contextlib.contextmanager
-def _record_reduce_scatter_dtypes(seen):
-    """Appends the input dtype of every reduce-scatter issued inside the block to ``seen``."""
-    originals = {n: getattr(dist, n) for n in _REDUCE_SCATTERS if hasattr(dist, n)}
-
-    def recorder(name, fn):
-        def call(*args, **kwargs):
-            inputs = args[1] if len(args) > 1 else kwargs.get("input", kwargs.get("input_list"))
-            first = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
-            seen.append((name, first.dtype))
-            return fn(*args, **kwargs)
-        return call
-
-    for name, fn in originals.items():
-        setattr(dist, name, recorder(name, fn))
-    try:
-        yield
-    finally:
-        for name, fn in originals.items():
-            setattr(dist, name, fn)
 
 
 def _record_forward_dtypes(module, seen, label):
@@ -81,7 +55,7 @@ class MixedPrecisionTest(multirank.MultiRankTestCase, parameterized.TestCase):
     @parameterized.named_parameters(*_CASES)
     def test_forward_and_reduction_use_configured_dtypes(self, api, param_dtype, reduce_dtype):
         model = SPEC.build(seed=0)
-        forward_seen, reduce_seen, grad_dtypes = [], [], set()
+        forward_seen, grad_dtypes = [], set()
         _record_forward_dtypes(model.inp, forward_seen, "root layer inp")
         _record_forward_dtypes(model.layers[1].fc1, forward_seen, "unit layer layers.1.fc1")
         model = wrapping.wrap(model, api, SPEC.units, device=self.device,
@@ -90,7 +64,7 @@ class MixedPrecisionTest(multirank.MultiRankTestCase, parameterized.TestCase):
         def grads_after_backward(m, step):
             grad_dtypes.update(p.grad.dtype for p in m.parameters() if p.grad is not None)
 
-        with _record_reduce_scatter_dtypes(reduce_seen):
+        with collective_spy.record_reductions(collective_spy.REDUCE_SCATTERS) as reduce_seen:
             losses = training.train(model, SPEC, steps=STEPS, device=self.device,
                                     before_step=grads_after_backward)
         ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
