@@ -27,22 +27,12 @@ from testing.fsdp import models, params, parity, training, wrapping
 SPEC = models.get("batchnorm_mlp")  # buffers: BatchNorm running statistics
 
 
-def rank_distinct_model(rank: int) -> torch.nn.Module:
-    """The model built from seed ``rank``, its BatchNorm buffers shifted by ``rank``."""
-    model = SPEC.build(seed=rank)
-    with torch.no_grad():
-        for name, buffer in model.named_buffers():
-            if buffer.is_floating_point():
-                buffer.add_(rank + 0.5 * len(name))
-    return model
-
-
 class SyncModuleStatesBroadcastTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     def _assert_synced_and_trains(self, model, what):
         parity.assert_params_close(
             params.full_params(model, buffers=True),
-            params.full_params(rank_distinct_model(0), buffers=True),
+            params.full_params(models.rank_distinct_model(SPEC, 0), buffers=True),
             rtol=0, atol=0, context=f"after sync: rank 0's init ({what})")
         training.train(model, SPEC, steps=2, seed=0, device=self.device)
         reference, _ = training.reference_train(SPEC, steps=2, seed=0, device=self.device)
@@ -51,16 +41,16 @@ class SyncModuleStatesBroadcastTest(multirank.MultiRankTestCase, parameterized.T
 
     @parameterized.named_parameters(("fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
     def test_broadcast_from_rank0_full_state_dict_makes_ranks_identical(self, api):
-        model = wrapping.wrap(rank_distinct_model(self.rank), api, SPEC.units,
+        model = wrapping.wrap(models.rank_distinct_model(SPEC, self.rank), api, SPEC.units,
                               device=self.device)
-        state = rank_distinct_model(0).state_dict() if self.rank == 0 else {}
+        state = models.rank_distinct_model(SPEC, 0).state_dict() if self.rank == 0 else {}
         dcp_state_dict.set_model_state_dict(
             model, state, options=dcp_state_dict.StateDictOptions(
                 full_state_dict=True, broadcast_from_rank0=True))
         self._assert_synced_and_trains(model, f"set_model_state_dict broadcast api={api}")
 
     def test_broadcast_before_fully_shard_makes_ranks_identical_fsdp2(self):
-        model = rank_distinct_model(self.rank).to(self.device)
+        model = models.rank_distinct_model(SPEC, self.rank).to(self.device)
         with torch.no_grad():
             for tensor in list(model.parameters()) + list(model.buffers()):
                 dist.broadcast(tensor, src=0)

@@ -13,32 +13,20 @@ equivalent and the broadcast-based paths are in
 sync_module_states_broadcast_test.py and run on CPU.
 """
 
-import torch
-
 from testing import multirank
 from testing.fsdp import models, params, parity, training, wrapping
 
 SPEC = models.get("batchnorm_mlp")  # buffers: BatchNorm running statistics
 
 
-def rank_distinct_model(rank: int) -> torch.nn.Module:
-    """The model built from seed ``rank``, its BatchNorm buffers shifted by ``rank``."""
-    model = SPEC.build(seed=rank)
-    with torch.no_grad():
-        for name, buffer in model.named_buffers():
-            if buffer.is_floating_point():
-                buffer.add_(rank + 0.5 * len(name))
-    return model
-
-
 class SyncModuleStatesTest(multirank.MultiRankTestCase):
 
     def test_sync_module_states_makes_ranks_identical_fsdp1(self):
-        model = wrapping.wrap(rank_distinct_model(self.rank), "fsdp1", SPEC.units,
+        model = wrapping.wrap(models.rank_distinct_model(SPEC, self.rank), "fsdp1", SPEC.units,
                               device=self.device, extra={"sync_module_states": True})
         synced = params.full_params(model, buffers=True)
-        parity.assert_params_close(synced, params.full_params(rank_distinct_model(0),
-                                                              buffers=True),
+        rank0_init = params.full_params(models.rank_distinct_model(SPEC, 0), buffers=True)
+        parity.assert_params_close(synced, rank0_init,
                                    rtol=0, atol=0, context="after wrap: rank 0's init")
         training.train(model, SPEC, steps=2, seed=0, device=self.device)
         reference, _ = training.reference_train(SPEC, steps=2, seed=0, device=self.device)

@@ -82,6 +82,20 @@ def names() -> List[str]:
     return sorted(_REGISTRY)
 
 
+def rank_distinct_model(spec: ModelSpec, rank: int) -> nn.Module:
+    """``spec`` built from seed ``rank``, floating buffers shifted by ``rank + len(name) / 2``.
+
+    Parameters and buffers (e.g. BatchNorm running statistics) then differ across
+    ranks; for tests that make ranks agree (``sync_module_states``, broadcasts).
+    """
+    model = spec.build(seed=rank)
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if buffer.is_floating_point():
+                buffer.add_(rank + 0.5 * len(name))
+    return model
+
+
 def _regression_batch(in_dim: int, out_dim: int) -> Callable[[torch.Generator, int], Batch]:
     def make(gen: torch.Generator, batch_size: int) -> Batch:
         x = torch.randn(batch_size, in_dim, generator=gen)
