@@ -21,34 +21,13 @@ _full_param_padded``, FSDP2 ``FSDPParam._unsharded_param``); if a torch
 release renames them the test fails saying so.
 """
 
-import torch
 from absl.testing import parameterized
 from torch import nn
 
 from testing import multirank
-from testing.fsdp import compat, wrapping
+from testing.fsdp import compat, unit_stack
 
-N_UNITS = 8
-DIM = 256  # (DIM * DIM + DIM) divides by 2 and 4: no padding at those world sizes
-UNITS = tuple(f"layers.{i}" for i in range(N_UNITS))
-
-
-class _Stack(nn.Module):
-    """N_UNITS units of Linear(DIM, DIM) + Tanh; no parameters outside the units."""
-
-    def __init__(self):
-        super().__init__()
-        self.layers = nn.Sequential(*[nn.Sequential(nn.Linear(DIM, DIM), nn.Tanh())
-                                      for _ in range(N_UNITS)])
-
-    def forward(self, x):
-        return self.layers(x)
-
-
-def _build():
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return _Stack()
+N_UNITS = unit_stack.N_UNITS
 
 
 def unsharded_bytes(model, api):
@@ -77,23 +56,6 @@ def unsharded_bytes(model, api):
 
 class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
-    def _wrap(self, api, reshard):
-        if api == "fsdp1":
-            options = {"sharding_strategy": "FULL_SHARD" if reshard else "SHARD_GRAD_OP"}
-        else:
-            options = {"reshard_after_forward": reshard}
-        return wrapping.wrap(_build(), api, UNITS, device=self.device, **options)
-
-    def _inputs(self):
-        gen = torch.Generator().manual_seed(1000 + self.rank)  # rank-distinct
-        return torch.randn(2, DIM, generator=gen).to(self.device)
-
-    def _unit_bytes(self):
-        """U: bytes of one unit's unsharded, padded parameters."""
-        numel = DIM * DIM + DIM
-        padded = -(-numel // self.world_size) * self.world_size
-        return padded * 4
-
     def _inner_units(self, model):
         """The Linear of every unit (its hooks run while the unit is unsharded)."""
         return [m for m in model.modules()
@@ -104,7 +66,8 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
         Returns (after_forward, after_backward, peak sampled total).
         """
-        model(self._inputs()).sum().backward()  # lazy init and first all-gathers
+        inputs = unit_stack.inputs(self.rank, self.device)
+        model(inputs).sum().backward()  # lazy init and first all-gathers
         model.zero_grad(set_to_none=True)
         samples = []
 
@@ -116,7 +79,7 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
             handles.append(linear.register_forward_hook(sample))
             handles.append(linear.register_full_backward_pre_hook(sample))
         try:
-            out = model(self._inputs())
+            out = model(inputs)
             after_forward = unsharded_bytes(model, api)
             out.sum().backward()
             after_backward = unsharded_bytes(model, api)
@@ -128,7 +91,7 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     @parameterized.named_parameters(("full_shard_fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
     def test_reshard_after_forward_frees_unsharded_params(self, api):
-        model = self._wrap(api, reshard=True)
+        model = unit_stack.wrap(api, reshard=True, device=self.device)
         after_forward, after_backward, peak = self._step_with_samples(model, api)
         self.assertLen(after_forward, N_UNITS, f"units found: {sorted(after_forward)}")
         self.assertEqual(after_forward, dict.fromkeys(after_forward, 0),
@@ -138,15 +101,15 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
         if api == "fsdp2":
             for name, p in model.named_parameters():
                 self.assertTrue(compat.is_dtensor(p), f"{name} not resharded after forward")
-        unit = self._unit_bytes()
+        unit = unit_stack.unit_bytes(self.world_size)
         self.assertLessEqual(peak, 3 * unit,
                              f"peak live unsharded bytes {peak} > 3 units ({unit} B each)")
 
     @parameterized.named_parameters(("shard_grad_op_fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
     def test_without_reshard_unsharded_params_stay_allocated(self, api):
-        model = self._wrap(api, reshard=False)
+        model = unit_stack.wrap(api, reshard=False, device=self.device)
         after_forward, _, peak = self._step_with_samples(model, api)
-        unit = self._unit_bytes()
+        unit = unit_stack.unit_bytes(self.world_size)
         self.assertLen(after_forward, N_UNITS, f"units found: {sorted(after_forward)}")
         self.assertEqual(after_forward, dict.fromkeys(after_forward, unit),
                          "unsharded parameter bytes between forward and backward")

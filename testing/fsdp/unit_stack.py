@@ -1,0 +1,58 @@
+"""A stack of equal FSDP units for memory tests, with its wrapping and sizes.
+
+N_UNITS units of ``Linear(DIM, DIM) + Tanh``, each wrapped as its own FSDP unit;
+the root holds no parameters. ``unit_bytes(world_size)`` is U, the bytes of one
+unit's unsharded (padded) float32 parameters, so the full model is N_UNITS * U.
+"""
+
+import torch
+from torch import nn
+
+from testing.fsdp import wrapping
+
+N_UNITS = 8
+DIM = 256  # (DIM * DIM + DIM) divides by 2 and 4: no padding at those world sizes
+UNITS = tuple(f"layers.{i}" for i in range(N_UNITS))
+
+
+class UnitStack(nn.Module):
+    """N_UNITS units of Linear(DIM, DIM) + Tanh; no parameters outside the units."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(*[nn.Sequential(nn.Linear(DIM, DIM), nn.Tanh())
+                                      for _ in range(N_UNITS)])
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def build() -> UnitStack:
+    """The stack on CPU from seed 0, leaving the global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return UnitStack()
+
+
+def wrap(api: str, reshard: bool, device: torch.device) -> nn.Module:
+    """Shards a fresh stack, each unit separately, resharding after forward or not.
+
+    FSDP1: FULL_SHARD (``reshard``) or SHARD_GRAD_OP; FSDP2: ``reshard_after_forward``.
+    """
+    if api == "fsdp1":
+        options = {"sharding_strategy": "FULL_SHARD" if reshard else "SHARD_GRAD_OP"}
+    else:
+        options = {"reshard_after_forward": reshard}
+    return wrapping.wrap(build(), api, UNITS, device=device, **options)
+
+
+def unit_bytes(world_size: int) -> int:
+    """U: bytes of one unit's unsharded, padded float32 parameters."""
+    numel = DIM * DIM + DIM
+    return -(-numel // world_size) * world_size * 4
+
+
+def inputs(rank: int, device: torch.device) -> torch.Tensor:
+    """A rank-distinct batch of 2 inputs."""
+    gen = torch.Generator().manual_seed(1000 + rank)
+    return torch.randn(2, DIM, generator=gen).to(device)
