@@ -1,4 +1,7 @@
-"""Small helpers for code running on a rank: barrier, seeding, cross-rank checks."""
+"""Small helpers for code running on a rank: barrier, seeding, a shared temporary directory.
+
+To check that ranks hold the same values, see ``testing.fsdp.parity.assert_same_across_ranks``.
+"""
 
 import contextlib
 import os
@@ -38,33 +41,3 @@ def shared_tempdir(prefix: str = "tmp-") -> Iterator[str]:
         dist.barrier()
         if dist.get_rank() == 0:
             shutil.rmtree(holder[0], ignore_errors=True)
-
-
-def assert_same_across_ranks(tensor: torch.Tensor, name: str = "tensor",
-                             atol: float = 0.0, rtol: float = 0.0) -> None:
-    """Fails on every rank unless ``tensor`` is equal (within tolerance) on all.
-
-    The message names each differing rank, the largest difference and where.
-    """
-    world = dist.get_world_size()
-    shapes = [None] * world
-    dist.all_gather_object(shapes, (tuple(tensor.shape), str(tensor.dtype)))
-    if len(set(shapes)) != 1:
-        raise AssertionError(f"{name} differs in shape/dtype across ranks: "
-                             + ", ".join(f"rank {r}: {s}" for r, s in enumerate(shapes)))
-    gathered = [torch.empty_like(tensor) for _ in range(world)]
-    dist.all_gather(gathered, tensor.contiguous())
-    reference = gathered[0].detach().double().cpu()
-    problems = []
-    for r in range(1, world):
-        other = gathered[r].detach().double().cpu()
-        diff = (other - reference).abs()
-        allowed = atol + rtol * reference.abs()
-        if bool((diff > allowed).any()):
-            index = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
-            problems.append(
-                f"rank {r} vs rank 0: max abs diff {diff.max().item():.6g} at "
-                f"{index} ({other[index].item():.6g} vs {reference[index].item():.6g})")
-    if problems:
-        raise AssertionError(f"{name} differs across ranks (shape "
-                             f"{tuple(tensor.shape)}):\n  " + "\n  ".join(problems))

@@ -198,16 +198,28 @@ def assert_tensors_close(actual: TensorTree, expected: TensorTree, *, name: str 
 def assert_same_across_ranks(tensors: TensorTree, *, name: str = "tensor",
                              rank: Optional[int] = None, rtol: float = 0.0, atol: float = 0.0,
                              context: str = "") -> None:
-    """Asserts every rank holds the same values as rank 0 (a collective; default exact).
+    """Asserts every rank holds rank 0's values and dtypes (a collective; default exact).
 
-    Each rank compares its CPU copy with rank 0's; a mismatch fails on the
-    ranks that differ, naming them.
+    ``tensors`` is a tensor, list or ``{name: tensor}`` dict, on any device. Each
+    rank compares its CPU copy with rank 0's; a mismatch fails on the ranks that
+    differ, e.g.::
+
+        rank 1: 1 of 1 tensors differ (float32: rtol=0, atol=0) [weights vs rank 0]
+          weights: max abs diff 5.000e-01, ...; worst at (1, 2): actual 0.5 vs expected 0
     """
     local = {k: (None if v is None else v.detach().to("cpu"))
              for k, v in _as_dict(tensors, name).items()}
     objs = [local if dist.get_rank() == 0 else None]
     if dist.get_world_size() > 1:
         dist.broadcast_object_list(objs, src=0)
-    suffix = f"{context}; " if context else ""
-    _check(local, objs[0], what=name, rank=rank, dtype=None, rtol=rtol, atol=atol,
-           context=f"{suffix}compared with rank 0")
+    expected = objs[0]
+    where = f"{name} vs rank 0" + (f"; {context}" if context else "")
+    dtypes = [f"{k}: dtype {local[k].dtype} != rank 0's {expected[k].dtype}"
+              for k in expected if local.get(k) is not None and expected[k] is not None
+              and local[k].dtype != expected[k].dtype]
+    if dtypes:
+        raise AssertionError(f"rank {_current_rank(rank)}: {len(dtypes)} of {len(expected)} "
+                             f"tensors differ in dtype [{where}]\n"
+                             + "\n".join("  " + d for d in dtypes))
+    _check(local, expected, what="tensor", rank=rank, dtype=None, rtol=rtol, atol=atol,
+           context=where)

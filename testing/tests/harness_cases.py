@@ -12,8 +12,8 @@ from absl.testing import absltest
 import torch
 import torch.distributed as dist
 
-from testing import dist_helpers
 from testing import multirank
+from testing.fsdp import parity
 
 
 def _record_pid(rank):
@@ -38,7 +38,7 @@ class Passing(multirank.MultiRankTestCase):
         _record_pid(self.rank)
 
     def test_same_across_ranks(self):
-        dist_helpers.assert_same_across_ranks(torch.ones(3, device=self.device))
+        parity.assert_same_across_ranks(torch.ones(3, device=self.device))
 
     @multirank.world_size(3)
     def test_world_size_three(self):
@@ -112,7 +112,7 @@ class DifferentAcrossRanks(multirank.MultiRankTestCase):
         t = torch.zeros(2, 3, device=self.device)
         if self.rank == 1:
             t[1, 2] = 0.5
-        dist_helpers.assert_same_across_ranks(t, name="weights")
+        parity.assert_same_across_ranks(t, name="weights")
 
 
 class Sharded(multirank.MultiRankTestCase):

@@ -157,8 +157,10 @@ class HarnessTest(absltest.TestCase):
 
     def test_tensor_mismatch_across_ranks_reads_well(self):
         run = self.cases("DifferentAcrossRanks")
-        self.assertIn("weights differs across ranks (shape (2, 3)):\n"
-                      "  rank 1 vs rank 0: max abs diff 0.5 at (1, 2) (0.5 vs 0)",
+        self.assertIn("rank 1: 1 of 1 tensors differ (float32: rtol=0, atol=0) "
+                      "[weights vs rank 0]\n"
+                      "  weights: max abs diff 5.000e-01, max rel diff 2.247e+307; 1/6 "
+                      "elements out of tolerance; worst at (1, 2): actual 0.5 vs expected 0",
                       run.output)
 
     def test_absent_device_fails_with_one_line(self):
