@@ -4,8 +4,8 @@
 #   tools/remote/remote_integration_test.sh                     # directly, or
 #   tools/bazel test //tools/remote:remote_integration_test      # as a (manual) test
 #
-# It uses its own stack (state directory, free port) and its own Bazel output base, so it
-# neither touches a stack you have running nor the workspace's bazel-* links and caches:
+# It uses its own stack (state directory, free port), a copy of the workspace and its own
+# Bazel output base, so it touches neither a stack you run nor the workspace or its caches:
 #  1. tools/remote/start with 2 cpu workers;
 #  2. runs the 2-shard //tools/remote:remote_probe_test_cpu with --noremote_accept_cached
 #     and checks, in Bazel's execution log, that both shards ran remotely and passed, and
@@ -25,13 +25,12 @@ ROOT="$(cd "$(dirname "$SCRIPT")/../.." && pwd)"
   echo "$ME: FAIL: cannot find the workspace from $SCRIPT" >&2
   exit 1
 }
-cd "$ROOT"
 
 # Under Bazel, HOME may be unset or point into the sandbox: use the real one so the cached
 # Python and BuildGrid environments are found instead of rebuilt.
 HOME="$(getent passwd "$(id -u)" | cut -d: -f6)"
 export HOME
-export PATH="/usr/local/bin:/usr/bin:/bin:${PATH:-}"
+export PATH="/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin:${PATH:-}"
 
 step() { echo "=== $ME: $*" >&2; }
 fail() {
@@ -40,6 +39,11 @@ fail() {
 }
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/fsdp-remote-it.XXXXXX")"
+# Bazel runs in a copy of the workspace: `bazel clean` and a second output base would
+# otherwise remove or repoint the workspace's bazel-* links under other builds' feet.
+mkdir "$WORK/src"
+tar -C "$ROOT" --exclude=./.git --exclude='./bazel-*' -cf - . | tar -C "$WORK/src" -xf -
+cd "$WORK/src"
 export FSDP_REMOTE_STATE_DIR="$WORK/state"
 OB="$WORK/ob"
 PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"

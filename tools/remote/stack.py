@@ -158,10 +158,18 @@ def alive(pid):
         return False
 
 
+def runuser():
+    found = shutil.which("runuser") or next(
+        (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.path.exists(p)), None)
+    if not found:
+        raise Error("running as root needs runuser (util-linux) to start PostgreSQL as `postgres`")
+    return found
+
+
 def spawn(cmd, log, user=None, env=None):
     """Starts cmd detached (own session), output to log; returns its pid."""
     if user:
-        cmd = ["runuser", "-u", user, "--"] + cmd
+        cmd = [runuser(), "-u", user, "--"] + cmd
     with open(log, "ab") as fh:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env, close_fds=True)
@@ -382,7 +390,7 @@ def start(args):
     os.makedirs(log_dir, exist_ok=True)
     for name in os.listdir(log_dir):
         os.unlink(os.path.join(log_dir, name))
-    as_user = (lambda cmd: ["runuser", "-u", user, "--"] + cmd) if user else (lambda cmd: cmd)
+    as_user = (lambda cmd: [runuser(), "-u", user, "--"] + cmd) if user else (lambda cmd: cmd)
 
     if not os.path.exists(os.path.join(pgdata, "PG_VERSION")):
         shutil.rmtree(pgdata, ignore_errors=True)
@@ -538,6 +546,9 @@ def main(argv=None):
         else:
             return status(args)
     except Error as e:
+        say(f"error: {e}")
+        return 1
+    except OSError as e:
         say(f"error: {e}")
         return 1
     except KeyboardInterrupt:
