@@ -385,6 +385,24 @@ class Job:
 
 
 def _kill_group(proc):
+    """Kills the action's whole session: its process group and any group a child made
+    (test-setup.sh runs the test under `set -m`), so nothing outlives the action."""
+    victims = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == proc.pid:  # Session id; the action is its session leader.
+            victims.append(int(entry))
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
