@@ -339,6 +339,20 @@ def parse_worker_specs(args):
     return workers
 
 
+def pg_root_dir():
+    """The PostgreSQL cluster's directory for this state directory."""
+    if os.geteuid() == 0:
+        key = hashlib.sha256(STATE_DIR.encode()).hexdigest()[:10]
+        return f"/tmp/fsdp-conformance-remote-{key}"
+    return os.path.join(STATE_DIR, "pg")
+
+
+def purge():
+    """Deletes the database cluster and the CAS (the BuildGrid environment stays)."""
+    shutil.rmtree(pg_root_dir(), ignore_errors=True)
+    shutil.rmtree(os.path.join(STATE_DIR, "cas"), ignore_errors=True)
+
+
 def start(args):
     if args.device != "cpu" and args.gpus < 1:
         raise Error(f"--device {args.device} needs --gpus N")
@@ -375,10 +389,7 @@ def start(args):
         except KeyError as e:
             raise Error("running as root but there is no `postgres` user (install postgresql-15)") from e
         user = "postgres"
-        key = hashlib.sha256(STATE_DIR.encode()).hexdigest()[:10]
-        pg_root = f"/tmp/fsdp-conformance-remote-{key}"
-    else:
-        pg_root = os.path.join(STATE_DIR, "pg")
+    pg_root = pg_root_dir()
     pgdata = os.path.join(pg_root, "data")
     sockdir = os.path.join(pg_root, "sock")
     os.makedirs(pg_root, mode=0o700, exist_ok=True)
@@ -473,6 +484,8 @@ def start(args):
 def stop(args):
     state = load_state()
     if not state:
+        if getattr(args, "purge", False):
+            purge()
         if not getattr(args, "quiet", False):
             say("nothing running")
         return
@@ -498,10 +511,7 @@ def stop(args):
     os.unlink(STATE_FILE)
     shutil.rmtree(os.path.join(STATE_DIR, "work"), ignore_errors=True)
     if getattr(args, "purge", False):
-        # The database cluster and the CAS; the BuildGrid environment stays.
-        if state.get("pg_root"):
-            shutil.rmtree(state["pg_root"], ignore_errors=True)
-        shutil.rmtree(os.path.join(STATE_DIR, "cas"), ignore_errors=True)
+        purge()
     if not getattr(args, "quiet", False):
         say(f"stopped {len(procs)} process(es)")
 
