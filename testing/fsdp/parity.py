@@ -77,7 +77,10 @@ def diff(name: str, actual: torch.Tensor, expected: torch.Tensor,
     both_nan = a.isnan() & e.isnan()
     abs_diff = torch.where(both_nan, torch.zeros_like(abs_diff), abs_diff)
     abs_diff = torch.where(abs_diff.isnan(), torch.full_like(abs_diff, float("inf")), abs_diff)
-    rel_diff = abs_diff / e.abs().clamp_min(torch.finfo(torch.float64).tiny)
+    # Relative to an expected 0 any difference is infinitely large: say "inf",
+    # not a number near float64's maximum.
+    rel_diff = torch.where(e == 0, torch.full_like(abs_diff, float("inf")),
+                           abs_diff / e.abs())
     rel_diff = torch.where(abs_diff == 0, torch.zeros_like(rel_diff), rel_diff)
     bad = abs_diff > atol + rtol * e.abs()
     # Worst element: the one furthest outside tolerance (largest abs diff if none is).
