@@ -387,8 +387,10 @@ def _run_method(test_class, method_name, context: RankContext):
             test.doCleanups()
     except unittest.SkipTest as e:
         return ("skip", str(e))
-    except BaseException:  # pylint: disable=broad-except
-        return ("error", traceback.format_exc())
+    except BaseException as e:  # pylint: disable=broad-except
+        # Leave out this function's own frame: the test's frames are the story.
+        tb = e.__traceback__.tb_next or e.__traceback__
+        return ("error", "".join(traceback.format_exception(type(e), e, tb)))
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
