@@ -187,6 +187,15 @@ class Report:
 # --------------------------------------------------------------------------
 # Name parsing.
 
+def hardware_summary(env: dict) -> str:
+  """'2× NVIDIA H200' from an environment.json's device names (or its device)."""
+  counted: Dict[str, int] = {}
+  for n in env.get("device_names") or []:
+    counted[n] = counted.get(n, 0) + 1
+  return (", ".join("%d\u00d7 %s" % (c, n) if c > 1 else n
+                    for n, c in counted.items()) or str(env.get("device", "")))
+
+
 def parse_target_name(name: str, tags=()) -> Tuple[str, str, Optional[int]]:
   """`multiple_forward_test_cpu_ws4` -> ('multiple_forward_test', 'cpu', 4)."""
   m = _TARGET_RE.match(name)

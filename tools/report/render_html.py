@@ -239,12 +239,7 @@ def _environment(report: M.Report) -> List[str]:
                  '%s</td></tr>' % (esc(dev), why))
       continue
     for env, sources in envs:
-      names = env.get("device_names") or []
-      counted = {}
-      for n in names:
-        counted[n] = counted.get(n, 0) + 1
-      hw = ", ".join("%d\u00d7 %s" % (c, n) if c > 1 else n
-                     for n, c in counted.items()) or esc(env.get("device", ""))
+      hw = model.hardware_summary(env)
       ws = sorted(w for w in env.get("_world_sizes", ()) if w is not None)
       py = str(env.get("python", "")).split()[0] if env.get("python") else ""
       out.append(

@@ -87,12 +87,7 @@ def render(report: M.Report, generated: str = "") -> str:
       out.append("| %s | | %s | | | |" % (dev, why))
       continue
     for env, _ in envs:
-      names = env.get("device_names") or []
-      counted = {}
-      for n in names:
-        counted[n] = counted.get(n, 0) + 1
-      hw = ", ".join("%d\u00d7 %s" % (c, n) if c > 1 else n
-                     for n, c in counted.items())
+      hw = model.hardware_summary(env)
       ws = sorted(w for w in env.get("_world_sizes", ()) if w is not None)
       out.append("| %s | `%s` | %s | %s | %s | %s |" % (
           dev, _cellesc(env.get("torch_version", "?")), _cellesc(hw),
