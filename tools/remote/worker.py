@@ -223,16 +223,22 @@ def _tree_of(path, blobs):
                 children.append(sub)
                 d.directories.add(name=name, digest=digest_of(data))
             elif os.path.isfile(full):
-                with open(full, "rb") as fh:
-                    data = fh.read()
-                dg = digest_of(data)
-                blobs[dg.hash] = (dg, data)
-                d.files.add(name=name, digest=dg, is_executable=os.access(full, os.X_OK))
+                d.files.add(name=name, digest=_file_blob(full, blobs),
+                            is_executable=os.access(full, os.X_OK))
         return d
 
     root = directory_of(path)
     tree = re_pb2.Tree(root=root, children=children)
     data = tree.SerializeToString()
+    dg = digest_of(data)
+    blobs[dg.hash] = (dg, data)
+    return dg
+
+
+def _file_blob(path, blobs):
+    """Reads a file into ``blobs`` (hash -> (digest, data)); returns its digest."""
+    with open(path, "rb") as fh:
+        data = fh.read()
     dg = digest_of(data)
     blobs[dg.hash] = (dg, data)
     return dg
@@ -250,11 +256,8 @@ def collect_outputs(cas, command, workdir, result):
         if os.path.islink(full):
             result.output_file_symlinks.add(path=rel, target=os.readlink(full))
         elif os.path.isfile(full):
-            with open(full, "rb") as fh:
-                data = fh.read()
-            dg = digest_of(data)
-            blobs[dg.hash] = (dg, data)
-            result.output_files.add(path=rel, digest=dg, is_executable=os.access(full, os.X_OK))
+            result.output_files.add(path=rel, digest=_file_blob(full, blobs),
+                                    is_executable=os.access(full, os.X_OK))
     for rel in dirs:
         full = os.path.join(workdir, rel)
         if os.path.isdir(full) and not os.path.islink(full):
