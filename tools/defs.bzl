@@ -66,15 +66,7 @@ def _per_device(value, device, default, what):
     return value
 
 def _world_sizes_for(world_sizes, device):
-    if world_sizes == None:
-        sizes = DEFAULT_WORLD_SIZES
-    elif type(world_sizes) == type({}):
-        for key in world_sizes:
-            if key not in DEVICES:
-                fail("world_sizes: unknown device %r (known: %s)" % (key, ", ".join(ALL_DEVICES)))
-        sizes = world_sizes.get(device, DEFAULT_WORLD_SIZES)
-    else:
-        sizes = world_sizes
+    sizes = _per_device(world_sizes, device, DEFAULT_WORLD_SIZES, "world_sizes")
     if not sizes:
         fail("world_sizes for %s is empty" % device)
     for ws in sizes:
