@@ -72,6 +72,7 @@ class RankPool:
         self._conns = []
         self.log_paths = [os.path.join(log_dir, f"rank{r}.log")
                           for r in range(world_size)]
+        self._logs_start = [0] * world_size  # log offsets where the current test began
         os.makedirs(log_dir, exist_ok=True)
         self._store_dir = tempfile.mkdtemp(
             prefix="rendezvous-", dir=os.environ.get("TEST_TMPDIR"))
@@ -102,7 +103,6 @@ class RankPool:
                 f"{self.device_kind.name}/{self.device_kind.backend}:\n"
                 + format_results(failed))
         self.info = results[0].detail  # rank 0's _describe()
-        self._logs_start = [0] * self.world_size
 
     def run(self, test_id: str, method_name: str,
             timeout_s: float) -> List[RankResult]:
@@ -184,8 +184,7 @@ class RankPool:
 
     def log_tail(self, rank: int, lines: int = 30) -> str:
         """Returns the last ``lines`` this rank logged during the current test."""
-        start = self._logs_start[rank] if hasattr(self, "_logs_start") else 0
-        text = trim_stack(_read_from(self.log_paths[rank], start))
+        text = trim_stack(_read_from(self.log_paths[rank], self._logs_start[rank]))
         return "\n".join(text.rstrip().splitlines()[-lines:]) or "(empty)"
 
     def close(self) -> None:
