@@ -13,7 +13,7 @@ separately in the reference and average the losses.
 :func:`check_against_reference` does wrap + train + reference + compare in one call.
 """
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -23,6 +23,8 @@ from testing.fsdp import compat, data, params, parity, wrapping
 from testing.fsdp.models import ModelSpec
 
 OptimFn = Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer]
+# A step count, or the batch indices of the steps to run.
+Steps = Union[int, Sequence[int]]
 
 
 def default_optimizer(parameters) -> torch.optim.Optimizer:
@@ -46,9 +48,15 @@ def _device_of(model: nn.Module, device) -> torch.device:
     return torch.device("cpu")
 
 
-def train(model: nn.Module, spec: ModelSpec, *, steps: int = 3, seed: int = 0,
+def step_indices(steps: Steps) -> Sequence[int]:
+    """``range(steps)`` for a count, else the given batch indices unchanged."""
+    return range(steps) if isinstance(steps, int) else steps
+
+
+def train(model: nn.Module, spec: ModelSpec, *, steps: Steps = 3, seed: int = 0,
           batch_size: int = data.DEFAULT_BATCH_SIZE, device=None,
           optim_fn: OptimFn = default_optimizer,
+          optimizer: Optional[torch.optim.Optimizer] = None,
           before_step: Optional[Callable[[nn.Module, int], None]] = None,
           same_across_ranks: bool = False) -> List[float]:
     """Trains ``model`` on this rank's batches; returns the rank-averaged loss per step.
@@ -56,18 +64,22 @@ def train(model: nn.Module, spec: ModelSpec, *, steps: int = 3, seed: int = 0,
     Args:
       model: a wrapped model (or plain, for single-process use).
       spec: its :class:`ModelSpec` (batch maker and loss).
+      steps: a number of steps (batches 0..steps-1), or the batch indices to
+        train on, e.g. ``range(2, 4)`` to continue after a checkpoint.
       device: where batches go; default: the rank's current accelerator (CPU
         without one) for FSDP models, else the first parameter's device.
       optim_fn: builds the optimizer from the trainable parameters.
+      optimizer: an existing optimizer to step instead (its state carries over
+        between calls); ``optim_fn`` is then unused.
       before_step: ``fn(model, step)`` called after backward, before the
         optimizer step (e.g. to inspect or perturb gradients).
       same_across_ranks: give every rank rank 0's batch.
     """
     device = _device_of(model, device)
     rank, world = compat.rank(), compat.world_size()
-    opt = optim_fn(_trainable(model))
+    opt = optimizer if optimizer is not None else optim_fn(_trainable(model))
     losses = []
-    for step in range(steps):
+    for step in step_indices(steps):
         inputs, targets = data.rank_batch(spec, seed=seed, rank=rank, step=step,
                                           batch_size=batch_size, device=device,
                                           same_across_ranks=same_across_ranks)
@@ -85,7 +97,7 @@ def train(model: nn.Module, spec: ModelSpec, *, steps: int = 3, seed: int = 0,
     return [float(x) for x in stacked.cpu()]
 
 
-def reference_train(spec: ModelSpec, *, steps: int = 3, seed: int = 0,
+def reference_train(spec: ModelSpec, *, steps: Steps = 3, seed: int = 0,
                     world_size: Optional[int] = None,
                     batch_size: int = data.DEFAULT_BATCH_SIZE, device=None,
                     optim_fn: OptimFn = default_optimizer,
@@ -100,7 +112,7 @@ def reference_train(spec: ModelSpec, *, steps: int = 3, seed: int = 0,
     model = spec.build(seed).to(device)
     opt = optim_fn(_trainable(model))
     losses = []
-    for step in range(steps):
+    for step in step_indices(steps):
         kwargs = dict(seed=seed, world_size=world_size, step=step, batch_size=batch_size,
                       device=device, same_across_ranks=same_across_ranks)
         if spec.local_batch_stats:

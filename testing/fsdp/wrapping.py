@@ -161,3 +161,16 @@ def _wrap_fsdp2(model, units, device, mp_dtype, cpu_offload, reshard, mesh, extr
         compat.fully_shard(model.get_submodule(name), **kwargs)
     compat.fully_shard(model, **kwargs)
     return model
+
+
+def wrap_spec(spec, api: str, *, seed: int = 0, units: Optional[Sequence[str]] = None,
+              **wrap_options: Any) -> nn.Module:
+    """Builds ``spec``'s model from ``seed`` and shards it with :func:`wrap`.
+
+    The one-call form of ``wrap(spec.build(seed), api, spec.units, ...)``
+    that test files use. ``units`` defaults to ``spec.units``; every other
+    keyword goes to :func:`wrap` (``device``, ``mixed_precision``, ...).
+    """
+    return wrap(spec.build(seed), api, spec.units if units is None else units,
+                **wrap_options)
+
