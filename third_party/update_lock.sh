@@ -9,7 +9,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")"
 PYTHON="${1:-python3}"
-TOP_LEVEL=(torch==2.13.0 absl-py pytest numpy)
+TOP_LEVEL=(torch==2.13.0 absl-py pytest numpy ruff==0.17.6)
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
