@@ -7,30 +7,17 @@ interoperable tags, share the multi-device tag, and `.bazelrc` has for each devi
 Each mismatch is reported with the device, the field and both values.
 """
 
-import importlib.util
 import json
 import os
 import re
-import sys
 
 from absl.testing import absltest
 
+import device_table  # tools/device_table.py, beside this file
 
-def _load_python_table():
-    """testing/devices.py by path, as tools/remote and tools/report load it.
-
-    Importing the `testing` package would import torch (seconds) for a table that
-    needs none.
-    """
-    spec = importlib.util.spec_from_file_location(
-        "fsdp_device_table", os.path.join("testing", "devices.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses looks the module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-devices = _load_python_table()
+# Loaded by path, as tools/remote and tools/report load it: importing the `testing`
+# package would import torch (seconds) for a table that needs none.
+devices = device_table.load()
 
 # Written by //tools:devices_table from tools/devices.bzl.
 _STARLARK_JSON = os.path.join("tools", "devices_table.json")
