@@ -7,8 +7,19 @@ only read the resulting Report.
 """
 
 import dataclasses
+import os
 import re
+import sys
 from typing import Dict, List, Optional, Tuple
+
+# tools/device_table.py loads the suite's device table (testing/devices.py) without
+# importing torch, which this standard-library-only tool must not need.
+_TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _TOOLS not in sys.path:
+  sys.path.insert(0, _TOOLS)
+import device_table  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_DEVICE_TABLE = device_table.load().DEVICES
 
 # Cell / result statuses.  The value is the label shown to people.
 PASS = "pass"
@@ -24,16 +35,18 @@ NA = "n/a"
 # Statuses that get a detail section (message, traceback, rank logs).
 NEEDS_DETAIL = (FAIL, FLAKY, NO_RESULT, MALFORMED)
 
-KNOWN_DEVICES = ("cpu", "cuda", "hpu", "xpu")
+# Device columns, in the device table's order.
+KNOWN_DEVICES = tuple(_DEVICE_TABLE)
 KNOWN_APIS = ("fsdp1", "fsdp2")
 # Bazel device tags -> device column.
-TAG_TO_DEVICE = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "hpu": "hpu",
-                 "xpu": "xpu"}
+TAG_TO_DEVICE = {kind.tag: name for name, kind in _DEVICE_TABLE.items()}
 
 WHOLE_TARGET = "(whole target)"
 
-_TARGET_RE = re.compile(
-    r"^(?P<behaviour>.+?)_(?P<device>cpu|cuda|hpu|xpu)(?:_ws(?P<ws>\d+))?$")
+_WS_TAG_RE = re.compile(r"^ws(\d+)$")
+# Only for targets that no `bazel query` describes (see target_metadata).
+_TARGET_RE = re.compile(r"^(?P<behaviour>.+?)_(?P<device>%s)(?:_ws(?P<ws>\d+))?$"
+                        % "|".join(map(re.escape, KNOWN_DEVICES)))
 _API_RE = re.compile(r"(?<![A-Za-z0-9])fsdp([12])(?![0-9])", re.IGNORECASE)
 
 
@@ -196,20 +209,47 @@ def hardware_summary(env: dict) -> str:
                     for n, c in counted.items()) or str(env.get("device", "")))
 
 
-def parse_target_name(name: str, tags=()) -> Tuple[str, str, Optional[int]]:
-  """`multiple_forward_test_cpu_ws4` -> ('multiple_forward_test', 'cpu', 4)."""
+def target_metadata(name: str, tags=(), generator_name: str = ""
+                    ) -> Tuple[str, str, Optional[int]]:
+  """(behaviour, device, world size) of a test target, from `bazel query`.
+
+  fsdp_test tags each target with its device's tag and `ws<N>`, and Bazel
+  records the macro's `name` (the behaviour) as the target's `generator_name`.
+  A target without exactly one device tag falls back to parse_target_name.
+  """
+  devices = sorted({TAG_TO_DEVICE[t] for t in tags if t in TAG_TO_DEVICE})
+  if len(devices) != 1:
+    return parse_target_name(name)
+  sizes = [int(m.group(1)) for m in map(_WS_TAG_RE.match, tags) if m]
+  ws = sizes[0] if len(sizes) == 1 else None
+  return generator_name or parse_target_name(name)[0], devices[0], ws
+
+
+def parse_target_name(name: str) -> Tuple[str, str, Optional[int]]:
+  """`multiple_forward_test_cpu_ws4` -> ('multiple_forward_test', 'cpu', 4).
+
+  Only for results whose target no query describes (no --query_xml and no
+  tools/bazel, e.g. testlogs copied from another machine, and the committed
+  fixtures under tests/testdata/broken): fsdp_test names targets
+  `<name>_<device>[_ws<N>]`. Unknown names get the device "other".
+  """
   m = _TARGET_RE.match(name)
   if m:
     ws = int(m.group("ws")) if m.group("ws") else None
     return m.group("behaviour"), m.group("device"), ws
-  for tag in tags:
-    if tag in TAG_TO_DEVICE:
-      return name, TAG_TO_DEVICE[tag], None
   return name, "other", None
 
 
-def split_api(name: str) -> Tuple[str, Optional[str]]:
-  """Derives (row name, API) from a test method name.
+def split_api(name: str, api: Optional[str] = None
+              ) -> Tuple[str, Optional[str]]:
+  """(row name, API) of a test method.
+
+  `api` is the method's `api` parameter as the harness recorded it
+  (test_params.json). Without one, the API is the fsdp1/fsdp2 token of the
+  name: for methods that fix the API in their body, and for results without
+  test_params.json (runs before the harness wrote it, the committed fixtures).
+  Either way the row name loses the API token, so the API cases of a method
+  share a row:
 
   test_matches_ddp_fsdp2                -> ('test_matches_ddp', 'fsdp2')
   test_fsdp1_state_dict                 -> ('test_state_dict', 'fsdp1')
@@ -226,8 +266,9 @@ def split_api(name: str) -> Tuple[str, Optional[str]]:
     m = re.match(r"^([^\[]+)\[(.*)\]$", name, re.S)
     if m:
       base, bracket = m.group(1), m.group(2)
-  apis = [a.lower() for a in _API_RE.findall(name)]
-  api = ("fsdp" + apis[0]) if apis and len(set(apis)) == 1 else None
+  if api is None:
+    apis = [a.lower() for a in _API_RE.findall(name)]
+    api = ("fsdp" + apis[0]) if apis and len(set(apis)) == 1 else None
   # Strip the API token from the method name itself.
   parts = base.split("_")
   kept = [p for p in parts if not _API_RE.fullmatch(p)]
