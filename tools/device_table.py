@@ -5,7 +5,7 @@ system python3 or BuildGrid's environment and tools/report uses the standard lib
 only. testing/devices.py itself needs nothing else at import time, so these tools
 load it by path:
 
-    sys.path.insert(0, <this directory>)
+    sys.path.append(<this directory>)  # append: tools/ holds packages named report, remote
     import device_table
     DEVICES = device_table.load().DEVICES
 """

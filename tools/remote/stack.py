@@ -21,7 +21,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.append(os.path.dirname(HERE))
 import device_table  # noqa: E402  tools/device_table.py: testing/devices.py without torch
 
 ME = "tools/remote"

@@ -50,7 +50,7 @@ from buildgrid._protos.google.devtools.remoteworkers.v1test2 import bots_pb2
 from buildgrid._protos.google.devtools.remoteworkers.v1test2 import bots_pb2_grpc
 from buildgrid._protos.google.devtools.remoteworkers.v1test2 import worker_pb2
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import device_table  # noqa: E402  tools/device_table.py: testing/devices.py without torch
 
 LOG = logging.getLogger("worker")

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 # importing torch, which this standard-library-only tool must not need.
 _TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _TOOLS not in sys.path:
-  sys.path.insert(0, _TOOLS)
+  sys.path.append(_TOOLS)
 import device_table  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DEVICE_TABLE = device_table.load().DEVICES
