@@ -356,17 +356,24 @@ class PytestJunitTest(absltest.TestCase):
     self.assertIn("ccl backend not available", html_text)
     self.assertIn("pytest JUnit (xpu)", md)
 
-  def test_subpackage_rows_match_bazel_and_environment_is_read(self):
+  def test_subpackage_rows_environment_and_params_beside_junit(self):
     tmp = tempfile.mkdtemp()
     junit = os.path.join(tmp, "cuda.xml")
     with open(junit, "w") as f:
       f.write('<testsuites><testsuite name="pytest">'
               '<testcase classname="fsdp.training.parity_test.ParityTest" '
-              'name="test_matches_fsdp2" time="0.5"/></testsuite></testsuites>')
+              'name="test_matches_fsdp2" time="0.5"/>'
+              '<testcase classname="fsdp.training.parity_test.ParityTest" '
+              'name="test_matches_a" time="0.5"/></testsuite></testsuites>')
     with open(os.path.join(tmp, "environment.json"), "w") as f:
       f.write('{"torch_version": "2.11.0+cu130", "device_names": ["NVIDIA H200"]}')
+    with open(os.path.join(tmp, "test_params.json"), "w") as f:
+      f.write('{"ParityTest.test_matches_a": {"api": "fsdp1"}}')
     col = collect.parse_pytest_junit(junit, "cuda")
-    self.assertEqual([r.behaviour for r in col.results], ["training/parity_test"])
+    self.assertEqual([r.behaviour for r in col.results],
+                     ["training/parity_test"] * 2)
+    self.assertEqual([(r.method, r.api) for r in col.results],
+                     [("test_matches", "fsdp2"), ("test_matches_a", "fsdp1")])
     self.assertEqual(col.environments[0][1]["torch_version"], "2.11.0+cu130")
     shutil.rmtree(tmp)
 
@@ -396,20 +403,6 @@ class PytestJunitTest(absltest.TestCase):
                for r in col.results),
         [("round_trip_test", "xpu", 4, "test_round_trip_a", "fsdp1"),
          ("round_trip_test", "xpu", 4, "test_round_trip_b", "fsdp2")])
-
-  def test_pytest_api_from_test_params_beside_junit(self):
-    tmp = tempfile.mkdtemp()
-    junit = os.path.join(tmp, "cuda.xml")
-    with open(junit, "w") as f:
-      f.write('<testsuites><testsuite name="pytest">'
-              '<testcase classname="fsdp.eval_test.EvalTest" '
-              'name="test_eval_a" time="0.5"/></testsuite></testsuites>')
-    with open(os.path.join(tmp, "test_params.json"), "w") as f:
-      f.write('{"EvalTest.test_eval_a": {"api": "fsdp2"}}')
-    col = collect.parse_pytest_junit(junit, "cuda")
-    shutil.rmtree(tmp)
-    self.assertEqual([(r.method, r.api) for r in col.results],
-                     [("test_eval_a", "fsdp2")])
 
   def test_results_of_deleted_targets_are_dropped_with_a_note(self):
     col = collect.parse_query_xml(collect._read_text(QUERY), QUERY)
