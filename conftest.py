@@ -5,15 +5,18 @@
 
 import os
 
+from testing import devices
+
 _OPTIONS = {
-    "--device": ("FSDP_TEST_DEVICE", "device the ranks run on: cpu, cuda, hpu or xpu"),
+    "--device": ("FSDP_TEST_DEVICE",
+                 "device the ranks run on: " + ", ".join(devices.DEVICES)),
     "--world-size": ("FSDP_TEST_WORLD_SIZE", "world size of tests that do not pin one"),
     "--missing-device": ("FSDP_TEST_MISSING_DEVICE",
                          "fail (default) or skip (opt-in) when the device is absent"),
     "--rank-timeout": ("FSDP_TEST_RANK_TIMEOUT", "per-test timeout in seconds"),
     "--start-method": ("FSDP_TEST_START_METHOD", "fork (default), forkserver or spawn"),
 }
-_CHOICES = {"--device": ["cpu", "cuda", "hpu", "xpu"],
+_CHOICES = {"--device": list(devices.DEVICES),
             "--missing-device": ["fail", "skip"],
             "--start-method": ["fork", "forkserver", "spawn"]}
 

@@ -31,6 +31,7 @@ from typing import Callable, Optional
 
 from absl.testing import absltest
 
+from testing import case_params
 from testing import options
 from testing import rank_pool
 
@@ -106,6 +107,7 @@ class MultiRankTestCase(absltest.TestCase):
 
     def _callTestMethod(self, method):
         del method  # runs on the ranks
+        case_params.record(self, _output_dir())
         self._run_on_ranks()
 
     def _setting(self, name: str):

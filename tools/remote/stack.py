@@ -21,13 +21,16 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.append(os.path.dirname(HERE))
+import device_table  # noqa: E402  tools/device_table.py: testing/devices.py without torch
+
 ME = "tools/remote"
 DEFAULT_PORT = 50151
 CACHE = os.environ.get("FSDP_CACHE_DIR") or os.path.expanduser("~/.cache/fsdp-conformance")
 # One stack per state directory (the integration test uses its own).
 STATE_DIR = os.path.abspath(os.environ.get("FSDP_REMOTE_STATE_DIR") or os.path.join(CACHE, "remote"))
 STATE_FILE = os.path.join(STATE_DIR, "state.json")
-DEVICES = ("cpu", "cuda", "hpu", "xpu")
+DEVICES = tuple(device_table.load().DEVICES)
 
 
 class Error(Exception):
@@ -238,7 +241,8 @@ def property_labels(workers):
             labels["cpu"] = [["device", "cpu"]]
         else:
             for n in range(1, w["gpus"] + 1):
-                labels[f"{w['device']}-{n}"] = [["device", w["device"]], ["gpus", str(n)]]
+                pool = f"{w['device']}-{n}"
+                labels[pool] = [["device", w["device"]], ["gpus", str(n)], ["Pool", pool]]
     return labels
 
 

@@ -22,7 +22,8 @@ running action, hands its lease back as UNAVAILABLE (the server retries it elsew
 and reports BOT_TERMINATING, so the scheduler never waits out a dead session.
 
 The worker advertises its platform on its primary device: `device=<cpu|cuda|hpu|xpu>`
-and, with --gpus N, `gpus=1..N` (a worker with 4 GPUs can take a 2-rank test).
+and, with --gpus N, `gpus=1..N` and `Pool=<device>-1..N` (a worker with 4 GPUs can take
+a 2-rank test).
 """
 
 import argparse
@@ -48,6 +49,9 @@ from buildgrid._protos.google.bytestream import bytestream_pb2_grpc
 from buildgrid._protos.google.devtools.remoteworkers.v1test2 import bots_pb2
 from buildgrid._protos.google.devtools.remoteworkers.v1test2 import bots_pb2_grpc
 from buildgrid._protos.google.devtools.remoteworkers.v1test2 import worker_pb2
+
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import device_table  # noqa: E402  tools/device_table.py: testing/devices.py without torch
 
 LOG = logging.getLogger("worker")
 
@@ -435,6 +439,8 @@ class Worker:
         props = [("device", self.args.device)]
         if self.args.gpus:
             props += [("gpus", str(n)) for n in range(1, self.args.gpus + 1)]
+            # fsdp_test's Pool=<device>-<ranks>, for each size this worker can take.
+            props += [("Pool", f"{self.args.device}-{n}") for n in range(1, self.args.gpus + 1)]
         return props
 
     def _session(self):
@@ -570,7 +576,7 @@ def main(argv=None):
     p.add_argument("--server", required=True, help="grpc://HOST:PORT of the Bots service")
     p.add_argument("--instance", default="", help="REAPI instance name (default: '')")
     p.add_argument("--name", default="worker-1", help="stable name; bot id is <hostname>-<name>")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "hpu", "xpu"])
+    p.add_argument("--device", default="cpu", choices=list(device_table.load().DEVICES))
     p.add_argument("--gpus", type=int, default=0, help="accelerators on this worker (advertises gpus=1..N)")
     p.add_argument("--work-dir", required=True, help="where input roots are staged")
     args = p.parse_args(argv)
