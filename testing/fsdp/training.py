@@ -140,8 +140,9 @@ def check_against_reference(spec: ModelSpec, api: str, *, steps: int = 3, seed: 
 
     Compares the rank-averaged losses and every full parameter (and buffer if
     ``buffers``) with tolerances of the compute dtype of
-    ``wrap_options.get("mixed_precision")`` (float32 without).  ``units`` defaults to ``spec.units``.  Returns a dict with
-    ``model``, ``reference``, ``losses`` and ``reference_losses``.
+    ``wrap_options.get("mixed_precision")`` (float32 without).  ``units``
+    defaults to ``spec.units``.  Returns a dict with ``model``, ``reference``,
+    ``losses`` and ``reference_losses``.
     """
     units = spec.units if units is None else units
     model = wrapping.wrap(spec.build(seed), api, units, device=device, **wrap_options)
