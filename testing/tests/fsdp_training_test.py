@@ -74,6 +74,35 @@ class WrapOptionsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         with self.assertRaises(AttributeError):
             wrapping.wrap(build(0), "fsdp2", ["no.such.unit"], device=self.device)
 
+    def test_precision_options(self):
+        build = models.get("nested_mlp").build
+        with self.assertRaisesRegex(ValueError, "output_dtype is an FSDP2 option"):
+            wrapping.wrap(build(0), "fsdp1", device=self.device,
+                          mixed_precision=wrapping.Precision(torch.bfloat16,
+                                                             output_dtype=torch.float32))
+        with self.assertRaisesRegex(ValueError, "buffer_dtype is an FSDP1 option"):
+            wrapping.wrap(build(0), "fsdp2", device=self.device,
+                          mixed_precision=wrapping.Precision(torch.bfloat16,
+                                                             buffer_dtype=torch.float32))
+        with self.assertRaisesRegex(ValueError, "not units"):
+            wrapping.wrap(build(0), "fsdp2", ["layers.0"], device=self.device,
+                          unit_mixed_precision={"layers.1": torch.bfloat16})
+        with self.assertRaisesRegex(TypeError, "torch.dtype or wrapping.Precision"):
+            wrapping.wrap(build(0), "fsdp2", device=self.device, mixed_precision="bf16")
+        self.assertEqual(wrapping.compute_dtype(None), torch.float32)
+        self.assertEqual(wrapping.compute_dtype(torch.float16), torch.float16)
+        # Per unit: layers.0 keeps the model-wide bf16/fp32 policy, layers.1 runs fp16,
+        # the root none; FSDP1 exposes each wrapper's policy.
+        policy = wrapping.Precision(torch.bfloat16, reduce_dtype=torch.float32)
+        model = wrapping.wrap(build(0), "fsdp1", ["layers.0", "layers.1"], device=self.device,
+                              mixed_precision=policy,
+                              unit_mixed_precision={"layers.1": torch.float16, "": None})
+        got = {name: (m.mixed_precision.param_dtype, m.mixed_precision.reduce_dtype)
+               for name, m in model.named_modules() if isinstance(m, compat.FSDP)}
+        self.assertEqual(got, {"": (None, None),
+                               "_fsdp_wrapped_module.layers.0": (torch.bfloat16, torch.float32),
+                               "_fsdp_wrapped_module.layers.1": (torch.float16, torch.float16)})
+
     def test_fsdp1_units_are_wrapped_nested(self):
         spec = models.get("nested_mlp")
         model = wrapping.wrap(spec.build(0), "fsdp1", spec.units, device=self.device)
