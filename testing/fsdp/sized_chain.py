@@ -1,0 +1,124 @@
+"""A chain of FSDP units of distinct sizes whose computation can be traced.
+
+For tests of collective counts and prefetch order: every unit's unsharded
+parameters have a different byte size, so the bytes of an all-gather or
+reduce-scatter say which unit it was for (:func:`unit_of`), and each unit can
+report the start of its forward and of its backward computation to a trace
+function (:func:`set_trace`), e.g. :meth:`collective_count.StepLog.mark`.
+
+Layout: ``layers.0`` Linear(8, 16), ``layers.1`` Linear(16, 24), ``layers.2``
+Linear(24, 12) (the units, in forward order), then the root's own parameters
+``scale`` (4) and ``head`` Linear(12, 4). Every parameter's first dimension and
+every unit's element count divide by 4, so at world sizes 1, 2 and 4 neither
+FSDP1 (flat parameter) nor FSDP2 (per-parameter dim-0 shards) pads, and the
+bytes below are exact for both.
+"""
+
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from testing.fsdp import collective_spy, models
+
+UNITS = ("layers.0", "layers.1", "layers.2")
+ROOT = "root"
+_DIMS = (8, 16, 24, 12)
+OUT_DIM = 4
+
+Trace = Optional[Callable[[str], None]]
+
+
+class _BackwardMark(torch.autograd.Function):
+    """Identity whose backward calls ``trace(label)``: the start of a unit's backward."""
+
+    @staticmethod
+    def forward(ctx, x, trace, label):
+        ctx.trace, ctx.label = trace, label
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.trace(ctx.label)
+        return grad, None, None
+
+
+class Unit(nn.Module):
+    """``tanh(Linear(x))`` that reports ``forward <name>`` / ``backward <name>`` to its trace."""
+
+    def __init__(self, name: str, in_dim: int, out_dim: int):
+        super().__init__()
+        self.name = name
+        self.fc = nn.Linear(in_dim, out_dim)
+        self.trace: Trace = None
+
+    def forward(self, x):
+        if self.trace is not None:
+            # Runs inside the module's forward, so after FSDP's pre-forward unshard.
+            self.trace(f"forward {self.name}")
+        y = torch.tanh(self.fc(x))
+        if self.trace is not None and torch.is_grad_enabled():
+            # Last op of the unit: its backward is the unit's first backward op,
+            # after FSDP's pre-backward hook on this output.
+            y = _BackwardMark.apply(y, self.trace, f"backward {self.name}")
+        return y
+
+
+class SizedChain(nn.Module):
+    """Three units of distinct sizes, then the root's ``scale`` and ``head``."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(*[Unit(UNITS[i], _DIMS[i], _DIMS[i + 1])
+                                      for i in range(len(UNITS))])
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, OUT_DIM))
+        self.head = nn.Linear(_DIMS[-1], OUT_DIM)
+
+    def forward(self, x):
+        return F.linear(self.layers(x), self.head.weight, self.head.bias) * self.scale
+
+
+def _batch(gen: torch.Generator, batch_size: int):
+    return (torch.randn(batch_size, _DIMS[0], generator=gen),
+            torch.randn(batch_size, OUT_DIM, generator=gen))
+
+
+def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(outputs.float(), targets.float())
+
+
+SPEC = models.ModelSpec(
+    name="sized_chain",
+    factory=SizedChain,
+    units=UNITS,
+    make_batch=_batch,
+    loss_fn=_mse,
+    description="3 units of distinct sizes plus root parameters; traceable",
+)
+
+# Elements of each FSDP unit's parameters (the root's own: scale and head).
+NUMEL: Dict[str, int] = {
+    **{UNITS[i]: _DIMS[i] * _DIMS[i + 1] + _DIMS[i + 1] for i in range(len(UNITS))},
+    ROOT: OUT_DIM + _DIMS[-1] * OUT_DIM + OUT_DIM,
+}
+
+
+def unit_bytes(name: str, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of unit ``name``'s unsharded parameters (no padding at world size 1, 2, 4)."""
+    return NUMEL[name] * torch.empty((), dtype=dtype).element_size()
+
+
+def unit_of(collective: collective_spy.Collective) -> str:
+    """The unit whose unsharded size a collective carries, else ``"<bytes>B"``."""
+    for name in NUMEL:
+        if unit_bytes(name, collective.dtype or torch.float32) == collective.bytes:
+            return name
+    return f"{collective.bytes}B"
+
+
+def set_trace(model: nn.Module, trace: Trace) -> None:
+    """Makes every :class:`Unit` in ``model`` (wrapped or not) report to ``trace`` (None: off)."""
+    for module in model.modules():
+        if isinstance(module, Unit):
+            module.trace = trace
