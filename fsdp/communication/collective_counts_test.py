@@ -28,8 +28,7 @@ import torch.distributed as dist
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import cases, collective_count, compat, data, params, parity, training, wrapping
-from testing.fsdp import sized_chain
+from testing.fsdp import cases, collective_count, compat, sized_chain, wrapping
 
 SPEC = sized_chain.SPEC
 B = sized_chain.unit_bytes
@@ -40,9 +39,6 @@ N_NON_ROOT = N_UNITS - 1
 
 AG, RS, AR = "all_gather", "reduce_scatter", "all_reduce"
 FWD, BWD = collective_count.FORWARD, collective_count.BACKWARD
-
-# Steps of each run: step 0 (lazy init, warm-up) is not recorded, step 1 is.
-RECORDED_STEP = 1
 
 # One synchronized step, per configuration. (calls, bytes) per phase and kind.
 FSDP1_STEP = {
@@ -83,83 +79,31 @@ def _hsdp_step(replicate: int, shard: int):
     return step
 
 
-def wrap_fsdp2(device, reshard=None, mesh=None):
-    """``sized_chain`` under FSDP2: ``reshard`` on the three layer units, the root on defaults.
-
-    The root keeps torch's default (not resharded after forward, in every release);
-    passing ``reshard_after_forward=True`` to the root too is honoured by torch
-    2.13 and ignored by older releases, a version difference this file does not
-    test.
-    """
-    model = SPEC.build(seed=0).to(device)
-    mesh = mesh or compat.init_device_mesh(device.type, (compat.world_size(),))
-    options = {} if reshard is None else {"reshard_after_forward": reshard}
-    for unit in SPEC.units:
-        compat.fully_shard(model.get_submodule(unit), mesh=mesh, **options)
-    compat.fully_shard(model, mesh=mesh)
-    return model
-
-
 def _prefixed(table, prefix):
     return {prefix + phase: kinds for phase, kinds in table.items()}
 
 
 class CollectiveCountsTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
-    def _batch(self, step):
-        return data.rank_batch(SPEC, seed=0, rank=self.rank, step=step, device=self.device)
-
-    def _record(self, model, accumulate=None):
-        """Trains step 0 unrecorded, then records step 1 (after ``accumulate`` micro-batches).
-
-        ``accumulate(model)`` returns a context in which backward does not synchronize.
-        Returns the StepLog.
-        """
-        optimizer = training.default_optimizer(model.parameters())
-        training.train(model, SPEC, steps=[0], optimizer=optimizer, device=self.device)
-        log = collective_count.StepLog()
-        with log.recording():
-            if accumulate is not None:
-                with accumulate(model):
-                    inputs, targets = self._batch(100)
-                    collective_count.run_step(log, model, inputs, targets, SPEC.loss_fn,
-                                              prefix="accumulate_")
-            inputs, targets = self._batch(RECORDED_STEP)
-            collective_count.run_step(log, model, inputs, targets, SPEC.loss_fn, optimizer)
-        return log
-
-    def _check_parameters(self, model, context, accumulated=False):
-        """Parameters equal an unsharded reference of the same two steps."""
-        ref = SPEC.build(seed=0).to(self.device)
-        opt = training.default_optimizer(ref.parameters())
-        for step in range(RECORDED_STEP + 1):
-            micro = ([100] if accumulated and step == RECORDED_STEP else []) + [step]
-            for index in micro:
-                inputs, targets = data.global_batch(SPEC, seed=0, world_size=self.world_size,
-                                                    step=index, device=self.device)
-                SPEC.loss_fn(ref(inputs), targets).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        parity.assert_params_close(params.full_params(model), params.full_params(ref),
-                                   context=context)
-
     @parameterized.named_parameters(
         ("full_shard_fsdp1", "FULL_SHARD"), ("shard_grad_op_fsdp1", "SHARD_GRAD_OP"),
         ("no_shard_fsdp1", "NO_SHARD"))
     def test_step_counts_sharding_strategy(self, strategy):
         model = wrapping.wrap_spec(SPEC, "fsdp1", device=self.device, sharding_strategy=strategy)
-        log = self._record(model)
+        log = sized_chain.record_step(model, self.device)
         collective_count.assert_counts(log, FSDP1_STEP[strategy],
                                        context=f"api=fsdp1 sharding_strategy={strategy}")
-        self._check_parameters(model, f"api=fsdp1 sharding_strategy={strategy}")
+        sized_chain.check_parameters(model, self.device,
+                                     f"api=fsdp1 sharding_strategy={strategy}")
 
     @parameterized.named_parameters(("reshard_true_fsdp2", True), ("reshard_false_fsdp2", False))
     def test_step_counts_reshard_after_forward(self, reshard):
-        model = wrap_fsdp2(self.device, reshard)
-        log = self._record(model)
+        model = sized_chain.wrap_fsdp2(self.device, reshard)
+        log = sized_chain.record_step(model, self.device)
         collective_count.assert_counts(log, FSDP2_STEP[reshard],
                                        context=f"api=fsdp2 reshard_after_forward={reshard}")
-        self._check_parameters(model, f"api=fsdp2 reshard_after_forward={reshard}")
+        sized_chain.check_parameters(model, self.device,
+                                     f"api=fsdp2 reshard_after_forward={reshard}")
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_step_counts_gradient_accumulation(self, api):
@@ -177,34 +121,35 @@ class CollectiveCountsTest(multirank.MultiRankTestCase, parameterized.TestCase):
                     yield
                 finally:
                     model.set_requires_gradient_sync(True)
-            model = wrap_fsdp2(self.device, True)
+            model = sized_chain.wrap_fsdp2(self.device, True)
             synced = FSDP2_STEP[True]
-        log = self._record(model, accumulate)
+        log = sized_chain.record_step(model, self.device, accumulate)
         expected = {**_prefixed(ACCUMULATE, "accumulate_"), **synced}
         collective_count.assert_counts(log, expected, context=f"api={api} accumulation")
-        self._check_parameters(model, f"api={api} accumulation", accumulated=True)
+        sized_chain.check_parameters(model, self.device, f"api={api} accumulation",
+                                     accumulated=True)
 
     @parameterized.named_parameters(("2x1_fsdp2", 2, 1), ("1x2_fsdp2", 1, 2))
     def test_step_counts_degenerate_hsdp_mesh(self, replicate, shard):
         self.assertEqual(replicate * shard, self.world_size, "mesh must cover the world")
         mesh = compat.init_device_mesh(self.device.type, (replicate, shard),
                                        mesh_dim_names=("replicate", "shard"))
-        model = wrap_fsdp2(self.device, mesh=mesh)
-        log = self._record(model)
+        model = sized_chain.wrap_fsdp2(self.device, mesh=mesh)
+        log = sized_chain.record_step(model, self.device)
         collective_count.assert_counts(log, _hsdp_step(replicate, shard), by_group=True,
                                        context=f"api=fsdp2 mesh={replicate}x{shard}")
-        self._check_parameters(model, f"api=fsdp2 mesh={replicate}x{shard}")
+        sized_chain.check_parameters(model, self.device, f"api=fsdp2 mesh={replicate}x{shard}")
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_extra_all_gather_fails_the_count(self, api):
         """One all-gather more than the table, issued in forward, fails with its phase."""
         model = (wrapping.wrap_spec(SPEC, api, device=self.device, sharding_strategy="FULL_SHARD")
-                 if api == "fsdp1" else wrap_fsdp2(self.device, True))
+                 if api == "fsdp1" else sized_chain.wrap_fsdp2(self.device, True))
         out = torch.empty(self.world_size * 4, device=self.device)
         model.register_forward_pre_hook(
             lambda module, args: dist.all_gather_into_tensor(
                 out, torch.ones(4, device=self.device)))
-        log = self._record(model)
+        log = sized_chain.record_step(model, self.device)
         with self.assertRaises(AssertionError) as caught:
             collective_count.assert_counts(log, FSDP1_STEP["FULL_SHARD"], context=f"api={api}")
         message = str(caught.exception)

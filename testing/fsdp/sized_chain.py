@@ -14,13 +14,14 @@ FSDP1 (flat parameter) nor FSDP2 (per-parameter dim-0 shards) pads, and the
 bytes below are exact for both.
 """
 
-from typing import Callable, Dict, Optional
+from typing import Callable, ContextManager, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from testing.fsdp import collective_spy, models
+from testing.fsdp import collective_count, collective_spy, compat, data, models, params
+from testing.fsdp import parity, training
 
 UNITS = ("layers.0", "layers.1", "layers.2")
 ROOT = "root"
@@ -122,3 +123,76 @@ def set_trace(model: nn.Module, trace: Trace) -> None:
     for module in model.modules():
         if isinstance(module, Unit):
             module.trace = trace
+
+
+def wrap_fsdp2(device: torch.device, reshard=None, mesh=None) -> nn.Module:
+    """A fresh chain under FSDP2: ``reshard`` on the three layer units, the root on defaults.
+
+    ``reshard`` is ``reshard_after_forward`` (None: torch's default); ``mesh``
+    defaults to a 1-D mesh over the world. The root keeps torch's default (not
+    resharded after forward, in every release): an explicit
+    ``reshard_after_forward=True`` on the root is honoured by torch 2.13 and
+    ignored by older releases, so tests leave it out to count the same everywhere.
+    """
+    model = SPEC.build(seed=0).to(device)
+    mesh = mesh or compat.init_device_mesh(device.type, (compat.world_size(),))
+    options = {} if reshard is None else {"reshard_after_forward": reshard}
+    for unit in UNITS:
+        compat.fully_shard(model.get_submodule(unit), mesh=mesh, **options)
+    compat.fully_shard(model, mesh=mesh)
+    return model
+
+
+# Step 0 of a counted run initializes FSDP lazily and is not recorded; step 1 is.
+RECORDED_STEP = 1
+# Batch index of an extra, unsynchronized micro-batch before the recorded step.
+ACCUMULATED_BATCH = 100
+
+
+def record_step(model: nn.Module, device: torch.device,
+                accumulate: Optional[Callable[[nn.Module], ContextManager]] = None
+                ) -> collective_count.StepLog:
+    """Trains step 0 unrecorded, then records step 1 per phase; returns the log.
+
+    With ``accumulate``, a context factory in which backward does not
+    synchronize (``lambda m: m.no_sync()``), step 1 is two micro-batches: one
+    inside that context (phases ``accumulate_forward``/``accumulate_backward``)
+    and one synchronized (``forward``/``backward``/``optimizer``).
+    """
+    rank = compat.rank()
+    optimizer = training.default_optimizer(model.parameters())
+    training.train(model, SPEC, steps=[0], optimizer=optimizer, device=device)
+    log = collective_count.StepLog()
+    with log.recording():
+        if accumulate is not None:
+            with accumulate(model):
+                inputs, targets = data.rank_batch(SPEC, seed=0, rank=rank,
+                                                  step=ACCUMULATED_BATCH, device=device)
+                collective_count.run_step(log, model, inputs, targets, SPEC.loss_fn,
+                                          prefix="accumulate_")
+        inputs, targets = data.rank_batch(SPEC, seed=0, rank=rank, step=RECORDED_STEP,
+                                          device=device)
+        collective_count.run_step(log, model, inputs, targets, SPEC.loss_fn, optimizer)
+    return log
+
+
+def check_parameters(model: nn.Module, device: torch.device, context: str,
+                     accumulated: bool = False) -> None:
+    """Asserts ``model`` after :func:`record_step` equals an unsharded reference.
+
+    The reference trains the same steps on the global batches (and, if
+    ``accumulated``, the extra micro-batch before step 1) in this process.
+    Collective: call on every rank.
+    """
+    ref = SPEC.build(seed=0).to(device)
+    opt = training.default_optimizer(ref.parameters())
+    for step in range(RECORDED_STEP + 1):
+        batches = ([ACCUMULATED_BATCH] if accumulated and step == RECORDED_STEP else []) + [step]
+        for index in batches:
+            inputs, targets = data.global_batch(SPEC, seed=0, world_size=compat.world_size(),
+                                                step=index, device=device)
+            SPEC.loss_fn(ref(inputs), targets).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    parity.assert_params_close(params.full_params(model), params.full_params(ref),
+                               context=context)
