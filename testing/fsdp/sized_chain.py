@@ -150,19 +150,39 @@ ACCUMULATED_BATCH = 100
 
 
 def record_step(model: nn.Module, device: torch.device,
-                accumulate: Optional[Callable[[nn.Module], ContextManager]] = None
+                accumulate: Optional[Callable[[nn.Module], ContextManager]] = None,
+                trace: bool = False,
+                before_forward: Optional[Callable[[nn.Module], None]] = None,
                 ) -> collective_count.StepLog:
     """Trains step 0 unrecorded, then records step 1 per phase; returns the log.
 
-    With ``accumulate``, a context factory in which backward does not
-    synchronize (``lambda m: m.no_sync()``), step 1 is two micro-batches: one
-    inside that context (phases ``accumulate_forward``/``accumulate_backward``)
-    and one synchronized (``forward``/``backward``/``optimizer``).
+    Args:
+      model: the wrapped chain.
+      device: where batches go.
+      accumulate: a context factory in which backward does not synchronize
+        (``lambda m: m.no_sync()``); step 1 is then two micro-batches: one inside
+        that context (phases ``accumulate_forward``/``accumulate_backward``) and
+        one synchronized (``forward``/``backward``/``optimizer``).
+      trace: also mark ``forward <unit>`` / ``backward <unit>`` in the log
+        (:func:`set_trace`) during step 1.
+      before_forward: ``fn(model)`` called in the ``forward`` phase of step 1
+        just before the forward pass (e.g. an explicit ``unshard``).
     """
     rank = compat.rank()
     optimizer = training.default_optimizer(model.parameters())
     training.train(model, SPEC, steps=[0], optimizer=optimizer, device=device)
     log = collective_count.StepLog()
+    if trace:
+        set_trace(model, log.mark)
+    try:
+        _recorded_step(model, device, rank, optimizer, log, accumulate, before_forward)
+    finally:
+        set_trace(model, None)
+    return log
+
+
+def _recorded_step(model, device, rank, optimizer, log, accumulate, before_forward):
+    forward = model if before_forward is None else _CallAfter(before_forward, model)
     with log.recording():
         if accumulate is not None:
             with accumulate(model):
@@ -172,8 +192,18 @@ def record_step(model: nn.Module, device: torch.device,
                                           prefix="accumulate_")
         inputs, targets = data.rank_batch(SPEC, seed=0, rank=rank, step=RECORDED_STEP,
                                           device=device)
-        collective_count.run_step(log, model, inputs, targets, SPEC.loss_fn, optimizer)
-    return log
+        collective_count.run_step(log, forward, inputs, targets, SPEC.loss_fn, optimizer)
+
+
+class _CallAfter:
+    """Calls ``fn(model)``, then ``model(*args)``: a hook run inside the forward phase."""
+
+    def __init__(self, fn, model):
+        self.fn, self.model = fn, model
+
+    def __call__(self, *args, **kwargs):
+        self.fn(self.model)
+        return self.model(*args, **kwargs)
 
 
 def check_parameters(model: nn.Module, device: torch.device, context: str,
