@@ -53,6 +53,7 @@ __all__ = [
     "FullyShardedDataParallel", "MixedPrecision", "MixedPrecisionPolicy",
     "ShardingStrategy", "fully_shard", "has_fsdp2", "init_device_mesh",
     "is_fsdp1", "is_fsdp2", "is_dtensor", "current_device", "rank", "world_size",
+    "TorchDispatchMode", "device_sleep", "dispatched_group_size",
 ]
 
 
