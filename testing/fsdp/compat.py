@@ -53,6 +53,7 @@ __all__ = [
     "FullyShardedDataParallel", "MixedPrecision", "MixedPrecisionPolicy",
     "ShardingStrategy", "fully_shard", "has_fsdp2", "init_device_mesh",
     "is_fsdp1", "is_fsdp2", "is_dtensor", "current_device", "rank", "world_size",
+    "TorchDispatchMode", "device_sleep", "dispatched_group_size",
 ]
 
 
@@ -94,3 +95,49 @@ def current_device(device_type: str = "cuda") -> torch.device:
     if module is not None and hasattr(module, "current_device"):
         return torch.device(device_type, module.current_device())
     return torch.device(device_type)
+
+
+# --- Private torch APIs, isolated here with the versions they were checked on. ---
+
+# Base class of dispatch-level interceptors (collective_spy.record_collectives).
+# torch.utils._python_dispatch.TorchDispatchMode: same constructor and
+# __torch_dispatch__(func, types, args, kwargs) protocol in torch 2.6 through 2.13
+# (checked: 2.13.0+cpu here; the 2.11 source). The public
+# torch.distributed.tensor.debug.CommDebugMode is built on it but keeps only
+# per-op counts (no bytes, no order) and installs global module hooks.
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+
+def device_sleep(device: torch.device, cycles: int) -> bool:
+    """Enqueues a kernel that spins ``cycles`` GPU clock cycles on the current stream.
+
+    Uses ``torch.cuda._sleep`` (private; present with the same signature in torch
+    2.0 through 2.13, checked in 2.13.0+cpu and the 2.11 source). Returns False
+    when this device has no such kernel (CPU, HPU, XPU, or a torch without it),
+    so the caller falls back to public work (see ``delays.py``).
+    """
+    if device.type != "cuda" or not hasattr(torch.cuda, "_sleep"):
+        return False
+    torch.cuda._sleep(int(cycles))
+    return True
+
+
+def dispatched_group_size(value) -> int:
+    """Size of the process group a c10d dispatcher op received, or 0 if ``value`` is none.
+
+    At the dispatcher a ProcessGroup arrives boxed as a ``torch.ScriptObject``;
+    ``ProcessGroup.unbox`` (undocumented; present in torch 2.2 through 2.13,
+    checked in 2.13.0+cpu) turns it back into the Python object.
+    """
+    group = value
+    if isinstance(value, torch.ScriptObject):
+        unbox = getattr(dist.ProcessGroup, "unbox", None)
+        if unbox is None:
+            return 0
+        try:
+            group = unbox(value)
+        except Exception:  # noqa: BLE001 - another kind of script object
+            return 0
+    if isinstance(group, dist.ProcessGroup):
+        return group.size()
+    return 0
