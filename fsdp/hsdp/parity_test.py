@@ -42,13 +42,8 @@ _CONFIGS = (
     ("process_group_pair_fsdp1", "fsdp1", {"via": "process_group"}),
     ("fsdp2", "fsdp2", {}),
 )
-_SHAPE_KINDS = {
-    "sharded_meshes": meshes.sharded_shapes,
-    "one_rank_per_shard_group": lambda world_size: [
-        meshes.one_rank_per_shard_group(world_size)],
-}
 CASES = tuple((f"{kind}_{name}", kind, api, hybrid)
-              for kind in _SHAPE_KINDS for name, api, hybrid in _CONFIGS)
+              for kind in meshes.SHAPE_KINDS for name, api, hybrid in _CONFIGS)
 
 
 class HsdpParityTest(multirank.MultiRankTestCase, parameterized.TestCase):
@@ -58,7 +53,7 @@ class HsdpParityTest(multirank.MultiRankTestCase, parameterized.TestCase):
         reference, ref_losses = training.reference_train(SPEC, steps=STEPS, seed=0,
                                                          device=self.device)
         expected = params.full_params(reference)
-        for shape in _SHAPE_KINDS[kind](self.world_size):
+        for shape in meshes.shapes_of_kind(kind, self.world_size):
             context = " ".join([f"api={api}", f"mesh={meshes.shape_name(shape)}"]
                                + [f"{k}={v}" for k, v in hybrid.items()])
             model = wrapping.wrap_spec(
