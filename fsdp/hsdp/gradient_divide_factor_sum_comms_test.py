@@ -50,6 +50,7 @@ class HsdpGradientDivideFactorSumCommsTest(multirank.MultiRankTestCase, paramete
         reference = self._reference_grads()
         inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0,
                                           device=self.device)
+        failures = parity.DeferredFailures()  # every rank runs every shape and factor
         for shape in meshes.shapes_of_kind(kind, self.world_size):
             factors = [1.0] + ([float(shape[1])] if shape[1] > 1 else []) + [
                 2.5 * self.world_size]
@@ -61,11 +62,14 @@ class HsdpGradientDivideFactorSumCommsTest(multirank.MultiRankTestCase, paramete
                 SPEC.loss_fn(model(inputs), targets).backward()
                 scale = self.world_size / factor
                 expected = {name: g * scale for name, g in reference.items()}
-                parity.assert_params_close(
-                    params.full_grads(model), expected, what="gradient",
-                    context=(f"mesh={meshes.shape_name(shape)} divide factor {factor:g}, "
-                             f"SUM-only reductions: expected {scale:g} x the global-batch "
-                             "mean gradient"))
+                grads = params.full_grads(model)
+                with failures.check(f"mesh {meshes.shape_name(shape)} factor {factor:g}"):
+                    parity.assert_params_close(
+                        grads, expected, what="gradient",
+                        context=(f"mesh={meshes.shape_name(shape)} divide factor {factor:g}, "
+                                 f"SUM-only reductions: expected {scale:g} x the global-batch "
+                                 "mean gradient"))
+        failures.raise_if_any()
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ class HsdpParityTest(multirank.MultiRankTestCase, parameterized.TestCase):
         reference, ref_losses = training.reference_train(SPEC, steps=STEPS, seed=0,
                                                          device=self.device)
         expected = params.full_params(reference)
+        failures = parity.DeferredFailures()  # every rank trains on every shape
         for shape in meshes.shapes_of_kind(kind, self.world_size):
             context = " ".join([f"api={api}", f"mesh={meshes.shape_name(shape)}"]
                                + [f"{k}={v}" for k, v in hybrid.items()])
@@ -61,9 +62,13 @@ class HsdpParityTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 **meshes.hsdp_wrap_options(api, shape, self.device.type, **hybrid))
             losses = training.train(model, SPEC, steps=STEPS, seed=0, device=self.device)
             actual = params.full_params(model)
-            parity.assert_same_across_ranks(actual, name="full parameters", context=context)
-            parity.assert_params_close(actual, expected, context=context)
-            parity.assert_tensors_close(losses, ref_losses, name="loss", context=context)
+            with failures.check(f"mesh {meshes.shape_name(shape)}, across ranks"):
+                parity.assert_same_across_ranks(actual, name="full parameters",
+                                                context=context)
+            with failures.check(f"mesh {meshes.shape_name(shape)}, vs reference"):
+                parity.assert_params_close(actual, expected, context=context)
+                parity.assert_tensors_close(losses, ref_losses, name="loss", context=context)
+        failures.raise_if_any()
 
 
 if __name__ == "__main__":

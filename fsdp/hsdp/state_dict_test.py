@@ -60,13 +60,19 @@ class HsdpStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
             outputs = model(inputs)
         return model, params.full_params(model), inputs, outputs
 
-    def _assert_restored(self, loaded, expected_params, inputs, expected_out, context):
-        parity.assert_params_close(params.full_params(loaded), expected_params, rtol=0,
-                                   atol=0, context=context)
+    def _restored(self, loaded, inputs):
+        """Full parameters and eval outputs of a loaded model (both collectives)."""
+        loaded_params = params.full_params(loaded)
         with torch.no_grad():
-            out = loaded(inputs)
-        parity.assert_tensors_close(out, expected_out, rtol=0, atol=0,
-                                    name=f"rank {self.rank} eval output, {context}")
+            return loaded_params, loaded(inputs)
+
+    def _assert_restored(self, failures, restored, expected_params, expected_out, context):
+        loaded_params, out = restored
+        with failures.check(context):
+            parity.assert_params_close(loaded_params, expected_params, rtol=0, atol=0,
+                                       context=context)
+            parity.assert_tensors_close(out, expected_out, rtol=0, atol=0,
+                                        name=f"rank {self.rank} eval output, {context}")
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_hsdp_full_state_dict_round_trip(self, api):
@@ -77,8 +83,10 @@ class HsdpStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
         fresh = self._wrap(api, seed=1)
         dcp_state_dict.set_model_state_dict(
             fresh, state, options=dcp_state_dict.StateDictOptions(full_state_dict=True))
-        self._assert_restored(fresh, expected, inputs, outputs,
+        failures = parity.DeferredFailures()
+        self._assert_restored(failures, self._restored(fresh, inputs), expected, outputs,
                               self._context(api, "full state dict"))
+        failures.raise_if_any()
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_hsdp_sharded_state_dict_round_trip(self, api):
@@ -91,16 +99,19 @@ class HsdpStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
                                 f"rank {self.rank}: {name} holds the whole tensor")
         fresh = self._wrap(api, seed=1)
         state_dicts.load_sharded_state_dict(fresh, api, state)
-        self._assert_restored(fresh, expected, inputs, outputs,
-                              self._context(api, "sharded state dict, in memory"))
-
+        in_memory = self._restored(fresh, inputs)
         with dist_helpers.shared_tempdir(prefix="hsdp-ckpt-") as path:
             dcp.save(state_dicts.sharded_state_dict(trained, api), checkpoint_id=path)
             from_disk = self._wrap(api, seed=2)
             state_dicts.dcp_load(from_disk, api, path)
-            self._assert_restored(from_disk, expected, inputs, outputs,
-                                  self._context(api, "sharded state dict, dcp.save/dcp.load"))
-
+            on_disk = self._restored(from_disk, inputs)
+        # Every rank has run every collective: a failure on some ranks cannot strand others.
+        failures = parity.DeferredFailures()
+        self._assert_restored(failures, in_memory, expected, outputs,
+                              self._context(api, "sharded state dict, in memory"))
+        self._assert_restored(failures, on_disk, expected, outputs,
+                              self._context(api, "sharded state dict, dcp.save/dcp.load"))
+        failures.raise_if_any()
 
 if __name__ == "__main__":
     multirank.main()
