@@ -178,12 +178,15 @@ class _ProcessState:
 
     def restore(self) -> None:
         import torch  # pylint: disable=g-import-not-at-top
-        os.environ.clear()
-        os.environ.update(self.environ)
+        if dict(os.environ) != self.environ:
+            os.environ.clear()
+            os.environ.update(self.environ)
         os.chdir(self.cwd)
         torch.set_default_dtype(self.default_dtype)
         torch.set_grad_enabled(self.grad_enabled)
-        torch.use_deterministic_algorithms(self.deterministic)
+        # Only when changed: its first call imports enough of torch to take seconds.
+        if torch.are_deterministic_algorithms_enabled() != self.deterministic:
+            torch.use_deterministic_algorithms(self.deterministic)
         random.setstate(self.python_rng)
         torch.set_rng_state(self.torch_rng)
         if self.device_rng is not None:
