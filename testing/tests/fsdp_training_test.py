@@ -78,6 +78,25 @@ class WrapOptionsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         wrapped = [n for n, m in model.named_modules() if isinstance(m, compat.FSDP)]
         self.assertLen(wrapped, len(spec.units) + 1)
 
+    def test_wrap_spec_meta_init_reaches_fsdp_on_meta(self):
+        seen = []
+
+        def init(module):
+            seen.append(any(p.is_meta for p in module.parameters(recurse=False)))
+            module.to_empty(device=self.device, recurse=False)
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+        spec = models.get("nested_mlp")
+        model = wrapping.wrap_spec(spec, "fsdp1", init_device="meta", device=self.device,
+                                   extra={"param_init_fn": init})
+        self.assertTrue(seen and all(seen), f"param_init_fn saw meta modules: {seen}")
+        self.assertFalse(wrapping.is_meta(model))
+        model = wrapping.wrap_spec(spec, "fsdp2", init_device="meta", device=self.device)
+        for name, p in model.named_parameters():
+            self.assertTrue(compat.is_dtensor(p) and not p.is_meta, name)
+            self.assertEqual(p.to_local().device.type, self.device.type, name)
+
     @parameterized.product(api=APIS, dtype=(torch.bfloat16, torch.float16))
     def test_mixed_precision_parity(self, api, dtype):
         training.check_against_reference(models.get("nested_mlp"), api, device=self.device,
