@@ -31,14 +31,14 @@ class FullParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def test_round_trip(self, api, name):
         spec = models.get(name)
         expected = params.full_params(spec.build(seed=5), buffers=True)
-        model = wrapping.wrap(spec.build(seed=5), api, spec.units, device=self.device)
+        model = wrapping.wrap_spec(spec, api, seed=5, device=self.device)
         parity.assert_params_close(params.full_params(model, buffers=True), expected,
                                    rtol=0, atol=0, context=f"{api} {name}")
 
     @parameterized.parameters(dict(api="fsdp1", use_orig_params=True), dict(api="fsdp2"))
     def test_full_grads_match_reference(self, api, **options):
         spec = models.get("nested_mlp")
-        model = wrapping.wrap(spec.build(0), api, spec.units, device=self.device, **options)
+        model = wrapping.wrap_spec(spec, api, device=self.device, **options)
         training.train(model, spec, steps=1, optim_fn=lambda ps: torch.optim.SGD(ps, lr=0.0))
         ref = spec.build(0).to(self.device)
         x, y = data.global_batch(spec, seed=0, world_size=self.world_size, step=0,
@@ -74,7 +74,7 @@ class WrapOptionsTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     def test_fsdp1_units_are_wrapped_nested(self):
         spec = models.get("nested_mlp")
-        model = wrapping.wrap(spec.build(0), "fsdp1", spec.units, device=self.device)
+        model = wrapping.wrap_spec(spec, "fsdp1", device=self.device)
         wrapped = [n for n, m in model.named_modules() if isinstance(m, compat.FSDP)]
         self.assertLen(wrapped, len(spec.units) + 1)
 
