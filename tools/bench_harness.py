@@ -64,7 +64,19 @@ def _check_all_reduce(rank: int, world_size: int, device="cpu") -> None:
         raise AssertionError(f"all_reduce gave {t.tolist()}")
 
 
+_WORKLOAD = flags.DEFINE_enum(
+    "workload", "all_reduce", ["all_reduce", "fsdp"],
+    "What each test of the pools table does: an all-reduce whose sum is checked, or "
+    "one FSDP2 training step of a small MLP checked against an unsharded reference "
+    "(shows the first-use costs a fresh rank process pays for FSDP).")
+
+
 def _trivial_test(self):
+    if _WORKLOAD.value == "fsdp":
+        from testing.fsdp import models, training  # pylint: disable=g-import-not-at-top
+        training.check_against_reference(models.get("nested_mlp"), "fsdp2", steps=1,
+                                         device=self.device)
+        return
     _check_all_reduce(self.rank, self.world_size, self.device)
 
 
@@ -187,7 +199,8 @@ def _print_pools_table() -> None:
             for scope in ("class", "session")]
     kind = options.device()
     per_class_total = rows[0][-1]
-    print(f"\n{n_classes} classes x {per_class} trivial {options.world_size()}-rank tests, "
+    print(f"\n{n_classes} classes x {per_class} {_WORKLOAD.value} tests at world size "
+          f"{options.world_size()}, "
           f"{kind.name}/{kind.backend}, fork, torch {torch.__version__}, "
           f"{os.cpu_count()} cores")
     print(f"| {'pool per':<8} | {'1st class, 1st test (s)':>23} | "
