@@ -1,7 +1,8 @@
 """Multi-rank self-tests of testing/fsdp: full_params, wrap options and parity.
 
 Checks that helpers agree with an unwrapped reference for every model builder
-under FSDP1 and FSDP2 (``uneven_mlp`` at world size 4 is fsdp_training_ws4_test.py), and that a real divergence (one rank's gradients
+under FSDP1 and FSDP2 (``uneven_mlp`` at world size 4: fsdp_training_ws4_test.py),
+and that a real divergence (one rank's gradients
 scaled) fails with a message naming parameter, rank and size of the error.
 """
 
