@@ -2,8 +2,8 @@
 
 Checks that helpers agree with an unwrapped reference for every model builder
 under FSDP1 and FSDP2 (``uneven_mlp`` at world size 4: fsdp_training_ws4_test.py),
-and that a real divergence (one rank's gradients
-scaled) fails with a message naming parameter, rank and size of the error.
+and that a real divergence (one rank's gradients scaled) fails with a message
+naming parameter, rank and size of the error.
 """
 
 from absl.testing import parameterized
