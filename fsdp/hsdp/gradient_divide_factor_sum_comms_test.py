@@ -28,6 +28,7 @@ FSDP2 only: FSDP1 has no public divide factor (see gradient_divide_factor_test.p
 
 from absl.testing import parameterized
 
+from testing import known_failures
 from testing import multirank
 from testing.fsdp import compat, data, meshes, models, params, parity, wrapping
 
@@ -36,6 +37,15 @@ CASES = tuple((f"{kind}_fsdp2", kind) for kind in meshes.SHAPE_KINDS)
 
 
 class HsdpGradientDivideFactorSumCommsTest(multirank.MultiRankTestCase, parameterized.TestCase):
+
+    known_failures = {
+        "test_gradient_divide_factor_with_sum_reductions_scales_gradients_"
+        "one_rank_per_shard_group_fsdp2": known_failures.TorchBug(
+            "FSDP2 divide factor with SUM-only reductions on an N x 1 mesh",
+            "the custom gradient divide factor is applied twice (before the replica "
+            "all-reduce and after it), so gradients come out 1/factor too small",
+            seen_on=("2.13",)),
+    }
 
     def _reference_grads(self):
         """Gradients of the global batch's mean loss, on a model without FSDP."""

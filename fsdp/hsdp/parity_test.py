@@ -29,6 +29,7 @@ one-rank group, so replicas train apart.
 
 from absl.testing import parameterized
 
+from testing import known_failures
 from testing import multirank
 from testing.fsdp import meshes, models, params, parity, training, wrapping
 
@@ -42,11 +43,22 @@ _CONFIGS = (
     ("process_group_pair_fsdp1", "fsdp1", {"via": "process_group"}),
     ("fsdp2", "fsdp2", {}),
 )
+_FSDP1_N_BY_1 = known_failures.TorchBug(
+    "pytorch#154888 (FSDP1 form)",
+    "FSDP1 HYBRID_SHARD on an N x 1 mesh switches to NO_SHARD within the one-rank shard "
+    "group and never all-reduces across replicas, so replicas train apart",
+    seen_on=("2.13",))
+
 CASES = tuple((f"{kind}_{name}", kind, api, hybrid)
               for kind in meshes.SHAPE_KINDS for name, api, hybrid in _CONFIGS)
 
 
 class HsdpParityTest(multirank.MultiRankTestCase, parameterized.TestCase):
+
+    known_failures = {
+        f"test_hsdp_matches_reference_one_rank_per_shard_group_{name}": _FSDP1_N_BY_1
+        for name, api, _ in _CONFIGS if api == "fsdp1"
+    }
 
     @parameterized.named_parameters(*CASES)
     def test_hsdp_matches_reference(self, kind, api, hybrid):

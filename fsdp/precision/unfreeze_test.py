@@ -25,6 +25,7 @@ FSDP1 needs ``use_orig_params=True`` to change ``requires_grad`` after wrapping.
 import torch
 from absl.testing import parameterized
 
+from testing import known_failures
 from testing import multirank
 from testing.fsdp import cases
 from testing.fsdp import collective_spy
@@ -53,6 +54,15 @@ def _in_unit(name):
 
 
 class UnfreezeTest(multirank.MultiRankTestCase, parameterized.TestCase):
+
+    known_failures = {
+        "test_unfrozen_unit_keeps_reduce_dtype_fsdp2": known_failures.TorchBug(
+            "pytorch#186998",
+            "FSDP2 resolves a unit's reduce dtype at its first forward from its trainable "
+            "parameters; a unit frozen then gets the param dtype, and after unfreezing its "
+            "backward fails (grad dtype bf16 vs float32)",
+            seen_on=("2.13",)),
+    }
 
     @parameterized.named_parameters(*cases.api_cases_with(fsdp1={"use_orig_params": True},
                                                           fsdp2={}))

@@ -11,6 +11,11 @@ or a :class:`Precision`, ``cpu_offload`` a bool); API-specific options (``shardi
 ``use_orig_params`` for FSDP1, ``reshard_after_forward`` for FSDP2) raise
 ``ValueError`` when given to the other API.  Anything else in ``extra`` goes
 to the FSDP constructor / ``fully_shard`` unchanged.
+
+A model on the meta device (``wrap_spec(..., init_device="meta")``) is not
+moved: FSDP1 materializes it (``reset_parameters()`` per module, or
+``extra={"param_init_fn": fn}``), FSDP2 gets ``to_empty(device=...)`` and
+``reset_parameters()`` per module after sharding.
 """
 
 import dataclasses
@@ -171,6 +176,13 @@ def wrap(
       extra: further keyword arguments for every FSDP constructor /
         ``fully_shard`` call.
 
+    A model whose parameters are on the meta device is sharded where it is
+    and materialized on ``device``: FSDP1 calls each module's
+    ``reset_parameters()`` (or ``extra["param_init_fn"]``); for FSDP2 this
+    calls ``to_empty(device=device)`` and then each module's
+    ``reset_parameters()`` on the sharded parameters (values drawn per shard,
+    so they differ from an eager model's: load a state dict for those).
+
     Returns:
       The FSDP1 root wrapper, or ``model`` itself for FSDP2.
     """
@@ -223,7 +235,8 @@ def _wrap_fsdp1(model, units, device, policies, cpu_offload, strategy,
     if use_orig_params is not None:
         kwargs["use_orig_params"] = use_orig_params
     kwargs.update(extra)
-    if not cpu_offload:
+    # A meta model stays where it is: FSDP1 materializes it on device_id.
+    if not cpu_offload and not is_meta(model):
         model = model.to(device)
 
     def unit_kwargs(name):
@@ -248,9 +261,11 @@ def _wrap_fsdp2(model, units, device, policies, cpu_offload, reshard, mesh, extr
     if reshard is not None:
         kwargs["reshard_after_forward"] = reshard
     kwargs.update(extra)
-    # Buffers are never offloaded, so move everything; fully_shard then moves
-    # the parameter shards to CPU when offloading.
-    model = model.to(device)
+    meta = is_meta(model)
+    if not meta:
+        # Buffers are never offloaded, so move everything; fully_shard then
+        # moves the parameter shards to CPU when offloading.
+        model = model.to(device)
 
     def unit_kwargs(name):
         policy = _fsdp2_policy(policies[name])
@@ -260,17 +275,39 @@ def _wrap_fsdp2(model, units, device, policies, cpu_offload, reshard, mesh, extr
     for name in units:
         compat.fully_shard(model.get_submodule(name), **unit_kwargs(name))
     compat.fully_shard(model, **unit_kwargs(""))
+    if meta:
+        # fully_shard leaves meta DTensors: give them storage, then initialize.
+        model.to_empty(device=device)
+        for module in model.modules():
+            if callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
     return model
 
 
+def is_meta(model: nn.Module) -> bool:
+    """True if any parameter or buffer of ``model`` is on the meta device."""
+    return any(t.is_meta for t in model.parameters()) or any(
+        t.is_meta for t in model.buffers())
+
+
 def wrap_spec(spec, api: str, *, seed: int = 0, units: Optional[Sequence[str]] = None,
+              init_device: Optional[Union[torch.device, str]] = None,
               **wrap_options: Any) -> nn.Module:
     """Builds ``spec``'s model from ``seed`` and shards it with :func:`wrap`.
 
     The one-call form of ``wrap(spec.build(seed), api, spec.units, ...)``
     that test files use. ``units`` defaults to ``spec.units``; every other
-    keyword goes to :func:`wrap` (``device``, ``mixed_precision``, ...).
+    keyword goes to :func:`wrap` (``device``, ``mixed_precision``, ``extra``, ...).
+
+    ``init_device`` is where the model is constructed (default CPU):
+    ``"meta"`` builds it under ``torch.device("meta")`` without storage, and
+    :func:`wrap` materializes it on ``device`` (meta-device initialization);
+    an accelerator builds it there, drawing from that device's generator.
     """
-    return wrap(spec.build(seed), api, spec.units if units is None else units,
-                **wrap_options)
+    if init_device is None:
+        model = spec.build(seed)
+    else:
+        with torch.device(init_device):
+            model = spec.build(seed)
+    return wrap(model, api, spec.units if units is None else units, **wrap_options)
 
