@@ -46,8 +46,10 @@ RESHARD_TO_2 = {
 
 class CollectiveCountsWs4Test(multirank.MultiRankTestCase, parameterized.TestCase):
 
+    # A 2 x 2 mesh and reshard_after_forward=2 both need exactly 4 ranks.
+    required_world_size = 4
+
     def _mesh_2x2(self):
-        self.assertEqual(self.world_size, 4, "a 2x2 mesh needs world size 4")
         return compat.init_device_mesh(self.device.type, (2, 2),
                                        mesh_dim_names=("replicate", "shard"))
 
@@ -68,7 +70,6 @@ class CollectiveCountsWs4Test(multirank.MultiRankTestCase, parameterized.TestCas
         sized_chain.check_parameters(model, self.device, "api=fsdp2 mesh=2x2")
 
     def test_step_counts_reshard_after_forward_2_fsdp2(self):
-        self.assertEqual(self.world_size, 4, "reshard_after_forward=2 needs world size 4")
         model = sized_chain.wrap_fsdp2(self.device, reshard=2)
         log = sized_chain.record_step(model, self.device)
         collective_count.assert_counts(log, RESHARD_TO_2, by_group=True,
