@@ -87,7 +87,9 @@ def diff(name: str, actual: torch.Tensor, expected: torch.Tensor,
     # Worst element: the one furthest outside tolerance (largest abs diff if none is).
     excess = abs_diff - (atol + rtol * e.abs())
     flat = int(excess.reshape(-1).argmax()) if a.numel() else 0
-    index = tuple(torch.unravel_index(torch.tensor(flat), a.shape)) if a.dim() else ()
+    # Empty tensors (a rank's empty shard) have no element to point at.
+    index = (tuple(torch.unravel_index(torch.tensor(flat), a.shape))
+             if a.dim() and a.numel() else ())
     return Diff(
         name=name,
         max_abs=float(abs_diff.max()) if a.numel() else 0.0,

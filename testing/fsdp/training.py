@@ -25,6 +25,8 @@ from testing.fsdp.models import ModelSpec
 OptimFn = Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer]
 # A step count, or the batch indices of the steps to run.
 Steps = Union[int, Sequence[int]]
+# step -> keyword arguments for the model's forward at that step.
+ForwardKwargs = Callable[[int], Dict[str, Any]]
 
 
 def default_optimizer(parameters) -> torch.optim.Optimizer:
@@ -58,7 +60,8 @@ def train(model: nn.Module, spec: ModelSpec, *, steps: Steps = 3, seed: int = 0,
           optim_fn: OptimFn = default_optimizer,
           optimizer: Optional[torch.optim.Optimizer] = None,
           before_step: Optional[Callable[[nn.Module, int], None]] = None,
-          same_across_ranks: bool = False) -> List[float]:
+          same_across_ranks: bool = False,
+          forward_kwargs: Optional[ForwardKwargs] = None) -> List[float]:
     """Trains ``model`` on this rank's batches; returns the rank-averaged loss per step.
 
     Args:
@@ -74,6 +77,8 @@ def train(model: nn.Module, spec: ModelSpec, *, steps: Steps = 3, seed: int = 0,
       before_step: ``fn(model, step)`` called after backward, before the
         optimizer step (e.g. to inspect or perturb gradients).
       same_across_ranks: give every rank rank 0's batch.
+      forward_kwargs: ``fn(step) -> dict`` of keyword arguments for the
+        forward at that step (e.g. a step-dependent flag).
     """
     device = _device_of(model, device)
     rank, world = compat.rank(), compat.world_size()
@@ -83,7 +88,8 @@ def train(model: nn.Module, spec: ModelSpec, *, steps: Steps = 3, seed: int = 0,
         inputs, targets = data.rank_batch(spec, seed=seed, rank=rank, step=step,
                                           batch_size=batch_size, device=device,
                                           same_across_ranks=same_across_ranks)
-        loss = spec.loss_fn(model(inputs), targets)
+        kwargs = forward_kwargs(step) if forward_kwargs is not None else {}
+        loss = spec.loss_fn(model(inputs, **kwargs), targets)
         loss.backward()
         if before_step is not None:
             before_step(model, step)
@@ -101,27 +107,44 @@ def reference_train(spec: ModelSpec, *, steps: Steps = 3, seed: int = 0,
                     world_size: Optional[int] = None,
                     batch_size: int = data.DEFAULT_BATCH_SIZE, device=None,
                     optim_fn: OptimFn = default_optimizer,
-                    same_across_ranks: bool = False) -> Tuple[nn.Module, List[float]]:
+                    same_across_ranks: bool = False,
+                    forward_kwargs: Optional[ForwardKwargs] = None,
+                    before_step: Optional[Callable[[nn.Module, int], None]] = None,
+                    model: Optional[nn.Module] = None,
+                    optimizer: Optional[torch.optim.Optimizer] = None,
+                    ) -> Tuple[nn.Module, List[float]]:
     """Trains ``spec.build(seed)`` without FSDP on the global batches; no collectives.
 
     ``batch_size`` is per rank, as in :func:`train`.  Returns
     ``(model, losses)``; the model stays on ``device`` (default CPU).
+    ``forward_kwargs`` and ``before_step`` are as in :func:`train`. To continue a reference run
+    (e.g. ``steps=range(2, 4)``, or at another ``world_size``), pass the
+    ``model`` it returned and its ``optimizer`` (build both yourself: the
+    optimizer must be given with the model); ``optim_fn`` is then unused.
     """
+    if (model is None) != (optimizer is None):
+        raise ValueError("reference_train: pass model and optimizer together, or neither")
     world_size = compat.world_size() if world_size is None else world_size
     device = torch.device(device) if device is not None else torch.device("cpu")
-    model = spec.build(seed).to(device)
-    opt = optim_fn(_trainable(model))
+    if model is None:
+        model = spec.build(seed).to(device)
+        optimizer = optim_fn(_trainable(model))
+    opt = optimizer
     losses = []
     for step in step_indices(steps):
         kwargs = dict(seed=seed, world_size=world_size, step=step, batch_size=batch_size,
                       device=device, same_across_ranks=same_across_ranks)
+        fwd = forward_kwargs(step) if forward_kwargs is not None else {}
         if spec.local_batch_stats:
-            per_rank = [spec.loss_fn(model(x), y) for x, y in data.rank_batches(spec, **kwargs)]
+            per_rank = [spec.loss_fn(model(x, **fwd), y)
+                        for x, y in data.rank_batches(spec, **kwargs)]
             loss = torch.stack(per_rank).mean()
         else:
             inputs, targets = data.global_batch(spec, **kwargs)
-            loss = spec.loss_fn(model(inputs), targets)
+            loss = spec.loss_fn(model(inputs, **fwd), targets)
         loss.backward()
+        if before_step is not None:
+            before_step(model, step)
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
@@ -135,6 +158,7 @@ def check_against_reference(spec: ModelSpec, api: str, *, steps: int = 3, seed: 
                             rtol: Optional[float] = None, atol: Optional[float] = None,
                             before_step: Optional[Callable[[nn.Module, int], None]] = None,
                             buffers: bool = False,
+                            forward_kwargs: Optional[ForwardKwargs] = None,
                             **wrap_options: Any) -> Dict[str, Any]:
     """Wraps ``spec``'s model with ``api``, trains it and a reference, asserts parity.
 
@@ -147,9 +171,10 @@ def check_against_reference(spec: ModelSpec, api: str, *, steps: int = 3, seed: 
     units = spec.units if units is None else units
     model = wrapping.wrap(spec.build(seed), api, units, device=device, **wrap_options)
     losses = train(model, spec, steps=steps, seed=seed, batch_size=batch_size, device=device,
-                   optim_fn=optim_fn, before_step=before_step)
+                   optim_fn=optim_fn, before_step=before_step, forward_kwargs=forward_kwargs)
     ref, ref_losses = reference_train(spec, steps=steps, seed=seed, batch_size=batch_size,
-                                      device=device, optim_fn=optim_fn)
+                                      device=device, optim_fn=optim_fn,
+                                      forward_kwargs=forward_kwargs)
     dtype = wrapping.compute_dtype(wrap_options.get("mixed_precision"))
     context = f"model={spec.name} api={api} steps={steps}"
     actual = params.full_params(model, buffers=buffers)  # collective: before any assert

@@ -1,0 +1,119 @@
+"""Parameters, units and outputs left out of the loss at some steps get no update there.
+
+The ``partly_used`` model's forward takes the step: on even steps the
+``branch`` unit (with a 1-element parameter) does not run and the ``aux``
+unit runs but its output is left out of the loss; on odd steps the root
+parameter ``shift`` is not used. Four steps on rank-distinct data, so each part
+is unused at the first or the last step.
+
+After every step, with FSDP1 and FSDP2, every parameter matches a model
+trained without FSDP on all ranks' data, and the parameters left out at that
+step are bitwise equal to their values before it:
+
+* plain SGD (no momentum, no weight decay): every unused parameter; any
+  spurious gradient would move it;
+* AdamW with weight decay: torch skips a parameter whose gradient is None, so
+  FSDP2 must leave the gradient of every unused parameter None, not zero. FSDP1
+  flattens each unit's parameters into one: a wholly unused unit gets no
+  gradient (unchanged), but an unused parameter of a unit that is used gets a
+  zero gradient, with or without ``use_orig_params``, which AdamW decays. For
+  FSDP1 the reference fills those gradients with zeros too (FSDP1's semantics),
+  and only the wholly unused units must stay unchanged.
+
+The reference itself is checked to follow the schedule (exactly the expected
+parameters stay unchanged at each step), so the test cannot pass vacuously.
+"""
+
+import torch
+from absl.testing import parameterized
+
+from testing import multirank
+from testing.fsdp import models, params, parity, training, wrapping
+
+SPEC = models.get("partly_used")
+STEPS = 4
+
+
+def _sgd(parameters):
+    """Plain SGD: a zero gradient leaves a parameter bitwise unchanged."""
+    return torch.optim.SGD(parameters, lr=0.1)
+
+
+def _adamw(parameters):
+    """AdamW with weight decay: skips parameters whose gradient is None."""
+    return torch.optim.AdamW(parameters, lr=1e-2, weight_decay=0.1)
+
+
+def _step_kwargs(step):
+    return {"step": step}
+
+
+def _unit_of(name):
+    """The wrap unit (``""`` for the root) whose FSDP1 flat parameter holds ``name``."""
+    units = [u for u in SPEC.units if name.startswith(u + ".")]
+    return max(units, key=len) if units else ""
+
+
+def _zero_fill_used_units(model, step):
+    """FSDP1's semantics in the reference: a used unit's unused parameters get zero grads."""
+    del step
+    named = list(model.named_parameters())
+    used_units = {_unit_of(n) for n, p in named if p.grad is not None}
+    for name, p in named:
+        if p.grad is None and _unit_of(name) in used_units:
+            p.grad = torch.zeros_like(p)
+
+
+def _expected_unchanged(step, api, optim_fn):
+    """Parameters that must stay bitwise unchanged at ``step``."""
+    unused = models.partly_used_unused(step)
+    if api == "fsdp1" and optim_fn is _adamw:
+        used_units = {_unit_of(n) for n in params.full_params(SPEC.build(0))
+                      if n not in unused}
+        return tuple(n for n in unused if _unit_of(n) not in used_units)
+    return unused
+
+
+class UnusedParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
+
+    @parameterized.named_parameters(
+        ("sgd_fsdp1", "fsdp1", {}, _sgd),
+        ("sgd_fsdp2", "fsdp2", {}, _sgd),
+        ("adamw_fsdp1", "fsdp1", {}, _adamw),
+        ("adamw_orig_params_fsdp1", "fsdp1", {"use_orig_params": True}, _adamw),
+        ("adamw_fsdp2", "fsdp2", {}, _adamw))
+    def test_unused_parts_not_updated_and_used_match_reference(self, api, options, optim_fn):
+        model = wrapping.wrap_spec(SPEC, api, device=self.device, **options)
+        opt = optim_fn([p for p in model.parameters() if p.requires_grad])
+        ref = SPEC.build(seed=0).to(self.device)
+        ref_opt = optim_fn(list(ref.parameters()))
+        ref_hook = _zero_fill_used_units if api == "fsdp1" else None
+        names = list(params.full_params(ref))
+        checked = 0
+        for step in range(STEPS):
+            unchanged = _expected_unchanged(step, api, optim_fn)
+            checked += len(unchanged)
+            what = f"api={api} {optim_fn.__name__[1:]} step {step}"
+            ref_before = params.full_params(ref)
+            training.reference_train(SPEC, steps=[step], device=self.device,
+                                     forward_kwargs=_step_kwargs, before_step=ref_hook,
+                                     model=ref, optimizer=ref_opt)
+            ref_after = params.full_params(ref)
+            moved = sorted(n for n in names if not torch.equal(ref_before[n], ref_after[n]))
+            self.assertEqual(moved, sorted(set(names) - set(unchanged)),
+                             f"reference, {what}: the parameters that moved are not the "
+                             "schedule's")
+
+            before = params.full_params(model)
+            training.train(model, SPEC, steps=[step], optimizer=opt,
+                           forward_kwargs=_step_kwargs, device=self.device)
+            after = params.full_params(model)  # collective: before any assert
+            parity.assert_params_close({n: after[n] for n in unchanged},
+                                       {n: before[n] for n in unchanged}, rtol=0, atol=0,
+                                       context=f"{what}: unused at this step vs before it")
+            parity.assert_params_close(after, ref_after, context=f"{what}: vs reference")
+        self.assertGreater(checked, 0, "no parameter was unused at any step")
+
+
+if __name__ == "__main__":
+    multirank.main()
