@@ -226,7 +226,9 @@ def attach_rank_logs(results: List[M.TestResult], outputs: Outputs) -> None:
                 cls, rank, secs[-1][0]), tail(secs[-1][1])))
           continue
         for tid, body in secs:
-          if _id_matches(tid, classname, r.raw_name):
+          # A section with only its header line says nothing.
+          if _id_matches(tid, classname, r.raw_name) and body.strip().count(
+              "\n"):
             label = "rank %d" % rank if len(classes) == 1 else \
                 "%s rank %d" % (cls, rank)
             r.rank_logs.append((label, tail(body)))

@@ -257,9 +257,9 @@ def apply_known_failure(r: TestResult, bug: Dict[str, str]) -> None:
       junit = r.message
       r.status = FAIL
       r.message = (
-          "known bug did not reproduce: %s passed on torch %s, a release "
-          "%s (%s) was seen on. Either the test no longer catches the bug, or "
-          "this build has a fix (then update seen_on). Bug: %s" % (
+          "known bug did not reproduce: %s passed on torch %s, and %s was "
+          "seen on torch %s. Either the test no longer catches the bug, or "
+          "this build has a fix (then update seen_on). The bug: %s" % (
               r.test_id or r.raw_name, torch, bug.get("issue", "?"),
               bug.get("seen_on", ""), bug.get("summary", "")))
       if junit and junit not in r.text:
@@ -623,6 +623,10 @@ def _cell(mine, beh, dev, api, target_level, beh_targets, used,
                  and (api is None or not t.apis or api in t.apis)]
   notes = ["%s is disabled: %s" % (t.label, t.reason or "no reason given")
            for t in dev_targets if t.disabled]
+  notes += ["%s did not occur on torch %s (seen on torch %s)" % (
+      r.known_bug.get("issue", "?"), r.known_bug.get("torch", "?"),
+      r.known_bug.get("seen_on", "?"))
+            for r in mine if r.known_bug and r.status == PASS]
   if mine:
     return Cell(aggregate(mine), list(mine), notes=notes)
   tl = [r for r in target_level.get((beh, dev), [])
