@@ -6,6 +6,7 @@ that is missing or cannot be parsed becomes a Problem plus a target-level
 result with status "no result" / "malformed".
 """
 
+import datetime
 import json
 import os
 import re
@@ -429,6 +430,21 @@ def _junit_behaviour(classname: str, package: str) -> str:
   return "/".join(parts) or "(unknown)"
 
 
+def _junit_start(root: ET.Element) -> Optional[float]:
+  """When the run began (epoch seconds), from the testsuite's timestamp."""
+  for suite in root.iter("testsuite"):
+    stamp = suite.get("timestamp")
+    if stamp:
+      try:
+        when = datetime.datetime.fromisoformat(stamp)
+      except ValueError:
+        return None
+      if when.tzinfo is None:
+        return None     # local time of an unknown host: cannot compare
+      return when.timestamp()
+  return None
+
+
 def parse_pytest_junit(path: str, device: str, package: str = "fsdp"
                        ) -> M.Collected:
   """Reads pytest's --junitxml output from a host without Bazel.
@@ -466,8 +482,15 @@ def parse_pytest_junit(path: str, device: str, package: str = "fsdp"
         _read_text(params_path), params_path, out.problems))
   known_path = os.path.join(os.path.dirname(path), "known_failures.json")
   if os.path.isfile(known_path):
-    apply_known_failures(out.results, read_known_failures(
-        _read_text(known_path), known_path, out.problems))
+    started = _junit_start(root)
+    if started is not None and os.path.getmtime(known_path) < started - 1:
+      # Left by an earlier run in the same FSDP_TEST_OUTPUT_DIR: the harness
+      # rewrites the file only when a known bug runs.
+      out.problems.append(M.Problem(known_path, "older than the JUnit run it "
+                                    "sits beside; ignored"))
+    else:
+      apply_known_failures(out.results, read_known_failures(
+          _read_text(known_path), known_path, out.problems))
   # The harness's rank logs, when pytest ran with FSDP_TEST_OUTPUT_DIR there.
   attach_rank_logs(out.results, Outputs(os.path.dirname(path), out.problems,
                                         subdir="rank_logs"))

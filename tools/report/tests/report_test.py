@@ -532,6 +532,18 @@ class KnownTorchBugTest(absltest.TestCase):
     self.assertIn("expected failure (pytest xfail)",
                   render_md.render(rep))
 
+  def test_stale_record_beside_junit_is_ignored(self):
+    tmp = tempfile.mkdtemp()
+    for name in ("results.xml", "known_failures.json"):
+      shutil.copy(os.path.join(os.path.dirname(KNOWN_JUNIT), name), tmp)
+    known = os.path.join(tmp, "known_failures.json")
+    os.utime(known, (0, 0))            # written long before this run began
+    col = collect.parse_pytest_junit(os.path.join(tmp, "results.xml"), "cuda")
+    shutil.rmtree(tmp)
+    self.assertEqual([p.message for p in col.problems],
+                     ["older than the JUnit run it sits beside; ignored"])
+    self.assertTrue(all(r.known_bug is None for r in col.results))
+
   def test_without_records_absl_expected_failure_is_a_pass(self):
     """What the records are for: absl's XML alone cannot tell."""
     results = collect.parse_bazel_xml(
