@@ -251,6 +251,10 @@ def apply_known_failure(r: TestResult, bug: Dict[str, str]) -> None:
       if not r.message.startswith("known torch bug"):
         r.message = (describe_known_bug(bug) + ("\n" + r.message
                                                 if r.message else ""))
+      # The failure itself, if the harness recorded it (an expected failure
+      # leaves no message in the XML).
+      if bug.get("message") and bug["message"] not in r.message:
+        r.message += "\n" + bug["message"]
   elif outcome == KNOWN_PASSED:
     torch = bug.get("torch", "")
     if torch and torch in _releases(bug.get("seen_on")):

@@ -544,6 +544,17 @@ class KnownTorchBugTest(absltest.TestCase):
                      ["older than the JUnit run it sits beside; ignored"])
     self.assertTrue(all(r.known_bug is None for r in col.results))
 
+  def test_recorded_failure_message_is_shown(self):
+    r = model.TestResult(label="l", behaviour="b", device="cpu", method="m",
+                         status=model.PASS, test_id="A.m")
+    model.apply_known_failure(r, {"issue": "pytorch#1", "summary": "s",
+                                  "seen_on": "2.13", "torch": "2.13",
+                                  "outcome": "failed as expected",
+                                  "message": "rank 0: grad dtype bf16"})
+    self.assertEqual(r.status, model.KNOWN_BUG)
+    self.assertEqual(r.message, "known torch bug pytorch#1: s (seen on torch "
+                     "2.13)\nrank 0: grad dtype bf16")
+
   def test_without_records_absl_expected_failure_is_a_pass(self):
     """What the records are for: absl's XML alone cannot tell."""
     results = collect.parse_bazel_xml(
