@@ -6,6 +6,7 @@ that is missing or cannot be parsed becomes a Problem plus a target-level
 result with status "no result" / "malformed".
 """
 
+import datetime
 import json
 import os
 import re
@@ -123,12 +124,17 @@ def _behaviour_name(pkg: str, behaviour: str, package: str) -> str:
 class Outputs:
   """Files of one test's undeclared outputs (zip or plain directory)."""
 
-  def __init__(self, result_dir: str, problems: List[M.Problem]):
+  def __init__(self, result_dir: str, problems: List[M.Problem],
+               subdir: str = ""):
+    """Indexes `<result_dir>/test.outputs`, or only `<result_dir>/<subdir>`."""
     self.files: Dict[str, object] = {}   # relative path -> reader
     base = os.path.join(result_dir, "test.outputs")
-    if not os.path.isdir(base):
+    top = base
+    if subdir:
+      base, top = result_dir, os.path.join(result_dir, subdir)
+    if not os.path.isdir(top):
       return
-    for dirpath, _, filenames in os.walk(base):
+    for dirpath, _, filenames in os.walk(top):
       for fn in filenames:
         full = os.path.join(dirpath, fn)
         rel = os.path.relpath(full, base).replace(os.sep, "/")
@@ -221,7 +227,9 @@ def attach_rank_logs(results: List[M.TestResult], outputs: Outputs) -> None:
                 cls, rank, secs[-1][0]), tail(secs[-1][1])))
           continue
         for tid, body in secs:
-          if _id_matches(tid, classname, r.raw_name):
+          # A section with only its header line says nothing.
+          if _id_matches(tid, classname, r.raw_name) and body.strip().count(
+              "\n"):
             label = "rank %d" % rank if len(classes) == 1 else \
                 "%s rank %d" % (cls, rank)
             r.rank_logs.append((label, tail(body)))
@@ -243,17 +251,60 @@ def read_case_params(text: Optional[str], source: str,
     return {}
 
 
+def _case_key(r: M.TestResult) -> str:
+  """`<Class>.<method>`, the key of test_params.json and known_failures.json."""
+  parts = r.test_id.split(".")
+  return ".".join(parts[-2:]) if len(parts) >= 2 else r.test_id
+
+
 def apply_case_params(results: List[M.TestResult],
                       params: Dict[str, dict]) -> None:
   """Takes each method's API from its recorded `api` parameter, if it has one."""
   for r in results:
     if r.method is None or not r.test_id:
       continue
-    parts = r.test_id.split(".")
-    key = ".".join(parts[-2:]) if len(parts) >= 2 else r.test_id
-    api = params.get(key, {}).get("api")
+    api = params.get(_case_key(r), {}).get("api")
     if isinstance(api, str) and api:
       r.method, r.api = M.split_api(r.raw_name, api)
+
+
+def read_known_failures(text: Optional[str], source: str,
+                        problems: List[M.Problem]) -> Dict[str, Dict[str, str]]:
+  """{"<Class>.<method>": record} from the harness's known_failures.json.
+
+  A record has issue, summary, seen_on, outcome and torch (see
+  testing/known_failures.py); records with an unknown outcome are problems.
+  """
+  if text is None:
+    return {}
+  try:
+    records = json.loads(text)
+    if not isinstance(records, dict) or not all(
+        isinstance(v, dict) for v in records.values()):
+      raise ValueError("not an object of objects")
+  except ValueError as e:
+    problems.append(M.Problem(source, "bad known_failures.json: %s" % e))
+    return {}
+  good = {}
+  for key, rec in records.items():
+    outcome = rec.get("outcome")
+    if outcome not in M.KNOWN_FAILED + (M.KNOWN_PASSED,):
+      problems.append(M.Problem(source, "known_failures.json: %s has outcome %r"
+                                % (key, outcome)))
+      continue
+    good[key] = {k: str(v) for k, v in rec.items()}
+  return good
+
+
+def apply_known_failures(results: List[M.TestResult],
+                         records: Dict[str, Dict[str, str]]) -> None:
+  """Turns the results of known torch bugs into KNOWN_BUG (or FAIL) results."""
+  for r in results:
+    if r.method is None or not r.test_id:
+      continue
+    bug = records.get(_case_key(r))
+    if bug is not None:
+      M.apply_known_failure(r, bug)
 
 
 def read_environment(outputs: Outputs, source: str,
@@ -294,7 +345,22 @@ def _case_status(case: ET.Element) -> Tuple[str, str, str]:
       return M.FAIL, msg, text
   el = case.find("skipped")
   if el is not None:
-    return M.SKIPPED, el.get("message") or (el.text or "").strip(), ""
+    msg = el.get("message") or (el.text or "").strip()
+    if el.get("type") == "pytest.xfail":
+      # An expected failure: the harness's known torch bug reproduced.
+      # known_failures.json, when found, names the bug.
+      return M.KNOWN_BUG, ("expected failure (pytest xfail)%s" % (
+          ": " + msg if msg else "")), (el.text or "").strip("\n")
+    if msg == "xfail-marked test passes unexpectedly":
+      return M.FAIL, msg, ""
+    return M.SKIPPED, msg, ""
+  for prop in case.iter("property"):
+    if prop.get("name") == "EXPECTED_FAILURE":
+      # absl records an expected failure's traceback as a property.
+      text = prop.get("value") or ""
+      lines = [l for l in text.strip().splitlines() if l.strip()]
+      known = [l for l in lines if l.startswith("known torch bug")]
+      return M.KNOWN_BUG, (known or lines or ["expected failure"])[0], text
   if case.get("status") == "notrun" or case.get("result") == "suppressed":
     return M.SKIPPED, "not run (suppressed)", ""
   return M.PASS, "", ""
@@ -364,6 +430,21 @@ def _junit_behaviour(classname: str, package: str) -> str:
   return "/".join(parts) or "(unknown)"
 
 
+def _junit_start(root: ET.Element) -> Optional[float]:
+  """When the run began (epoch seconds), from the testsuite's timestamp."""
+  for suite in root.iter("testsuite"):
+    stamp = suite.get("timestamp")
+    if stamp:
+      try:
+        when = datetime.datetime.fromisoformat(stamp)
+      except ValueError:
+        return None
+      if when.tzinfo is None:
+        return None     # local time of an unknown host: cannot compare
+      return when.timestamp()
+  return None
+
+
 def parse_pytest_junit(path: str, device: str, package: str = "fsdp"
                        ) -> M.Collected:
   """Reads pytest's --junitxml output from a host without Bazel.
@@ -399,6 +480,20 @@ def parse_pytest_junit(path: str, device: str, package: str = "fsdp"
   if os.path.isfile(params_path):
     apply_case_params(out.results, read_case_params(
         _read_text(params_path), params_path, out.problems))
+  known_path = os.path.join(os.path.dirname(path), "known_failures.json")
+  if os.path.isfile(known_path):
+    started = _junit_start(root)
+    if started is not None and os.path.getmtime(known_path) < started - 1:
+      # Left by an earlier run in the same FSDP_TEST_OUTPUT_DIR: the harness
+      # rewrites the file only when a known bug runs.
+      out.problems.append(M.Problem(known_path, "older than the JUnit run it "
+                                    "sits beside; ignored"))
+    else:
+      apply_known_failures(out.results, read_known_failures(
+          _read_text(known_path), known_path, out.problems))
+  # The harness's rank logs, when pytest ran with FSDP_TEST_OUTPUT_DIR there.
+  attach_rank_logs(out.results, Outputs(os.path.dirname(path), out.problems,
+                                        subdir="rank_logs"))
   env_path = os.path.join(os.path.dirname(path), "environment.json")
   if os.path.isfile(env_path):
     try:
@@ -494,6 +589,8 @@ def scan_testlogs(root: str, package: str = "fsdp",
     outputs = Outputs(dirpath, out.problems)
     apply_case_params(results, read_case_params(
         outputs.read("test_params.json"), dirpath, out.problems))
+    apply_known_failures(results, read_known_failures(
+        outputs.read("known_failures.json"), dirpath, out.problems))
     attach_rank_logs(results, outputs)
     env = read_environment(outputs, dirpath, out.problems)
     if env is not None:

@@ -24,6 +24,9 @@ _DEVICE_TABLE = device_table.load().DEVICES
 # Cell / result statuses.  The value is the label shown to people.
 PASS = "pass"
 FAIL = "fail"
+# A failure caused by a known torch bug (testing/known_failures.py): a failure of
+# conformance like FAIL, shown apart so people see which failures are explained.
+KNOWN_BUG = "known bug"
 FLAKY = "flaky"
 SKIPPED = "skipped"
 DISABLED = "disabled"
@@ -33,7 +36,11 @@ MALFORMED = "malformed"
 NA = "n/a"
 
 # Statuses that get a detail section (message, traceback, rank logs).
-NEEDS_DETAIL = (FAIL, FLAKY, NO_RESULT, MALFORMED)
+NEEDS_DETAIL = (FAIL, KNOWN_BUG, FLAKY, NO_RESULT, MALFORMED)
+
+# Outcomes the harness records in known_failures.json.
+KNOWN_FAILED = ("failed as expected", "failed")
+KNOWN_PASSED = "passed"
 
 # Device columns, in the device table's order.
 KNOWN_DEVICES = tuple(_DEVICE_TABLE)
@@ -71,6 +78,9 @@ class TestResult:
   log_path: str = ""         # test.log beside it, if any
   rank_logs: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
   anchor: str = ""           # set by build_report for results with detail
+  # The case's known torch bug, as recorded in known_failures.json: issue,
+  # summary, seen_on, outcome, torch (see apply_known_failure).
+  known_bug: Optional[Dict[str, str]] = None
 
   @property
   def where(self) -> str:
@@ -184,8 +194,13 @@ class Report:
 
   def summary(self) -> str:
     c = self.counts
-    line = "%d passed, %d failed, %d disabled, %d not run" % (
-        c.get(PASS, 0), c.get(FAIL, 0), c.get(DISABLED, 0), c.get(NOT_RUN, 0))
+    # Known torch bugs are failures of conformance: counted as failed, and
+    # named so that a reader sees how many of the failures are explained.
+    failed = "%d failed" % (c.get(FAIL, 0) + c.get(KNOWN_BUG, 0))
+    if c.get(KNOWN_BUG):
+      failed += " (%s)" % known_bugs_phrase(c[KNOWN_BUG])
+    line = "%d passed, %s, %d disabled, %d not run" % (
+        c.get(PASS, 0), failed, c.get(DISABLED, 0), c.get(NOT_RUN, 0))
     extra = [(FLAKY, "flaky"), (SKIPPED, "skipped"),
              (NO_RESULT, "without result"), (MALFORMED, "malformed")]
     for key, word in extra:
@@ -195,6 +210,79 @@ class Report:
       line += " (%d problem%s reading results)" % (
           len(self.problems), "" if len(self.problems) == 1 else "s")
     return line
+
+
+def known_bugs_phrase(n: int) -> str:
+  """'1 known torch bug' / '3 known torch bugs'."""
+  return "%d known torch bug%s" % (n, "" if n == 1 else "s")
+
+
+# --------------------------------------------------------------------------
+# Known torch bugs.
+
+def _releases(text: str) -> List[str]:
+  return [t.strip() for t in str(text or "").split(",") if t.strip()]
+
+
+def describe_known_bug(bug: Dict[str, str]) -> str:
+  """One line naming the bug, as the harness's TorchBug.describe writes it."""
+  return "known torch bug %s: %s (seen on torch %s)" % (
+      bug.get("issue", "?"), bug.get("summary", ""), bug.get("seen_on", "?"))
+
+
+def apply_known_failure(r: TestResult, bug: Dict[str, str]) -> None:
+  """Sets a result's status from its known-failure record.
+
+  The harness reports a known bug that reproduced as an expected failure, which
+  absl's XML writes as a passing case and pytest's as a skipped one: the record
+  is what says it failed. Such a case, and one that failed under
+  --known_failures=strict, becomes KNOWN_BUG. A case that passed on a torch
+  release the bug was seen on is a FAIL: the bug did not reproduce, so either
+  the test lost its power to catch it or this build has a fix. A pass on any
+  other release stays a pass.
+  """
+  r.known_bug = dict(bug)
+  outcome = bug.get("outcome", "")
+  if outcome in KNOWN_FAILED:
+    if r.status in (PASS, SKIPPED, FAIL, KNOWN_BUG):
+      r.status = KNOWN_BUG
+      if r.message.startswith("expected failure"):
+        r.message = ""      # the generic xfail line; the record says more
+      if not r.message.startswith("known torch bug"):
+        r.message = (describe_known_bug(bug) + ("\n" + r.message
+                                                if r.message else ""))
+      # The failure itself, if the harness recorded it (an expected failure
+      # leaves no message in the XML).
+      if bug.get("message") and bug["message"] not in r.message:
+        r.message += "\n" + bug["message"]
+  elif outcome == KNOWN_PASSED:
+    torch = bug.get("torch", "")
+    if torch and torch in _releases(bug.get("seen_on")):
+      junit = r.message
+      r.status = FAIL
+      r.message = (
+          "known bug did not reproduce: %s passed on torch %s, and %s was "
+          "seen on torch %s. Either the test no longer catches the bug, or "
+          "this build has a fix (then update seen_on). The bug: %s" % (
+              r.test_id or r.raw_name, torch, bug.get("issue", "?"),
+              bug.get("seen_on", ""), bug.get("summary", "")))
+      if junit and junit not in r.text:
+        r.text = junit + ("\n" + r.text if r.text else "")
+
+
+_ISSUE_RE = re.compile(r"^(?:(?P<repo>[\w.-]+/[\w.-]+)|(?P<short>pytorch))#(?P<n>\d+)$")
+
+
+def issue_url(issue: str) -> str:
+  """A link for `pytorch#123`, `owner/repo#123` or a URL; "" otherwise."""
+  issue = (issue or "").strip()
+  if re.match(r"^https?://\S+$", issue):
+    return issue
+  m = _ISSUE_RE.match(issue)
+  if not m:
+    return ""
+  repo = m.group("repo") or "pytorch/pytorch"
+  return "https://github.com/%s/issues/%s" % (repo, m.group("n"))
 
 
 # --------------------------------------------------------------------------
@@ -332,6 +420,8 @@ def aggregate(results: List[TestResult]) -> str:
     if PASS in statuses and any(r.run for r in results):
       return FLAKY
     return FAIL
+  if KNOWN_BUG in statuses:
+    return KNOWN_BUG
   for s in (MALFORMED, NO_RESULT):
     if s in statuses:
       return s
@@ -537,6 +627,10 @@ def _cell(mine, beh, dev, api, target_level, beh_targets, used,
                  and (api is None or not t.apis or api in t.apis)]
   notes = ["%s is disabled: %s" % (t.label, t.reason or "no reason given")
            for t in dev_targets if t.disabled]
+  notes += ["%s did not occur on torch %s (seen on torch %s)" % (
+      r.known_bug.get("issue", "?"), r.known_bug.get("torch", "?"),
+      r.known_bug.get("seen_on", "?"))
+            for r in mine if r.known_bug and r.status == PASS]
   if mine:
     return Cell(aggregate(mine), list(mine), notes=notes)
   tl = [r for r in target_level.get((beh, dev), [])

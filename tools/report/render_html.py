@@ -19,6 +19,7 @@ M = model
 LABELS = {
     M.PASS: ("\u2714", "PASS"),
     M.FAIL: ("\u2718", "FAIL"),
+    M.KNOWN_BUG: ("\u2691", "KNOWN BUG"),
     M.FLAKY: ("\u2248", "FLAKY"),
     M.SKIPPED: ("\u21b7", "SKIPPED"),
     M.DISABLED: ("\u2298", "DISABLED"),
@@ -30,6 +31,7 @@ LABELS = {
 LEGEND = {
     M.PASS: "passed",
     M.FAIL: "click for message and rank logs",
+    M.KNOWN_BUG: "fails from a known torch bug (issue shown)",
     M.FLAKY: "failed in some runs",
     M.DISABLED: "tagged disabled (reason shown)",
     M.NOT_RUN: "target exists, no result",
@@ -44,6 +46,7 @@ CSS = """
 :root { --pass:#d9f2df; --pass-fg:#125c2a; --fail:#f9d0cc; --fail-fg:#8c1111;
   --flaky:#ffe0b3; --flaky-fg:#7a4200; --dis:#e6e1f3; --dis-fg:#4b3a7a;
   --nr:#f1f1f1; --nr-fg:#6b6b6b; --skip:#fbf3c8; --skip-fg:#6a5a00;
+  --known:#f4d3ea; --known-fg:#7d1457;
   --prob:#ffd8a8; --prob-fg:#803b00; --line:#d4d4d4; }
 * { box-sizing: border-box; }
 body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto,
@@ -89,6 +92,7 @@ td.cell .why { display: block; white-space: normal; font-size: 11px;
 td.cell a { color: inherit; }
 .st-pass { background: var(--pass); color: var(--pass-fg); }
 .st-fail { background: var(--fail); color: var(--fail-fg); }
+.st-known-bug { background: var(--known); color: var(--known-fg); }
 .st-flaky { background: var(--flaky); color: var(--flaky-fg); }
 .st-skipped { background: var(--skip); color: var(--skip-fg); }
 .st-disabled { background: repeating-linear-gradient(135deg, var(--dis),
@@ -96,7 +100,7 @@ td.cell a { color: inherit; }
 .st-not-run { background: var(--nr); color: var(--nr-fg); }
 .st-no-result, .st-malformed { background: var(--prob); color: var(--prob-fg); }
 .st-na { background: #fff; color: #aaa; }
-td.st-fail, td.st-no-result, td.st-malformed, td.st-flaky {
+td.st-fail, td.st-known-bug, td.st-no-result, td.st-malformed, td.st-flaky {
   outline: 2px solid currentColor; outline-offset: -3px; }
 .legend { margin: 8px 0 10px; font-size: 12px; display: flex; gap: 6px;
   flex-wrap: wrap; }
@@ -110,6 +114,9 @@ section.detail .meta { color: #555; font-size: 12px; margin-bottom: 6px; }
 pre { background: #f7f7f7; border: 1px solid #e3e3e3; padding: 8px;
   overflow: auto; max-height: 480px; margin: 4px 0; white-space: pre-wrap;
   word-break: break-word; }
+div.bug { background: var(--known); color: var(--known-fg); padding: 6px 10px;
+  border-radius: 3px; margin: 4px 0; }
+div.bug a { color: inherit; }
 pre.msg { background: #fff4f3; border-color: #f0c4bf; max-height: 200px; }
 details summary { cursor: pointer; margin: 4px 0; font-weight: 600; }
 ul.problems li, ul.plain li { margin: 2px 0; }
@@ -182,6 +189,11 @@ def _cell_html(cell: M.Cell, row: M.Row, dev: str, api: str,
   extra = ""
   if cell.status == M.DISABLED:
     extra = '<span class="why">%s</span>' % esc(_short(cell.reason, 90))
+  elif cell.status == M.KNOWN_BUG:
+    bug = next((r.known_bug for r in cell.results if r.known_bug), None)
+    why = ("%s: %s" % (bug.get("issue", "?"), bug.get("summary", "")) if bug
+           else cell.message)
+    extra = '<span class="why">%s</span>' % esc(_short(why, 48))
   elif cell.status in (M.FAIL, M.FLAKY, M.NO_RESULT, M.MALFORMED):
     extra = '<span class="why">%s</span>' % esc(_short(cell.message, 48))
   dur = fmt_duration(cell.duration)
@@ -255,6 +267,18 @@ def _environment(report: M.Report) -> List[str]:
   return out
 
 
+def _known_bug(bug: dict) -> str:
+  """The box naming a result's known torch bug, with a link to the issue."""
+  issue = esc(bug.get("issue", "?"))
+  url = M.issue_url(bug.get("issue", ""))
+  if url:
+    issue = '<a href="%s">%s</a>' % (esc(url), issue)
+  return ('<div class="bug"><b>Known torch bug %s</b>: %s<br>seen on torch %s'
+          ' \u00b7 this run: torch %s, %s</div>' % (
+              issue, esc(bug.get("summary", "")), esc(bug.get("seen_on", "?")),
+              esc(bug.get("torch", "?")), esc(bug.get("outcome", "?"))))
+
+
 def _detail(r: M.TestResult, report: M.Report) -> List[str]:
   sym, word = LABELS[r.status]
   api = (" \u00b7 " + r.api) if r.api else ""
@@ -272,7 +296,10 @@ def _detail(r: M.TestResult, report: M.Report) -> List[str]:
          '<a class="back" href="#matrix">\u2191 matrix</a>',
          "<h3>%s</h3>" % esc(title),
          '<div class="meta">%s</div>' % " \u00b7 ".join(meta)]
-  if r.message:
+  if r.known_bug:
+    out.append(_known_bug(r.known_bug))
+  if r.message and not (r.known_bug and r.message.strip()
+                        == M.describe_known_bug(r.known_bug)):
     out.append('<pre class="msg">%s</pre>' % esc(r.message))
   if r.text and r.text.strip() != r.message.strip():
     what = "Traceback" if r.method else "Log"
@@ -284,7 +311,7 @@ def _detail(r: M.TestResult, report: M.Report) -> List[str]:
       out.append('<details><summary>%s log (%d lines)</summary><pre>%s</pre>'
                  '</details>' % (esc(name), n, esc(text)))
   elif r.method is not None and r.status == M.FAIL and r.label.startswith("//"):
-    out.append('<div class="meta">No rank log section for this test in '
+    out.append('<div class="meta">No rank log output for this test in '
                'test.outputs.</div>')
   out.append("</section>")
   return out
@@ -309,11 +336,18 @@ def render(report: M.Report, generated: str = "") -> str:
     sub.append("generated %s" % esc(generated))
   out.append('<div class="sub">%s</div>' % " \u00b7 ".join(sub))
   out.append('<div class="summary">')
+  known = c.get(M.KNOWN_BUG, 0)
   for status, word in ((M.PASS, "passed"), (M.FAIL, "failed"),
+                       (M.KNOWN_BUG, "known torch bug" if known == 1
+                        else "known torch bugs"),
                        (M.FLAKY, "flaky"), (M.DISABLED, "disabled"),
                        (M.NOT_RUN, "not run"), (M.SKIPPED, "skipped"),
                        (M.NO_RESULT, "no result"), (M.MALFORMED, "malformed")):
     n = c.get(status, 0)
+    if status == M.FAIL:
+      n += known          # known torch bugs are failures too; named next
+    elif status == M.KNOWN_BUG and n:
+      word = "of these: " + word
     if n or status in (M.PASS, M.FAIL, M.DISABLED, M.NOT_RUN):
       out.append('<span class="badge %s"><b>%d</b>%s</span>' % (
           CSS_CLASS[status], n, esc(word)))

@@ -19,6 +19,7 @@ M = model
 EMOJI = {
     M.PASS: "\u2705 pass",
     M.FAIL: "\u274c **FAIL**",
+    M.KNOWN_BUG: "\U0001f41e **KNOWN BUG**",
     M.FLAKY: "\u26a0\ufe0f **FLAKY**",
     M.SKIPPED: "\u21aa\ufe0f skipped",
     M.DISABLED: "\u23f8\ufe0f disabled",
@@ -57,6 +58,9 @@ def _cell(cell: M.Cell) -> str:
     text = "%s [%s](#%s)" % (word[0], word[1].strip("*"), cell.link)
   if cell.status == M.DISABLED and cell.reason:
     text += ": " + _cellesc(render_html._short(cell.reason, 60))
+  bug = next((r.known_bug for r in cell.results if r.known_bug), None)
+  if cell.status == M.KNOWN_BUG and bug:
+    text += " " + _cellesc(bug.get("issue", ""))
   if len(cell.results) > 1 and cell.status in (M.PASS, M.FAIL, M.FLAKY):
     failed = sum(1 for r in cell.results if r.status == M.FAIL)
     text += " (%d/%d failed)" % (failed, len(cell.results)) if failed else \
@@ -136,7 +140,18 @@ def render(report: M.Report, generated: str = "") -> str:
         meta.append(render_html.fmt_duration(r.duration))
       out.append(" \u00b7 ".join(meta))
       out.append("")
-      if r.message:
+      if r.known_bug:
+        b = r.known_bug
+        url = M.issue_url(b.get("issue", ""))
+        issue = "[%s](%s)" % (b.get("issue"), url) if url else b.get("issue", "?")
+        out.append("**Known torch bug %s**: %s  " % (issue, _cellesc(
+            b.get("summary", ""))))
+        out.append("seen on torch %s \u00b7 this run: torch %s, %s" % (
+            _cellesc(b.get("seen_on", "?")), _cellesc(b.get("torch", "?")),
+            _cellesc(b.get("outcome", "?"))))
+        out.append("")
+      if r.message and not (r.known_bug and r.message.strip()
+                            == M.describe_known_bug(r.known_bug)):
         out.append(_fence(r.message))
         out.append("")
       if r.text and r.text.strip() != r.message.strip():

@@ -11,6 +11,15 @@ testdata/broken/    malformed / missing / empty XML, a crash (Bazel's own
                     a corrupt outputs.zip, a bad environment.json, and a
                     target outside //fsdp
 testdata/pytest_xpu.xml  pytest --junitxml from a host without Bazel
+testdata/known_bugs/     testlogs with known torch bugs (known_failures.json):
+                    precision/unfreeze_test_cpu from a real absl run (expected
+                    failure written as a pass; a made-up bug on the FSDP1 case
+                    that did not reproduce), outputs in outputs.zip;
+                    no_sync_test_cpu hand-written, plain test.outputs/: a
+                    --known_failures=strict failure and a pass on a release
+                    outside seen_on
+testdata/pytest_known_bugs/  the same unfreeze run through pytest (xfail, and
+                    "Unexpected success"), with known_failures.json beside it
 """
 
 import contextlib
@@ -40,6 +49,9 @@ CUDA = os.path.join(DATA, "cuda")
 BROKEN = os.path.join(DATA, "broken")
 QUERY = os.path.join(DATA, "query.xml")
 JUNIT = os.path.join(DATA, "pytest_xpu.xml")
+KNOWN = os.path.join(DATA, "known_bugs")
+KNOWN_JUNIT = os.path.join(DATA, "pytest_known_bugs", "results.xml")
+UNFREEZE = "test_unfrozen_unit_keeps_reduce_dtype"
 
 
 def run_cli(*args):
@@ -424,6 +436,152 @@ class PytestJunitTest(absltest.TestCase):
     self.assertEqual(rc, 0)
     self.assertIn("malformed JUnit XML", html_text)
     self.assertIn("JUnit file not found", html_text)
+
+
+def cell_status(cell_html):
+  return re.search(r'class="cell (st-[\w-]+)', cell_html).group(1)
+
+
+class KnownTorchBugTest(absltest.TestCase):
+  """known_failures.json: known torch bugs are failures, with their issue."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.rc, cls.out, cls.html, cls.md = run_cli(
+        "--testlogs", KNOWN, "--junit", KNOWN_JUNIT + ":cuda")
+
+  def test_summary_counts_known_bugs_as_failures(self):
+    self.assertEqual(self.rc, 0)
+    self.assertIn("1 passed, 5 failed (3 known torch bugs), 0 disabled, "
+                  "2 not run", self.out)
+    self.assertNotIn("skipped", self.out)     # the pytest xfail is no skip
+    self.assertIn('<b>5</b>failed', self.html)
+    self.assertIn('<b>3</b>of these: known torch bugs', self.html)
+
+  def test_expected_failure_in_absl_xml_is_a_known_bug_cell(self):
+    # absl writes the expected failure as a passing testcase; the record in
+    # outputs.zip says it failed.
+    cell = html_cells(self.html, UNFREEZE)[1]          # cpu fsdp2
+    self.assertEqual(cell_status(cell), "st-known-bug")
+    self.assertIn("KNOWN BUG", cell)
+    self.assertNotIn("PASS", cell)
+    self.assertIn("pytorch#186998: FSDP2 resolves", cell)
+    detail = section(self.html, re.search(r'href="#(r\d+)"', cell).group(1))
+    self.assertIn("KNOWN BUG", detail)
+    self.assertIn('<a href="https://github.com/pytorch/pytorch/issues/186998">'
+                  "pytorch#186998</a>", detail)
+    self.assertIn("a unit frozen then gets the param dtype", detail)
+    self.assertIn("seen on torch 2.13 \u00b7 this run: torch 2.13, failed as "
+                  "expected", detail)
+
+  def test_strict_failure_is_a_known_bug_with_its_message(self):
+    cells = html_cells(self.html, "test_accumulates")
+    self.assertEqual(cell_status(cells[0]), "st-known-bug")
+    detail = section(self.html, re.search(r'href="#(r\d+)"',
+                                          cells[0]).group(1))
+    self.assertIn("expected 4.0, got 2.0", detail)
+    self.assertIn("this run: torch 2.13, failed<", detail)
+    # Passed on a release outside seen_on: a pass, with a note.
+    self.assertEqual(cell_status(cells[1]), "st-pass")
+    self.assertIn("pytorch#556 did not occur on torch 2.13 (seen on torch "
+                  "2.11)", cells[1])
+
+  def test_pytest_xfail_is_a_known_bug_not_a_skip(self):
+    cell = html_cells(self.html, UNFREEZE)[3]          # cuda fsdp2 (pytest)
+    self.assertEqual(cell_status(cell), "st-known-bug")
+    detail = section(self.html, re.search(r'href="#(r\d+)"', cell).group(1))
+    self.assertIn("pytorch#186998", detail)
+    self.assertIn("junit:results.xml", detail)
+    self.assertIn("\U0001f41e [KNOWN BUG](#", md_row(self.md, UNFREEZE)[3])
+    self.assertIn("pytorch#186998", md_row(self.md, UNFREEZE)[3])
+
+  def test_known_bug_that_did_not_reproduce_is_a_fail(self):
+    for i in (0, 2):                  # cpu fsdp1 (absl), cuda fsdp1 (pytest)
+      cell = html_cells(self.html, UNFREEZE)[i]
+      self.assertEqual(cell_status(cell), "st-fail", i)
+      self.assertIn("known bug did not reproduce", cell)
+      detail = section(self.html, re.search(r'href="#(r\d+)"',
+                                            cell).group(1))
+      self.assertIn("passed on torch 2.13, and example/repo#7 was seen on "
+                    "torch 2.13", detail)
+      self.assertIn("this run: torch 2.13, passed", detail)
+    self.assertIn("\u274c [FAIL](#", md_row(self.md, UNFREEZE)[0])
+
+  def test_markdown_details(self):
+    self.assertIn("KNOWN BUG: precision/unfreeze_test \u203a " + UNFREEZE +
+                  " \u2014 cpu \u00b7 fsdp2", self.md)
+    self.assertIn("**Known torch bug [pytorch#186998](https://github.com/"
+                  "pytorch/pytorch/issues/186998)**", self.md)
+    self.assertIn("seen on torch 2.11, 2.13 \u00b7 this run: torch 2.13, "
+                  "failed", self.md)
+
+  def test_xfail_without_record_is_still_a_known_bug(self):
+    tmp = tempfile.mkdtemp()
+    shutil.copy(KNOWN_JUNIT, tmp)      # no known_failures.json beside it
+    col = collect.parse_pytest_junit(os.path.join(tmp, "results.xml"), "cuda")
+    shutil.rmtree(tmp)
+    by_api = {r.api: r for r in col.results}
+    self.assertEqual(by_api["fsdp2"].status, model.KNOWN_BUG)
+    self.assertEqual(by_api["fsdp2"].message, "expected failure (pytest xfail)")
+    self.assertIsNone(by_api["fsdp2"].known_bug)
+    self.assertEqual(by_api["fsdp1"].status, model.FAIL)   # Unexpected success
+    rep = model.build_report(col)
+    self.assertEqual(rep.counts.get(model.KNOWN_BUG), 1)
+    self.assertNotIn(model.SKIPPED, rep.counts)
+    self.assertIn("expected failure (pytest xfail)",
+                  render_md.render(rep))
+
+  def test_stale_record_beside_junit_is_ignored(self):
+    tmp = tempfile.mkdtemp()
+    for name in ("results.xml", "known_failures.json"):
+      shutil.copy(os.path.join(os.path.dirname(KNOWN_JUNIT), name), tmp)
+    known = os.path.join(tmp, "known_failures.json")
+    os.utime(known, (0, 0))            # written long before this run began
+    col = collect.parse_pytest_junit(os.path.join(tmp, "results.xml"), "cuda")
+    shutil.rmtree(tmp)
+    self.assertEqual([p.message for p in col.problems],
+                     ["older than the JUnit run it sits beside; ignored"])
+    self.assertTrue(all(r.known_bug is None for r in col.results))
+
+  def test_recorded_failure_message_is_shown(self):
+    r = model.TestResult(label="l", behaviour="b", device="cpu", method="m",
+                         status=model.PASS, test_id="A.m")
+    model.apply_known_failure(r, {"issue": "pytorch#1", "summary": "s",
+                                  "seen_on": "2.13", "torch": "2.13",
+                                  "outcome": "failed as expected",
+                                  "message": "rank 0: grad dtype bf16"})
+    self.assertEqual(r.status, model.KNOWN_BUG)
+    self.assertEqual(r.message, "known torch bug pytorch#1: s (seen on torch "
+                     "2.13)\nrank 0: grad dtype bf16")
+
+  def test_without_records_absl_expected_failure_is_a_pass(self):
+    """What the records are for: absl's XML alone cannot tell."""
+    results = collect.parse_bazel_xml(
+        collect._read_text(os.path.join(
+            KNOWN, "fsdp", "precision", "unfreeze_test_cpu", "test.xml")),
+        source="x", label="//fsdp/precision:unfreeze_test_cpu",
+        behaviour="precision/unfreeze_test", device="cpu", ws=2,
+        bazel_name="fsdp/precision/unfreeze_test_cpu", problems=[])
+    self.assertEqual([r.status for r in results], [model.FAIL, model.PASS])
+
+  def test_bad_records_are_problems(self):
+    problems = []
+    self.assertEqual(collect.read_known_failures("[1]", "k", problems), {})
+    recs = collect.read_known_failures(
+        '{"A.test_a": {"outcome": "exploded"}, "A.test_b": {"outcome": '
+        '"failed", "issue": "x#1"}}', "k", problems)
+    self.assertEqual(list(recs), ["A.test_b"])
+    self.assertEqual([p.message for p in problems],
+                     ["bad known_failures.json: not an object of objects",
+                      "known_failures.json: A.test_a has outcome 'exploded'"])
+
+  def test_issue_links(self):
+    self.assertEqual(model.issue_url("pytorch#12"),
+                     "https://github.com/pytorch/pytorch/issues/12")
+    self.assertEqual(model.issue_url("a/b#3"), "https://github.com/a/b/issues/3")
+    self.assertEqual(model.issue_url("https://x.org/1"), "https://x.org/1")
+    self.assertEqual(model.issue_url("internal bug 5"), "")
 
 
 class CliTest(absltest.TestCase):
