@@ -70,7 +70,8 @@ def expected_here(bug: Optional[TorchBug], mode: str) -> bool:
     return bug is not None and mode == "expect" and torch_release() in bug.seen_on
 
 
-def record(key: str, bug: TorchBug, outcome: str, output_dir: str) -> None:
+def record(key: str, bug: TorchBug, outcome: str, output_dir: str,
+           message: str = "") -> None:
     """Adds one known-failure result to ``<output_dir>/known_failures.json``.
 
     Args:
@@ -78,9 +79,13 @@ def record(key: str, bug: TorchBug, outcome: str, output_dir: str) -> None:
       bug: the case's known bug.
       outcome: ``"failed as expected"``, ``"failed"`` or ``"passed"``.
       output_dir: the test's output directory.
+      message: the start of the failure, when the case failed.
     """
     _RECORDED[key] = {"issue": bug.issue, "summary": bug.summary,
                       "seen_on": ", ".join(bug.seen_on), "outcome": outcome,
                       "torch": torch_release()}
+    if message:
+        # The JUnit of an expected failure keeps no message: the report shows this one.
+        _RECORDED[key]["message"] = message[:2000]
     with open(os.path.join(output_dir, FILE_NAME), "w") as f:
         json.dump(_RECORDED, f, indent=1, sort_keys=True)

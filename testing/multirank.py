@@ -143,7 +143,7 @@ class MultiRankTestCase(absltest.TestCase):
             self._run_on_ranks()
         except self.failureException as e:
             outcome = "failed as expected" if expected else "failed"
-            known_failures_lib.record(key, bug, outcome, _output_dir())
+            known_failures_lib.record(key, bug, outcome, _output_dir(), message=str(e))
             raise self.failureException(f"{bug.describe()}\n{e}") from None
         known_failures_lib.record(key, bug, "passed", _output_dir())
         if expected:

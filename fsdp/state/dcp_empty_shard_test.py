@@ -21,7 +21,7 @@ import torch.distributed.checkpoint as dcp
 from absl.testing import parameterized
 from torch.distributed.checkpoint import state_dict as dsd
 
-from testing import dist_helpers, multirank
+from testing import dist_helpers, known_failures, multirank
 from testing.fsdp import cases, models, params, parity, training, wrapping
 
 SPEC = models.get("tiny_params")
@@ -40,6 +40,15 @@ def _full_optim_state(model, opt):
 
 
 class DcpEmptyShardTest(multirank.MultiRankTestCase, parameterized.TestCase):
+
+    known_failures = {
+        "test_dcp_round_trip_with_empty_shards_fsdp1": known_failures.TorchBug(
+            "FSDP1 DCP optimizer state with empty shards",
+            "a rank holding no rows of a parameter writes no optimizer keys for it, so "
+            "DCP loads the checkpoint as the pre-2.4 format: 'Missing key in checkpoint "
+            "state_dict: optim.param_groups'",
+            seen_on=("2.13",)),
+    }
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_dcp_round_trip_with_empty_shards(self, api):
