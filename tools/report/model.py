@@ -410,8 +410,10 @@ def build_report(col: Collected) -> Report:
   envs: Dict[str, List[Tuple[dict, List[str]]]] = {}
   for dev, env, src in col.environments:
     lst = envs.setdefault(dev, [])
+    # Per-run facts (which devices a test was given) do not split an environment.
     strip = lambda e: {k: v for k, v in e.items()
-                       if k != "world_size" and not k.startswith("_")}
+                       if k not in ("world_size", "passed_env", "device_uuids")
+                       and not k.startswith("_")}
     for known, srcs in lst:
       if strip(known) == strip(env):
         ws = known.setdefault("_world_sizes", set())
