@@ -6,6 +6,7 @@ that `--config=cpu|cuda|hpu|xpu` (see .bazelrc) selects the tests for that devic
 """
 
 load("@fsdp_python//:defs.bzl", "PYTHON_ENV_VERSIONS")
+load("@fsdp_remote_config//:defs.bzl", "POOL_NAMES")
 
 # What each device needs. `tag` is what --test_tag_filters selects on; `size` and
 # `shard_count` are defaults that a test may override per device; `exec_properties` is
@@ -174,9 +175,13 @@ def fsdp_test(
             target = "%s_%s" % (name, device)
             if ws != sizes[0]:
                 target += "_ws%d" % ws
-            exec_properties = dict(info.exec_properties)
+            # "test.": only the test action needs a matching worker; the target's other
+            # actions keep the platform's properties (//tools/platforms:remote).
+            exec_properties = {"test." + k: v for k, v in info.exec_properties.items()}
             if info.accelerator:
-                exec_properties["gpus"] = str(ws)
+                pool = "%s-%d" % (device, ws)
+                exec_properties["test.gpus"] = str(ws)
+                exec_properties["test.Pool"] = POOL_NAMES.get(pool, pool)
 
             # buildifier: disable=native-py
             native.py_test(

@@ -488,7 +488,7 @@ def start_workers(state, venv, log_dir):
                f"grpc://127.0.0.1:{state['port']}", "--name", w["name"], "--device", w["device"],
                "--gpus", str(w["gpus"]), "--work-dir", os.path.join(STATE_DIR, "work", w["name"])]
         for key, value in w.get("properties", []):
-            cmd += ["--property", f"{key}={value}"]
+            cmd += ["--require-property", f"{key}={value}"]
         pid = spawn(cmd, log)
         _record(state, w["name"], pid)
         started.append((w["name"], pid, log))

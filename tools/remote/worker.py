@@ -326,7 +326,7 @@ class Job:
         out_path, err_path = root + ".stdout", root + ".stderr"
         try:
             _now(meta.execution_start_timestamp)
-            self._run(action, command, workdir, out_path, err_path)
+            self._run_command(action, command, workdir, out_path, err_path)
             _now(meta.execution_completed_timestamp)
             if self.cancelled:
                 return
@@ -365,7 +365,7 @@ class Job:
             os.makedirs(os.path.dirname(os.path.join(workdir, rel)), exist_ok=True)
         return workdir
 
-    def _run(self, action, command, workdir, out_path, err_path):
+    def _run_command(self, action, command, workdir, out_path, err_path):
         """Runs the command with exactly its environment, under the action's timeout."""
         env = {v.name: v.value for v in command.environment_variables}
         timeout = action.timeout.seconds + action.timeout.nanos / 1e9 if action.HasField("timeout") else None
