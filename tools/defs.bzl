@@ -175,6 +175,7 @@ def fsdp_test(
             target = "%s_%s" % (name, device)
             if ws != sizes[0]:
                 target += "_ws%d" % ws
+
             # "test.": only the test action needs a matching worker; the target's other
             # actions keep the platform's properties (//tools/platforms:remote).
             exec_properties = {"test." + k: v for k, v in info.exec_properties.items()}
