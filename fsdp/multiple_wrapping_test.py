@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from testing import multirank
+from testing.fsdp import cases
 from testing.fsdp import data
 from testing.fsdp import models
 from testing.fsdp import parity
@@ -26,7 +27,6 @@ from testing.fsdp import training
 from testing.fsdp import wrapping
 
 SPEC = models.get("nested_mlp")
-EVAL_STEP = 100  # a batch no training step used
 
 
 class Holder(nn.Module):
@@ -51,11 +51,11 @@ class MultipleWrappingTest(multirank.MultiRankTestCase):
 
     def _train_wrapped_inner(self, api):
         """Returns (inner, its trained outer root, reference, eval inputs)."""
-        inner = wrapping.wrap(SPEC.build(seed=0), api, SPEC.units, device=self.device)
+        inner = wrapping.wrap_spec(SPEC, api, device=self.device)
         original = _outer_root(inner, api, self.device)
         training.train(original, SPEC, steps=3, seed=0, device=self.device)
         reference, _ = training.reference_train(SPEC, steps=3, seed=0, device=self.device)
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=EVAL_STEP,
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP,
                                     device=self.device)
         return inner, original, reference, inputs
 

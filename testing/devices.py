@@ -1,14 +1,20 @@
-"""Device registry: which torch device and collective backend each device name uses.
+"""Device registry: the Python half of the suite's device table.
 
 The registry maps the device names the suite accepts (``cpu``, ``cuda``, ``hpu``,
-``xpu``) to their process-group backend and counts the devices that are visible,
-without initializing an accelerator (so rank processes can still be forked).
+``xpu``) to their process-group backend, Bazel tag and host environment, and counts
+the devices that are visible without initializing an accelerator (so rank processes
+can still be forked).
+
+``tools/devices.bzl`` is the Starlark half; ``//tools:devices_test`` fails when the
+facts both hold (tag, accelerator, visibility variable, environment, tags) differ.
+Tools that must not import torch (tools/remote, tools/report) load this file by
+path, so it imports nothing outside the standard library at module level.
 """
 
 import dataclasses
 import importlib
 import os
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 # The NVML-based count lets the controller count GPUs without creating a CUDA
 # context, which would make forking rank processes unsafe.
@@ -22,19 +28,32 @@ class DeviceKind:
     Attributes:
         name: the device name used by ``--device`` and by torch (``cuda``...).
         backend: the torch.distributed backend for this device.
-        bazel_tag: the tag the Bazel targets of this device carry.
+        tag: the tag the Bazel targets of this device carry (``--config=<name>``
+            selects it).
+        accelerator: each rank gets a device of its own.
+        visible_devices_env: the variable that restricts which devices a process
+            sees ("" when the device has none).
+        env_prefixes: prefixes of the host environment variables the device's
+            runtime and collectives read (``NCCL_``...).
+        env_vars: exact names of further host variables they read.
+        interop_tags: Bazel tags that CI filters of other projects understand.
         plugin: a module that must be imported to make the device usable, if any.
     """
 
     name: str
     backend: str
-    bazel_tag: str
+    tag: str
+    accelerator: bool = True
+    visible_devices_env: str = ""
+    env_prefixes: Tuple[str, ...] = ()
+    env_vars: Tuple[str, ...] = ()
+    interop_tags: Tuple[str, ...] = ()
     plugin: Optional[str] = None
 
     @property
     def is_accelerator(self) -> bool:
         """True for devices that get one device per rank."""
-        return self.name != "cpu"
+        return self.accelerator
 
     def count(self) -> int:
         """Returns how many devices of this kind are visible (cpu: unlimited, -1)."""
@@ -54,7 +73,7 @@ class DeviceKind:
         if visible >= world_size:
             return None
         return (f"{self.name} requested: {visible} devices visible; world size "
-                        f"{world_size} needs {world_size}{note}")
+                f"{world_size} needs {world_size}{note}")
 
     def torch_module(self):
         """Returns the ``torch.<name>`` module of an accelerator."""
@@ -84,15 +103,29 @@ def _count(kind: DeviceKind) -> int:
     return counter()
 
 
-DEVICES = {
-        kind.name: kind for kind in (
-                DeviceKind("cpu", backend="gloo", bazel_tag="cpu"),
-                DeviceKind("cuda", backend="nccl", bazel_tag="gpu"),
-                DeviceKind("hpu", backend="hccl", bazel_tag="hpu",
-                                      plugin="habana_frameworks.torch"),
-                DeviceKind("xpu", backend="xccl", bazel_tag="xpu"),
-        )
-}
+# Tag of accelerator targets with more than one rank (see tools/devices.bzl).
+MULTI_DEVICE_TAG = "requires-multi-device"
+
+# Variables every accelerator's runtime may need from the host: the vendor libraries.
+_ACCELERATOR_ENV_VARS = ("LD_LIBRARY_PATH",)
+
+DEVICES = {kind.name: kind for kind in (
+    DeviceKind("cpu", backend="gloo", tag="cpu", accelerator=False),
+    DeviceKind("cuda", backend="nccl", tag="gpu",
+               visible_devices_env="CUDA_VISIBLE_DEVICES",
+               env_prefixes=("NCCL_", "TORCH_NCCL_", "CUDA_", "NVSHMEM_", "TORCH_SYMM_MEM_"),
+               env_vars=_ACCELERATOR_ENV_VARS,
+               interop_tags=("requires-gpu-nvidia",)),
+    DeviceKind("hpu", backend="hccl", tag="hpu",
+               visible_devices_env="HABANA_VISIBLE_MODULES",
+               env_prefixes=("HABANA_", "HCCL_", "PT_HPU_"),
+               env_vars=_ACCELERATOR_ENV_VARS,
+               plugin="habana_frameworks.torch"),
+    DeviceKind("xpu", backend="xccl", tag="xpu",
+               visible_devices_env="ZE_AFFINITY_MASK",
+               env_prefixes=("ZE_", "CCL_", "ONEAPI_"),
+               env_vars=_ACCELERATOR_ENV_VARS),
+)}
 
 
 def get(name: str) -> DeviceKind:
@@ -101,4 +134,4 @@ def get(name: str) -> DeviceKind:
         return DEVICES[name]
     except KeyError:
         raise ValueError(f"unknown device {name!r}: choose one of "
-                                          f"{', '.join(DEVICES)}") from None
+                         f"{', '.join(DEVICES)}") from None

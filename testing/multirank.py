@@ -5,20 +5,25 @@ Example::
     from testing import multirank
 
     class AllReduceTest(multirank.MultiRankTestCase):
-        world_size = 2  # the default; per test: @multirank.world_size(4)
 
         def test_sum(self):
             t = torch.full((3,), float(self.rank + 1), device=self.device)
             dist.all_reduce(t)
-            self.assertEqual(t.tolist(), [3.0] * 3)
+            expected = self.world_size * (self.world_size + 1) / 2
+            self.assertEqual(t.tolist(), [expected] * 3)
 
     if __name__ == "__main__":
         multirank.main()
 
-Rank processes are started once per test class and reused by its methods; a
-test that fails, crashes or hangs replaces them. The device comes from
-``--device`` (Bazel) or ``--device`` in pytest (see conftest.py); an absent
-device, or fewer devices than the world size, fails the test with one line.
+The world size is the target's (``--world_size``, set by the BUILD macro's
+``world_sizes``; ``--world-size`` under pytest). A class that only makes sense
+at one size says so with ``required_world_size``; run at another size, each of
+its tests fails with one line naming both sizes.
+
+Rank processes are started once per test class (or once per pytest session,
+see ``--pool_scope``) and reused; a test that fails, crashes or hangs replaces
+them. The device comes from ``--device``; an absent device, or fewer devices
+than the world size, fails the test with one line.
 """
 
 import atexit
@@ -27,24 +32,19 @@ import os
 import signal
 import sys
 import unittest
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 from absl.testing import absltest
 
+from testing import case_params
+from testing import known_failures as known_failures_lib
 from testing import options
 from testing import rank_pool
+from testing.rank_protocol import RankContext
 
 # unittest leaves this module's frames out of failure tracebacks: the rank
 # tracebacks in the message are what matters, not how they were collected.
 __unittest = True
-
-
-def world_size(size: int) -> Callable:
-    """Decorator: run this test method with ``size`` ranks."""
-    def decorate(method):
-        method.multirank_world_size = size
-        return method
-    return decorate
 
 
 def timeout(seconds: float) -> Callable:
@@ -64,18 +64,39 @@ class MultiRankTestCase(absltest.TestCase):
     ``tearDown`` run on the ranks too.
 
     Class attributes:
-      world_size: ranks for this class's tests (None: ``--world_size``, or 2).
+      required_world_size: the only world size this class's tests make sense
+        at (None: any). Checked, never applied: the world size comes from the
+        target, so a mismatch fails each test with one line saying what to
+        declare in BUILD.
       timeout_s: per-test timeout (None: ``--rank_timeout``, or the default).
+      known_failures: ``{method name: known_failures.TorchBug}`` for the cases a
+        known torch bug makes fail (see testing/known_failures.py).
+
+    Class hooks ``setUpClassOnRanks``/``tearDownClassOnRanks`` run on every
+    rank before the class's first test there and after its last; unittest's
+    ``setUpClass``/``tearDownClass`` run in the runner, which has no process
+    group and must not touch an accelerator.
     """
 
-    world_size: Optional[int] = None
+    required_world_size: Optional[int] = None
     timeout_s: Optional[float] = None
+    known_failures: Dict[str, known_failures_lib.TorchBug] = {}
+    # Set on a rank by bind_rank; a class-level value is a mistake (see _check_world_size).
+    world_size: Optional[int] = None
     _pool: Optional[rank_pool.RankPool] = None
-    _rank_context: Optional[rank_pool.RankContext] = None
+    _rank_context: Optional[RankContext] = None
 
     # ---- what test methods use on a rank --------------------------------
 
-    def bind_rank(self, context: rank_pool.RankContext) -> None:
+    @classmethod
+    def setUpClassOnRanks(cls) -> None:
+        """Runs on every rank before this class's first test on those ranks."""
+
+    @classmethod
+    def tearDownClassOnRanks(cls) -> None:
+        """Runs on every rank after this class's last test on those ranks."""
+
+    def bind_rank(self, context: RankContext) -> None:
         """Called on a rank before the test: binds rank, world size, device."""
         self._rank_context = context
         self.rank = context.rank
@@ -88,71 +109,119 @@ class MultiRankTestCase(absltest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        cls._close_pool()
+        # A session-wide pool outlives the class; close_session_pools() ends it.
+        pool = cls.__dict__.get("_pool")
+        if pool is not None:
+            _discard_pool(pool)
         super().tearDownClass()
 
-    @classmethod
-    def _close_pool(cls) -> None:
-        if cls._pool is not None:
-            cls._pool.close()
-            cls._pool = None
-
     def _callSetUp(self):
-        # setUp runs on the ranks (rank_pool._run_method), not in the runner.
+        # setUp runs on the ranks (rank_server._run_method), not in the runner.
         pass
 
     def _callTearDown(self):
         pass
 
+    def run(self, result=None):
+        # unittest reads this before the test runs: a case whose known torch bug
+        # must reproduce here is an expected failure, and passing is unexpected.
+        bug = type(self).known_failures.get(self._testMethodName)
+        if known_failures_lib.expected_here(bug, options.known_failures()):
+            self.__unittest_expecting_failure__ = True
+        return super().run(result)
+
     def _callTestMethod(self, method):
         del method  # runs on the ranks
-        self._run_on_ranks()
+        case_params.record(self, _output_dir())
+        bug = type(self).known_failures.get(self._testMethodName)
+        if bug is None:
+            self._run_on_ranks()
+            return
+        key = f"{type(self).__name__}.{self._testMethodName}"
+        expected = getattr(self, "__unittest_expecting_failure__", False)
+        try:
+            self._run_on_ranks()
+        except self.failureException as e:
+            outcome = "failed as expected" if expected else "failed"
+            known_failures_lib.record(key, bug, outcome, _output_dir())
+            raise self.failureException(f"{bug.describe()}\n{e}") from None
+        known_failures_lib.record(key, bug, "passed", _output_dir())
+        if expected:
+            sys.stderr.write(
+                f"{self.id()}: {bug.issue} did not reproduce on torch "
+                f"{known_failures_lib.torch_release()}, one of the releases it was seen on: "
+                "either the test no longer catches it, or this build has a fix (then "
+                "update seen_on)\n")
 
     def _setting(self, name: str):
         method = getattr(type(self), self._testMethodName)
         return getattr(method, name, None)
 
-    def _planned_world_size(self) -> int:
-        return (self._setting("multirank_world_size") or type(self).world_size
-                or options.world_size())
-
     def _planned_timeout(self) -> float:
         return (self._setting("multirank_timeout_s") or type(self).timeout_s
                 or options.rank_timeout())
 
+    def _check_world_size(self, size: int) -> None:
+        """Fails the test if the class needs a world size this run does not have."""
+        cls = type(self)
+        if cls.world_size is not None:
+            raise self.failureException(
+                f"{cls.__name__} sets world_size = {cls.world_size} as a class attribute; "
+                f"the world size comes from the target (this run: {size}). Remove it, "
+                f"declare world_sizes = [{cls.world_size}] in the BUILD fsdp_test, and set "
+                f"required_world_size = {cls.world_size} if the class needs that size")
+        required = cls.required_world_size
+        if required is not None and required != size:
+            raise self.failureException(
+                f"{cls.__name__} requires world size {required}, but this target runs "
+                f"world size {size}: declare world_sizes = [{required}] in its BUILD "
+                f"fsdp_test (pytest: --world-size={required})")
+
     def _run_on_ranks(self) -> None:
-        size = self._planned_world_size()
+        size = options.world_size()
+        self._check_world_size(size)
         kind = options.device()
         missing = kind.missing_reason(size)
         if missing:
             if options.skip_missing_device():
                 raise unittest.SkipTest(missing + " (skipped: --missing_device=skip)")
             raise self.failureException(missing)
-        pool = self._ensure_pool(size, kind)
-        results = pool.run(self.id(), self._testMethodName, self._planned_timeout())
+        cls = type(self)
+        log_dir = os.path.join(_output_dir(), "rank_logs", cls.__name__)
+        pool = self._ensure_pool(size, kind, log_dir)
+        results = pool.run(cls, self._testMethodName, self.id(), self._planned_timeout(),
+                           log_dir=log_dir)
         failed = [r for r in results if r.status not in ("ok", "skip")]
         if failed:
-            type(self)._close_pool()
+            _discard_pool(pool)
             raise self.failureException(self._failure_message(failed, pool))
         if all(r.status == "skip" for r in results):
             raise unittest.SkipTest(results[0].detail)
 
-    def _ensure_pool(self, size: int, kind) -> rank_pool.RankPool:
+    def _ensure_pool(self, size: int, kind, log_dir: str) -> rank_pool.RankPool:
+        """The pool this test runs on: the class's or the session's, started if needed."""
         cls = type(self)
-        pool = cls._pool
-        if pool is not None and (pool.world_size != size or pool.broken):
-            cls._close_pool()
+        start_method = options.start_method()
+        key = (kind.name, size, start_method)
+        held = cls.__dict__.get("_pool")
+        pool = _SESSION_POOLS.get(key) if options.pool_scope() == "session" else held
+        if pool is not None and (pool.world_size != size or pool.broken
+                                 or not pool.can_run(cls)):
+            _discard_pool(pool)
             pool = None
         if pool is None:
-            pool = rank_pool.RankPool(
-                cls, size, kind, options.start_method(),
-                log_dir=os.path.join(_output_dir(), "rank_logs", cls.__name__))
+            pool = rank_pool.RankPool(size, kind, start_method, log_dir=log_dir)
             try:
                 pool.start()
             except rank_pool.PoolStartError as e:
                 raise self.failureException(str(e)) from None
             _write_environment(pool.info)
-            cls._pool = pool
+            if options.pool_scope() == "session":
+                _SESSION_POOLS[key] = pool
+        # The class's pool, also when shared: its tearDownClass then lets go of it.
+        if held is not None and held is not pool:
+            _discard_pool(held)
+        cls._pool = pool
         return pool
 
     def _failure_message(self, failed, pool: rank_pool.RankPool) -> str:
@@ -164,6 +233,46 @@ class MultiRankTestCase(absltest.TestCase):
         order = {"died": 0, "error": 1, "hung": 2}
         failed = sorted(failed, key=lambda r: (order.get(r.status, 3), r.rank))
         return "\n".join([header, rank_pool.format_results(failed), logs])
+
+
+# Session-wide pools by (device, world size, start method); see --pool_scope.
+_SESSION_POOLS: Dict[Tuple[str, int, str], rank_pool.RankPool] = {}
+
+
+def _discard_pool(pool: rank_pool.RankPool) -> None:
+    """Lets go of ``pool``: closes it unless it is a healthy session-wide pool.
+
+    A session pool that broke is closed and forgotten, so the next test gets a
+    fresh one; a healthy one stays for the next class until close_session_pools().
+    """
+    for cls in _classes_holding(pool):
+        cls._pool = None  # pylint: disable=protected-access
+    session_key = next((k for k, p in _SESSION_POOLS.items() if p is pool), None)
+    if session_key is not None and not pool.broken:
+        return
+    if session_key is not None:
+        del _SESSION_POOLS[session_key]
+    pool.close()
+
+
+def _classes_holding(pool: rank_pool.RankPool):
+    """Test classes whose ``_pool`` is ``pool`` (a session pool is held by one at a time)."""
+    found, stack = [], [MultiRankTestCase]
+    while stack:
+        cls = stack.pop()
+        if cls.__dict__.get("_pool") is pool:
+            found.append(cls)
+        stack.extend(cls.__subclasses__())
+    return found
+
+
+def close_session_pools() -> None:
+    """Ends every session-wide pool cleanly (pytest's session end; conftest.py)."""
+    for key in list(_SESSION_POOLS):
+        pool = _SESSION_POOLS.pop(key)
+        for cls in _classes_holding(pool):
+            cls._pool = None  # pylint: disable=protected-access
+        pool.close()
 
 
 def _output_dir() -> str:

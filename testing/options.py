@@ -17,8 +17,8 @@ _DEVICE = flags.DEFINE_enum(
     "Device the ranks run on (env FSDP_TEST_DEVICE; default cpu).")
 _WORLD_SIZE = flags.DEFINE_integer(
     "world_size", None,
-    "World size of tests that do not pin one (env FSDP_TEST_WORLD_SIZE; "
-    "default 2).", lower_bound=1)
+    "World size every test of the run uses; set by the BUILD macro's world_sizes "
+    "(env FSDP_TEST_WORLD_SIZE; default 2).", lower_bound=1)
 _MISSING_DEVICE = flags.DEFINE_enum(
     "missing_device", None, ["fail", "skip"],
     "What a test does when the device or enough of them is absent: fail "
@@ -30,6 +30,18 @@ _RANK_TIMEOUT = flags.DEFINE_float(
 _START_METHOD = flags.DEFINE_enum(
     "start_method", None, ["fork", "forkserver", "spawn"],
     "How rank processes are started (env FSDP_TEST_START_METHOD; default fork).")
+_POOL_SCOPE = flags.DEFINE_enum(
+    "pool_scope", None, ["class", "session"],
+    "Which tests share one pool of ranks: each test class its own (default), or "
+    "every class of the process with the same device and world size (env "
+    "FSDP_TEST_POOL_SCOPE; pytest's default is session).")
+
+_KNOWN_FAILURES = flags.DEFINE_enum(
+    "known_failures", None, ["expect", "strict"],
+    "Test cases a known torch bug makes fail (a class's known_failures): expect "
+    "(default) checks that they still fail on the torch releases the bug was seen "
+    "on; strict runs them as ordinary tests, so they fail the target (env "
+    "FSDP_TEST_KNOWN_FAILURES). See testing/known_failures.py.")
 
 DEFAULT_WORLD_SIZE = 2
 DEFAULT_RANK_TIMEOUT_S = 120.0
@@ -48,7 +60,7 @@ def device() -> devices.DeviceKind:
 
 
 def world_size() -> int:
-    """Returns the world size for tests that do not pin one."""
+    """Returns the world size of this run: the target's (BUILD world_sizes), else 2."""
     value = _value(_WORLD_SIZE, "FSDP_TEST_WORLD_SIZE")
     return int(value) if value else DEFAULT_WORLD_SIZE
 
@@ -79,3 +91,16 @@ def rank_timeout() -> float:
 def start_method() -> str:
     """Returns the multiprocessing start method for rank processes."""
     return _value(_START_METHOD, "FSDP_TEST_START_METHOD") or "fork"
+
+
+def pool_scope() -> str:
+    """Returns ``class`` (a pool per test class) or ``session`` (one per process)."""
+    value = _value(_POOL_SCOPE, "FSDP_TEST_POOL_SCOPE") or "class"
+    if value not in ("class", "session"):
+        raise ValueError(f"pool_scope must be class or session, not {value!r}")
+    return value
+
+
+def known_failures() -> str:
+    """Returns ``expect`` (default) or ``strict``; see testing/known_failures.py."""
+    return _value(_KNOWN_FAILURES, "FSDP_TEST_KNOWN_FAILURES") or "expect"

@@ -1,55 +1,33 @@
-"""A pool of rank processes that run test methods of one test class.
+"""The controller side of a pool of rank processes that run test methods.
 
 The controller (the test runner's process) starts ``world_size`` rank processes
-once, each joins one process group, and then every test method is sent to all
-ranks over a pipe. A test that fails, crashes or hangs breaks the pool; the
-caller replaces it, so the next test gets fresh ranks.
+once, each joins one process group (testing/rank_server.py runs inside them),
+and then every test method is sent to all ranks over a pipe, naming its class
+by module and qualified name, so one pool can serve several test classes. A
+test that fails, crashes or hangs breaks the pool; the caller replaces it, so
+the next test gets fresh ranks.
 """
 
-import ctypes
-import dataclasses
-import datetime
-import faulthandler
 import multiprocessing
 import multiprocessing.connection
 import os
-import re
 import signal
 import sys
 import tempfile
 import time
-import traceback
-import unittest
 import weakref
 from typing import Dict, List, Optional
 
 from testing import devices
+from testing import rank_protocol
+from testing import rank_server
+from testing.rank_protocol import RankResult, RunRequest
 
 # How long the other ranks may still run after one rank failed or died, before
 # they are reported as stuck (typically waiting in a collective for the dead one).
 FAILURE_GRACE_S = 3.0
 START_TIMEOUT_S = 120.0
-_STACK_DUMP_SIGNAL = signal.SIGUSR1
 _LIVE_POOLS = weakref.WeakSet()
-
-
-@dataclasses.dataclass
-class RankResult:
-    """What one rank reported for one test."""
-
-    rank: int
-    status: str  # ok | skip | error | died | hung
-    detail: object = ""  # a message; rank 0's facts dict on a good start
-
-
-@dataclasses.dataclass
-class RankContext:
-    """What a test method sees of its rank."""
-
-    rank: int
-    world_size: int
-    device_kind: devices.DeviceKind
-    device: object  # torch.device
 
 
 class PoolStartError(Exception):
@@ -57,40 +35,56 @@ class PoolStartError(Exception):
 
 
 class RankPool:
-    """``world_size`` rank processes that run methods of ``test_class``."""
+    """``world_size`` rank processes that run test methods of any importable class.
 
-    def __init__(self, test_class, world_size: int,
-                 device_kind: devices.DeviceKind, start_method: str,
-                 log_dir: str):
-        self.test_class = test_class
+    ``log_dir`` is where the ranks log until a test names another directory
+    (each test class logs under its own, see :meth:`run`).
+    """
+
+    def __init__(self, world_size: int, device_kind: devices.DeviceKind,
+                 start_method: str, log_dir: str):
         self.world_size = world_size
         self.device_kind = device_kind
-        self.log_dir = log_dir
+        self.start_method = start_method
         self.broken = False
         self.info: Dict[str, object] = {}
         self._context = multiprocessing.get_context(start_method)
         self._processes: List[multiprocessing.Process] = []
         self._conns = []
-        self.log_paths = [os.path.join(log_dir, f"rank{r}.log")
-                          for r in range(world_size)]
+        self._use_log_dir(log_dir)
         self._logs_start = [0] * world_size  # log offsets where the current test began
-        os.makedirs(log_dir, exist_ok=True)
+        # Modules a forked rank has: those the runner had imported when it forked.
+        self._modules_at_start = frozenset()
         self._store_dir = tempfile.mkdtemp(
             prefix="rendezvous-", dir=os.environ.get("TEST_TMPDIR"))
         _LIVE_POOLS.add(self)
+
+    def _use_log_dir(self, log_dir: str) -> None:
+        self.log_dir = log_dir
+        self.log_paths = [rank_protocol.log_path(log_dir, r) for r in range(self.world_size)]
+        os.makedirs(log_dir, exist_ok=True)
+
+    def can_run(self, test_class) -> bool:
+        """False if the ranks cannot have ``test_class``: forked before its module loaded.
+
+        Ranks started by forkserver or spawn import a missing module themselves.
+        """
+        if self._context.get_start_method() != "fork":
+            return True
+        return test_class.__module__ in self._modules_at_start
 
     def start(self) -> None:
         """Starts the ranks and waits until each has joined the process group."""
         if self._context.get_start_method() == "fork":
             _refuse_fork_after_accelerator_init(self.device_kind)
         store_path = os.path.join(self._store_dir, "store")
+        self._modules_at_start = frozenset(sys.modules)
         for rank in range(self.world_size):
             parent_conn, child_conn = self._context.Pipe()
             process = self._context.Process(
-                target=_rank_main, name=f"rank{rank}", daemon=True,
-                args=(self.test_class, rank, self.world_size,
-                      self.device_kind.name, store_path, child_conn,
-                      self.log_paths[rank]))
+                target=rank_server.rank_main, name=f"rank{rank}", daemon=True,
+                args=(rank, self.world_size, self.device_kind.name, store_path,
+                      child_conn, self.log_dir))
             process.start()
             child_conn.close()
             self._processes.append(process)
@@ -105,12 +99,20 @@ class RankPool:
                 + format_results(failed))
         self.info = results[0].detail  # rank 0's _describe()
 
-    def run(self, test_id: str, method_name: str,
-            timeout_s: float) -> List[RankResult]:
-        """Runs one test method on every rank; returns each rank's result."""
+    def run(self, test_class, method_name: str, test_id: str, timeout_s: float,
+            log_dir: Optional[str] = None) -> List[RankResult]:
+        """Runs one test method on every rank; returns each rank's result.
+
+        The ranks find ``test_class`` by module and qualified name, and log to
+        ``log_dir`` (default: where they log now) from this test on.
+        """
+        if log_dir is not None and log_dir != self.log_dir:
+            self._use_log_dir(log_dir)
+        request = RunRequest(test_class.__module__, test_class.__qualname__, method_name,
+                             test_id, self.log_dir)
         self._logs_start = [_file_size(p) for p in self.log_paths]
         for conn in self._conns:
-            conn.send(("run", method_name, test_id))
+            conn.send(request)
         results = self._collect(test_id, timeout_s)
         if any(r.status not in ("ok", "skip") for r in results):
             self.broken = True
@@ -178,7 +180,7 @@ class RankPool:
         before = {r: _file_size(self.log_paths[r]) for r in ranks}
         for r in ranks:
             if self._processes[r].is_alive():
-                os.kill(self._processes[r].pid, _STACK_DUMP_SIGNAL)
+                os.kill(self._processes[r].pid, rank_protocol.STACK_DUMP_SIGNAL)
         time.sleep(0.5)
         return {r: trim_stack(_read_from(self.log_paths[r], before[r])).strip()
                 for r in ranks}
@@ -193,7 +195,7 @@ class RankPool:
         if not self.broken:
             for conn in self._conns:
                 try:
-                    conn.send(("exit", None, None))
+                    conn.send(rank_protocol.EXIT)
                 except (BrokenPipeError, OSError):
                     pass
             for process in self._processes:
@@ -242,15 +244,16 @@ def trim_stack(text: str) -> str:
     """Drops the frames below a rank's entry point from faulthandler dumps.
 
     Forked ranks inherit the runner's stack (unittest, absltest, the fork
-    itself); only the frames from ``_rank_main`` up say what the rank did.
+    itself); only the frames from the ranks' entry point up say what the rank did.
     """
+    entry = f" in {rank_protocol.ENTRY_POINT}"
     kept, skipping = [], False
     for line in text.splitlines():
         if skipping and line.startswith("  File "):
             continue
         skipping = False
         kept.append(line)
-        if line.startswith("  File ") and line.endswith(" in _rank_main"):
+        if line.startswith("  File ") and line.endswith(entry):
             skipping = True
     return "\n".join(kept)
 
@@ -282,143 +285,3 @@ def _refuse_fork_after_accelerator_init(kind: devices.DeviceKind) -> None:
             f"{kind.name} was initialized in the test runner before the ranks "
             "were forked; use --start_method=forkserver or keep the runner "
             "free of device work")
-
-
-# ----------------------------------------------------------------------------
-# Everything below runs in the rank processes.
-
-def _die_with_parent() -> None:
-    """Asks the kernel to SIGKILL this process when the controller exits."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _redirect_output(log_path: str):
-    """Sends this process's stdout and stderr to its rank log."""
-    log = open(log_path, "ab", buffering=0)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(log.fileno(), 1)
-    os.dup2(log.fileno(), 2)
-    sys.stdout = open(1, "w", buffering=1, closefd=False)
-    sys.stderr = open(2, "w", buffering=1, closefd=False)
-    return log
-
-
-def _rank_main(test_class, rank, world_size, device_name, store_path, conn,
-               log_path) -> None:
-    """Entry point of a rank process: join the group, then serve test runs."""
-    _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    log = _redirect_output(log_path)
-    faulthandler.enable(file=log, all_threads=True)
-    faulthandler.register(_STACK_DUMP_SIGNAL, file=log, all_threads=True)
-    print(f"==== rank {rank} of {world_size} starting (pid {os.getpid()}) ====",
-          flush=True)
-    try:
-        context = _join_group(rank, world_size, device_name, store_path)
-    except BaseException:  # pylint: disable=broad-except
-        conn.send(("error", traceback.format_exc()))
-        os._exit(1)
-    conn.send(("ok", _describe(context)))
-    while True:
-        try:
-            command, method_name, test_id = conn.recv()
-        except EOFError:
-            break
-        if command == "exit":
-            break
-        print(f"==== {test_id} ====", flush=True)
-        conn.send(_run_method(test_class, method_name, context))
-    _leave_group()
-
-
-def _join_group(rank, world_size, device_name, store_path) -> RankContext:
-    import torch  # pylint: disable=g-import-not-at-top
-    import torch.distributed as dist  # pylint: disable=g-import-not-at-top
-    kind = devices.get(device_name)
-    if kind.is_accelerator:
-        kind.torch_module().set_device(rank)
-        device = torch.device(kind.name, rank)
-    else:
-        device = torch.device("cpu")
-        # Ranks share the machine's cores: one intra-op pool per core each
-        # would oversubscribe them several times over.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-    store = dist.FileStore(store_path, world_size)
-    dist.init_process_group(
-        kind.backend, store=store, rank=rank, world_size=world_size,
-        timeout=datetime.timedelta(minutes=10))
-    return RankContext(rank, world_size, kind, device)
-
-
-def _describe(context: RankContext) -> dict:
-    """Facts about the run that the report shows (rank 0's view)."""
-    import torch  # pylint: disable=g-import-not-at-top
-    info = {"torch_version": torch.__version__, "device": context.device_kind.name,
-            "backend": context.device_kind.backend,
-            "world_size": context.world_size,
-            "python": sys.version.split()[0]}
-    # What the host passed in (tools/bazel lists the names in FSDP_PASSED_ENV; the
-    # visibility variables and tools/device_lease's claim are always shown).
-    names = set(filter(None, os.environ.get("FSDP_PASSED_ENV", "").split(",")))
-    names |= {"CUDA_VISIBLE_DEVICES", "HABANA_VISIBLE_MODULES", "ZE_AFFINITY_MASK",
-              "FSDP_DEVICE_LEASE"}
-    info["passed_env"] = {
-        n: "<redacted>" if re.search("KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", n)
-        else os.environ[n] for n in sorted(names) if n in os.environ}
-    if context.device_kind.is_accelerator:
-        module = context.device_kind.torch_module()
-        info["device_count"] = module.device_count()
-        info["device_names"] = [module.get_device_name(i)
-                                for i in range(module.device_count())]
-        # Tells physical devices apart across runs (indices are per visibility list).
-        info["device_uuids"] = [str(getattr(module.get_device_properties(i), "uuid", ""))
-                                for i in range(module.device_count())]
-    else:
-        info["device_count"] = os.cpu_count()
-        info["device_names"] = ["cpu"]
-    return info
-
-
-def _run_method(test_class, method_name, context: RankContext):
-    """Runs setUp, the test method and tearDown; returns (status, detail)."""
-    try:
-        test = test_class(method_name)
-        test.bind_rank(context)
-        test.setUp()
-        try:
-            getattr(test, method_name)()
-        finally:
-            test.tearDown()
-            test.doCleanups()
-    except unittest.SkipTest as e:
-        return ("skip", str(e))
-    except BaseException as e:  # pylint: disable=broad-except
-        # Leave out this function's own frame: the test's frames are the story.
-        tb = e.__traceback__.tb_next or e.__traceback__
-        return ("error", "".join(traceback.format_exception(type(e), e, tb)))
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    return ("ok", "")
-
-
-def _leave_group() -> None:
-    """Destroys the group and exits without running interpreter teardown.
-
-    torch 2.13's CPU build sometimes aborts in interpreter teardown after FSDP2
-    ran; ``os._exit`` keeps that from turning a passed test into a crash.
-    """
-    import torch.distributed as dist  # pylint: disable=g-import-not-at-top
-    try:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)

@@ -11,7 +11,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")"
 PYTHON="${1:-python3}"
-TOP_LEVEL=(torch==2.13.0 absl-py pytest numpy)
+TOP_LEVEL=(torch==2.13.0 absl-py pytest numpy ruff==0.17.6)
 LOCK=requirements.lock
 if [[ "${2:-}" == remote ]]; then
   TOP_LEVEL=("buildgrid[database]==0.4.4")

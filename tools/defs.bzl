@@ -2,58 +2,14 @@
 
 `fsdp_test` turns one test file into a `py_test` per device and world size, tagged so
 that `--config=cpu|cuda|hpu|xpu` (see .bazelrc) selects the tests for that device.
-`fsdp_test_suites` adds one `test_suite` per device to a package.
+`fsdp_test_suites` adds one `test_suite` per device to a package. The devices and what
+each needs (tags, remote execution properties) are in //tools:devices.bzl.
 """
 
 load("@fsdp_python//:defs.bzl", "PYTHON_ENV_VERSIONS")
-load("@fsdp_remote_config//:defs.bzl", "POOL_NAMES")
-
-# What each device needs. `tag` is what --test_tag_filters selects on; `size` and
-# `shard_count` are defaults that a test may override per device; `exec_properties` is
-# passed to remote execution, which places the test on a matching worker; accelerator
-# tests also ask for one device per rank ("gpus").
-DEVICES = {
-    "cpu": struct(
-        tag = "cpu",
-        size = "medium",
-        shard_count = 1,
-        exec_properties = {"device": "cpu"},
-        accelerator = False,
-    ),
-    "cuda": struct(
-        tag = "gpu",
-        size = "medium",
-        shard_count = 1,
-        exec_properties = {"device": "cuda"},
-        accelerator = True,
-    ),
-    "hpu": struct(
-        tag = "hpu",
-        size = "medium",
-        shard_count = 1,
-        exec_properties = {"device": "hpu"},
-        accelerator = True,
-    ),
-    "xpu": struct(
-        tag = "xpu",
-        size = "medium",
-        shard_count = 1,
-        exec_properties = {"device": "xpu"},
-        accelerator = True,
-    ),
-}
-
-ALL_DEVICES = sorted(DEVICES.keys())
+load(":devices.bzl", "ALL_DEVICES", "DEVICES", "device_exec_properties", "device_tags")
 
 DEFAULT_WORLD_SIZES = [2]
-
-# Suite name suffix -> device tag, for fsdp_test_suites.
-_SUITES = {
-    "cpu_tests": "cpu",
-    "gpu_tests": "gpu",
-    "hpu_tests": "hpu",
-    "xpu_tests": "xpu",
-}
 
 def _per_device(value, device, default, what):
     """Resolves an attribute given either for all devices or as a dict per device."""
@@ -93,11 +49,18 @@ def fsdp_test(
 
     The first (smallest) world size of a device gets the target `<name>_<device>`; each
     further one gets `<name>_<device>_ws<N>`. Every target runs `srcs[0]` with
-    `--device=<device> --world_size=<N>` ahead of `args`, depends on `//testing`, and is
-    tagged with the device tag (`cpu`, `gpu`, `hpu` or `xpu`), `ws<N>`, `fsdp`,
-    `block-network` (each test gets its own loopback, so ranks never collide on ports)
-    and `api` if given. A test whose device is absent fails rather than skips, unless it
-    is run with `--test_arg=--missing_device=skip`.
+    `--device=<device> --world_size=<N>` ahead of `args` and depends on `//testing`.
+
+    Tags, which the report (tools/report) reads instead of parsing target names:
+    the device tag (`cpu`, `gpu`, `hpu` or `xpu`), `ws<N>`, the device's interoperable
+    tags (`requires-gpu-nvidia` on cuda), `requires-multi-device` on accelerator targets
+    with more than one rank, `fsdp`, `block-network` (each test gets its own loopback, so
+    ranks never collide on ports) and `api` if given. Remote execution properties:
+    `device=<device>`, plus `gpus=<N>` and `Pool=<device>-<N>` on accelerators. Both come
+    from the device table in //tools:devices.bzl.
+
+    A test whose device is absent fails rather than skips, unless it is run with
+    `--test_arg=--missing_device=skip`.
 
     Args:
       name: base name of the generated targets; also the default source, `<name>.py`.
@@ -108,9 +71,11 @@ def fsdp_test(
       api: the FSDP API the test exercises, e.g. `"fsdp1"` or `"fsdp2"`; added as a tag
         so `--test_tag_filters=fsdp2` selects it.
       world_sizes: world sizes to run; a list for every device, or a dict from device
-        to list (devices missing from the dict get `[2]`). Defaults to `[2]`.
-      devices: devices to generate targets for, a subset of `cpu`, `cuda`, `hpu`,
-        `xpu`. Defaults to all four.
+        to list (devices missing from the dict get `[2]`). Defaults to `[2]`. Say why
+        in a comment beside a size other than the default, as `disabled` does for a
+        device.
+      devices: devices to generate targets for, a subset of the keys of `DEVICES` in
+        //tools:devices.bzl (`cpu`, `cuda`, `hpu`, `xpu`). Defaults to all of them.
       disabled: dict from device to a reason. That device's targets are still defined
         but tagged `manual`, `disabled` and `disabled:<reason>`, so `//...` skips them
         while `bazel test //pkg:<target>` still runs them.
@@ -122,13 +87,14 @@ def fsdp_test(
       tags: extra tags added to every generated target.
       **kwargs: passed through to every `py_test` (e.g. `timeout`, `flaky`, `env`).
 
-    Example:
+    Examples:
       ```
       load("//tools:defs.bzl", "fsdp_test", "fsdp_test_suites")
 
       fsdp_test(
           name = "mixed_precision_test",
           api = "fsdp2",
+          # 4 ranks on cuda: bf16 reduce-scatter rounding differs from 2 ranks'.
           world_sizes = {"cpu": [2], "cuda": [2, 4]},
           disabled = {"hpu": "no bf16 reduce-scatter yet"},
           shard_count = {"cuda": 4},
@@ -138,8 +104,9 @@ def fsdp_test(
       ```
 
       This makes `mixed_precision_test_cpu`, `mixed_precision_test_cuda`,
-      `mixed_precision_test_cuda_ws4`, `mixed_precision_test_hpu` (manual) and
-      `mixed_precision_test_xpu`.
+      `mixed_precision_test_cuda_ws4` (tagged `gpu`, `ws4`, `requires-gpu-nvidia`,
+      `requires-multi-device`, `fsdp2`, ...; exec properties `device=cuda`, `gpus=4`,
+      `Pool=cuda-4`), `mixed_precision_test_hpu` (manual) and `mixed_precision_test_xpu`.
     """
     if srcs == None:
         srcs = [name + ".py"]
@@ -168,21 +135,13 @@ def fsdp_test(
     for device in devices:
         info = DEVICES[device]
         sizes = _world_sizes_for(world_sizes, device)
-        device_tags = []
+        disabled_tags = []
         if device in disabled:
-            device_tags = ["manual", "disabled", "disabled:" + disabled[device]]
+            disabled_tags = ["manual", "disabled", "disabled:" + disabled[device]]
         for ws in sizes:
             target = "%s_%s" % (name, device)
             if ws != sizes[0]:
                 target += "_ws%d" % ws
-
-            # "test.": only the test action needs a matching worker; the target's other
-            # actions keep the platform's properties (//tools/platforms:remote).
-            exec_properties = {"test." + k: v for k, v in info.exec_properties.items()}
-            if info.accelerator:
-                pool = "%s-%d" % (device, ws)
-                exec_properties["test.gpus"] = str(ws)
-                exec_properties["test.Pool"] = POOL_NAMES.get(pool, pool)
 
             # buildifier: disable=native-py
             native.py_test(
@@ -193,34 +152,36 @@ def fsdp_test(
                 data = data,
                 args = ["--device=" + device, "--world_size=%d" % ws] + args,
                 env = env,
-                exec_properties = exec_properties,
+                exec_properties = device_exec_properties(device, ws),
                 python_version = "PY3",
                 shard_count = _per_device(shard_count, device, info.shard_count, "shard_count"),
                 size = _per_device(size, device, info.size, "size"),
-                tags = [info.tag, "ws%d" % ws, "block-network", "fsdp"] +
-                       ([api] if api else []) + device_tags + tags,
+                tags = device_tags(device, ws) + ["block-network", "fsdp"] +
+                       ([api] if api else []) + disabled_tags + tags,
                 **kwargs
             )
 
 def fsdp_test_suites(name = None):
     """Defines one test_suite per device tag for the tests of the calling package.
 
-    Call it at the end of a BUILD file. The suites are `cpu_tests`, `gpu_tests`,
-    `hpu_tests` and `xpu_tests` (prefixed with `<name>_` when name is given); each holds
-    the package's non-manual tests with that tag.
+    Call it at the end of a BUILD file. The suites are `<tag>_tests` for each device
+    tag of //tools:devices.bzl: `cpu_tests`, `gpu_tests`, `hpu_tests` and `xpu_tests`
+    (prefixed with `<name>_` when name is given); each holds the package's non-manual
+    tests with that tag.
 
     Args:
       name: optional prefix of the suite names.
 
-    Example:
+    Examples:
       ```
       fsdp_test_suites()
       ```
 
       Then `bazel test //fsdp:gpu_tests` runs every CUDA test in `//fsdp`.
     """
-    for suite, tag in _SUITES.items():
+    for device in ALL_DEVICES:
+        suite = DEVICES[device].tag + "_tests"
         native.test_suite(
             name = (name + "_" + suite) if name else suite,
-            tags = [tag],
+            tags = [DEVICES[device].tag],
         )

@@ -19,7 +19,8 @@ Several accelerator tests run at once on one host (`.bazelrc` raises
      `${FSDP_DEVICE_LOCK_DIR:-/tmp/fsdp-device-locks}`, waiting while too few are
      free (one waiter at a time claims, so a 4-device test is not starved by
      2-device ones);
-  4. exports the visibility variable naming only the claimed devices and execs the
+  4. exports the visibility variable (testing/devices.py's `visible_devices_env`)
+     naming only the claimed devices and execs the
      test. The lock descriptors stay open across exec and in the ranks the test
      forks, so the devices stay claimed until the last of those processes exits; a
      crashed test frees them with no clean-up.
@@ -32,6 +33,7 @@ interpreter.
 """
 
 import fcntl
+import importlib.util
 import os
 import random
 import re
@@ -42,13 +44,29 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 ME = "device_lease"
 
-# Visibility variable of each accelerator kind.
-# TODO(lead): read these from testing/devices.py once the device table carries them.
-VISIBILITY_ENV: Dict[str, str] = {
-    "cuda": "CUDA_VISIBLE_DEVICES",
-    "hpu": "HABANA_VISIBLE_MODULES",
-    "xpu": "ZE_AFFINITY_MASK",
-}
+
+
+def visibility_env() -> Dict[str, str]:
+    """{device: visibility variable} of the accelerators in testing/devices.py.
+
+    The table is loaded by path (it needs only the standard library): from the test's
+    runfiles, the working directory under Bazel, else beside this file's checkout.
+    """
+    here = os.path.dirname(os.path.realpath(__file__))
+    for path in (os.path.join("testing", "devices.py"),
+                 os.path.join(os.path.dirname(here), "testing", "devices.py")):
+        if os.path.exists(path):
+            name = "fsdp_device_table"
+            if name not in sys.modules:
+                spec = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module  # dataclasses look their module up by name
+                spec.loader.exec_module(module)
+            return {k.name: k.visible_devices_env
+                    for k in sys.modules[name].DEVICES.values()
+                    if k.accelerator and k.visible_devices_env}
+    raise LeaseError("no testing/devices.py in the working directory or beside "
+                     f"{os.path.realpath(__file__)}")
 
 # Commands that list the devices without initializing a runtime, and the pattern of a
 # line that names one device (nvidia-smi lists MIG instances on indented lines below
@@ -106,9 +124,10 @@ def detect_count(kind: str) -> int:
     return len([line for line in out.splitlines() if re.match(device_line, line)])
 
 
-def candidates(kind: str, env: Dict[str, str]) -> List[str]:
-    """The devices this test may use: the host's allocation if it made one, else all."""
-    allocated = env.get(VISIBILITY_ENV[kind], "").strip()
+def candidates(kind: str, variable: str, env: Dict[str, str]) -> List[str]:
+    """The devices this test may use: the host's allocation (`variable`) if it made one,
+    else all."""
+    allocated = env.get(variable, "").strip()
     if allocated:
         return [entry.strip() for entry in allocated.split(",") if entry.strip()]
     return [str(i) for i in range(detect_count(kind))]
@@ -184,24 +203,27 @@ def claim(kind: str, pool: Sequence[str], needed: int, lock_dir: str,
 def prepare(argv: Sequence[str], env: Dict[str, str]) -> Tuple[Dict[str, str], List[int]]:
     """Claims devices for the test `argv`; returns its environment and the held fds."""
     kind, world_size = parse_test_args(argv[1:])
-    if kind not in VISIBILITY_ENV:
-        return env, []  # cpu, or not an fsdp_test: nothing to share.
+    if kind is None or kind == "cpu":
+        return env, []  # Nothing to share (or not an fsdp_test).
+    variable = visibility_env().get(kind)
+    if variable is None:
+        return env, []  # A device without a visibility variable: nothing to narrow.
     needed = world_size or 1
     try:
-        pool = candidates(kind, env)
+        pool = candidates(kind, variable, env)
     except LeaseError as e:
         # No devices to count (a CPU-only host): the harness reports the missing device
         # itself, or skips it with --missing_device=skip.
         sys.stderr.write(f"{ME}: cannot count {kind} devices ({e}); running without a "
-                         f"claim (set FSDP_DEVICE_COUNT or {VISIBILITY_ENV[kind]})\n")
+                         f"claim (set FSDP_DEVICE_COUNT or {variable})\n")
         return env, []
     if len(pool) < needed:
         return env, []  # The harness fails with its own "devices visible" message.
     lock_dir = env.get("FSDP_DEVICE_LOCK_DIR") or DEFAULT_LOCK_DIR
     held = claim(kind, pool, needed, lock_dir)
     env = dict(env)
-    env[VISIBILITY_ENV[kind]] = ",".join(entry for entry, _ in held)
-    env["FSDP_DEVICE_LEASE"] = f"{kind}:{env[VISIBILITY_ENV[kind]]}"
+    env[variable] = ",".join(entry for entry, _ in held)
+    env["FSDP_DEVICE_LEASE"] = f"{kind}:{env[variable]}"
     return env, [fd for _, fd in held]
 
 

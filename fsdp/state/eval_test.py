@@ -15,32 +15,21 @@ import torch
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import compat, data, models, params, parity, training, wrapping
+from testing.fsdp import cases, data, models, params, parity, training, wrapping
 
 SPEC = models.get("tied_transformer")
-EVAL_STEP = 100  # a batch no training step used
-
-
-def _train_steps(model, opt, steps, device):
-    """SGD steps with the batches of the given step indices (rank-distinct)."""
-    for step in steps:
-        inputs, targets = data.rank_batch(SPEC, seed=0, rank=compat.rank(), step=step,
-                                          device=device)
-        SPEC.loss_fn(model(inputs), targets).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
 
 
 class EvalTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     def _inputs(self):
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=EVAL_STEP,
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP,
                                     device=self.device)
         return inputs
 
-    @parameterized.named_parameters(("fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
+    @parameterized.named_parameters(*cases.API_CASES)
     def test_no_grad_eval_after_training_matches_reference(self, api):
-        model = wrapping.wrap(SPEC.build(seed=0), api, SPEC.units, device=self.device)
+        model = wrapping.wrap_spec(SPEC, api, device=self.device)
         training.train(model, SPEC, steps=2, seed=0, device=self.device)
         reference, _ = training.reference_train(SPEC, steps=2, seed=0, device=self.device)
         trained = params.full_params(model)
@@ -57,18 +46,18 @@ class EvalTest(multirank.MultiRankTestCase, parameterized.TestCase):
         parity.assert_params_close(params.full_params(model), trained, rtol=0, atol=0,
                                    context=f"inference changed parameters api={api}")
 
-    @parameterized.named_parameters(("fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
+    @parameterized.named_parameters(*cases.API_CASES)
     def test_forward_without_backward_between_steps_matches_reference(self, api):
-        model = wrapping.wrap(SPEC.build(seed=0), api, SPEC.units, device=self.device)
+        model = wrapping.wrap_spec(SPEC, api, device=self.device)
         opt = training.default_optimizer(model.parameters())
-        _train_steps(model, opt, [0], self.device)
+        training.train(model, SPEC, steps=[0], optimizer=opt, device=self.device)
         model.eval()
         for _ in range(2):
             out = model(self._inputs())  # autograd on; no backward
             self.assertTrue(out.requires_grad)
             del out
         model.train()
-        _train_steps(model, opt, [1, 2], self.device)
+        training.train(model, SPEC, steps=[1, 2], optimizer=opt, device=self.device)
         reference, _ = training.reference_train(SPEC, steps=3, seed=0, device=self.device)
         parity.assert_params_close(params.full_params(model), params.full_params(reference),
                                    context=f"3 steps with dropped eval forwards, api={api}")

@@ -19,10 +19,9 @@ from torch.distributed.checkpoint import state_dict as dcp_state_dict
 from torch.distributed.fsdp import FullStateDictConfig, StateDictType
 
 from testing import multirank
-from testing.fsdp import compat, data, models, params, parity, training, wrapping
+from testing.fsdp import cases, compat, data, models, params, parity, training, wrapping
 
 SPEC = models.get("nested_mlp")
-EVAL_STEP = 100  # a batch no training step used
 
 
 def _full_state_dict(model, api, device):
@@ -60,7 +59,7 @@ def _from_rank0(obj):
 class FullStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     def _trained(self, api):
-        model = wrapping.wrap(SPEC.build(seed=0), api, SPEC.units, device=self.device)
+        model = wrapping.wrap_spec(SPEC, api, device=self.device)
         training.train(model, SPEC, steps=2, seed=0, device=self.device)
         return model
 
@@ -82,21 +81,21 @@ class FullStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def _assert_restored(self, loaded, trained, expected, api):
         parity.assert_params_close(params.full_params(loaded), expected, rtol=0, atol=0,
                                    context=f"loaded model api={api}")
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=EVAL_STEP,
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP,
                                     device=self.device)
         with torch.no_grad():
             parity.assert_tensors_close(loaded(inputs), trained(inputs), rtol=0, atol=0,
                                         name=f"loaded vs trained output api={api}")
 
-    @parameterized.named_parameters(("fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
+    @parameterized.named_parameters(*cases.API_CASES)
     def test_full_state_dict_round_trip_into_sharded_model(self, api):
         trained = self._trained(api)
         state, expected = self._saved(trained, api)
-        fresh = wrapping.wrap(SPEC.build(seed=1), api, SPEC.units, device=self.device)
+        fresh = wrapping.wrap_spec(SPEC, api, seed=1, device=self.device)
         _load_full_state_dict(fresh, api, state)
         self._assert_restored(fresh, trained, expected, api)
 
-    @parameterized.named_parameters(("fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
+    @parameterized.named_parameters(*cases.API_CASES)
     def test_full_state_dict_loads_into_plain_model(self, api):
         trained = self._trained(api)
         state, expected = self._saved(trained, api)

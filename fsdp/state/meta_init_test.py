@@ -10,10 +10,12 @@ materialized:
   ``reset_parameters()`` on each meta module;
 * FSDP1 with ``param_init_fn``: FSDP calls it per module (it materializes with
   ``to_empty(recurse=False)`` and calls ``reset_parameters()``);
-* FSDP2: ``fully_shard`` on the meta model, ``to_empty(device=...)``, then the
-  eager model's full state dict is loaded with ``set_model_state_dict``
-  (``reset_parameters`` on sharded DTensors draws per-shard random numbers, so
-  the full state dict is how FSDP2 gets eager-identical values).
+* FSDP2: ``fully_shard`` on the meta model, ``to_empty(device=...)`` and
+  ``reset_parameters()`` (what ``wrapping.wrap_spec(init_device="meta")``
+  does), then the eager model's full state dict is loaded with
+  ``set_model_state_dict`` (``reset_parameters`` on sharded DTensors draws
+  per-shard random numbers, so the full state dict is how FSDP2 gets
+  eager-identical values).
 
 The materialized model must have the eager model's full parameters, sharded
 (no meta tensors left), and train two steps on rank-distinct data exactly like
@@ -28,7 +30,7 @@ from torch import nn
 from torch.distributed.checkpoint import state_dict as dcp_state_dict
 
 from testing import multirank
-from testing.fsdp import compat, models, params, parity, training
+from testing.fsdp import compat, models, params, parity, training, wrapping
 
 UNITS = ("layers.0", "layers.1")
 
@@ -67,28 +69,6 @@ SPEC = dataclasses.replace(models.get("nested_mlp"), name="seeded_mlp",
                            factory=_SeededMLP, units=UNITS)
 
 
-def _build(device):
-    """Constructs _SeededMLP directly on ``device`` (``"meta"`` for no storage)."""
-    with torch.device(device):
-        return _SeededMLP()
-
-
-def _shard(model, api, device, **fsdp1_kwargs):
-    """Shards UNITS then the root without moving the model (it may be on meta)."""
-    if api == "fsdp1":
-        for name in UNITS:
-            parent, _, child = name.rpartition(".")
-            holder = model.get_submodule(parent)
-            setattr(holder, child, compat.FSDP(getattr(holder, child), device_id=device,
-                                               **fsdp1_kwargs))
-        return compat.FSDP(model, device_id=device, **fsdp1_kwargs)
-    mesh = compat.init_device_mesh(device.type, (compat.world_size(),))
-    for name in UNITS:
-        compat.fully_shard(model.get_submodule(name), mesh=mesh)
-    compat.fully_shard(model, mesh=mesh)
-    return model
-
-
 def _materialize_and_reset(device):
     """An FSDP1 param_init_fn: storage on ``device`` for one module, then its init."""
     def init(module):
@@ -103,7 +83,7 @@ class MetaInitTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def _assert_like_eager(self, model, api, what):
         for name, p in model.named_parameters():
             self.assertFalse(p.is_meta, f"{name} is still on the meta device ({what})")
-        eager = _shard(_build(self.device), api, self.device)
+        eager = wrapping.wrap_spec(SPEC, api, init_device=self.device, device=self.device)
         parity.assert_params_close(params.full_params(model), params.full_params(eager),
                                    rtol=0, atol=0, context=f"after init, {what}")
         training.train(model, SPEC, steps=2, seed=0, device=self.device)
@@ -112,21 +92,18 @@ class MetaInitTest(multirank.MultiRankTestCase, parameterized.TestCase):
                                    context=f"after 2 steps, {what}")
 
     def test_meta_init_reset_parameters_matches_eager_fsdp1(self):
-        model = _shard(_build("meta"), "fsdp1", self.device)
+        model = wrapping.wrap_spec(SPEC, "fsdp1", init_device="meta", device=self.device)
         self._assert_like_eager(model, "fsdp1", "FSDP1 default materialization")
 
     def test_meta_init_param_init_fn_matches_eager_fsdp1(self):
-        model = _shard(_build("meta"), "fsdp1", self.device,
-                       param_init_fn=_materialize_and_reset(self.device))
+        model = wrapping.wrap_spec(SPEC, "fsdp1", init_device="meta", device=self.device,
+                                   extra={"param_init_fn": _materialize_and_reset(self.device)})
         self._assert_like_eager(model, "fsdp1", "FSDP1 param_init_fn")
 
     def test_meta_init_to_empty_and_full_state_dict_matches_eager_fsdp2(self):
-        model = _shard(_build("meta"), "fsdp2", self.device)
-        for name, p in model.named_parameters():
-            self.assertTrue(compat.is_dtensor(p) and p.is_meta,
-                            f"{name}: fully_shard on meta should give meta DTensors")
-        model.to_empty(device=self.device)
-        reference = _build(self.device).state_dict()  # same on every rank (seeded)
+        model = wrapping.wrap_spec(SPEC, "fsdp2", init_device="meta", device=self.device)
+        with torch.device(self.device):
+            reference = SPEC.build(seed=0).state_dict()  # same on every rank (seeded)
         dcp_state_dict.set_model_state_dict(
             model, reference, options=dcp_state_dict.StateDictOptions(full_state_dict=True))
         for name, p in model.named_parameters():

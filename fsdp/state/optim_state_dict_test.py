@@ -21,23 +21,13 @@ from torch.distributed.fsdp import (FullOptimStateDictConfig, FullStateDictConfi
                                     StateDictType)
 
 from testing import multirank
-from testing.fsdp import compat, data, models, params, parity, wrapping
+from testing.fsdp import compat, models, params, parity, training, wrapping
 
 SPEC = models.get("nested_mlp")
 
 
 def _adam(model):
     return torch.optim.Adam(model.parameters(), lr=1e-2)
-
-
-def _train_steps(model, opt, steps, device):
-    """Runs optimizer steps ``steps`` (step indices pick the rank-distinct batches)."""
-    rank = compat.rank()
-    for step in steps:
-        inputs, targets = data.rank_batch(SPEC, seed=0, rank=rank, step=step, device=device)
-        SPEC.loss_fn(model(inputs), targets).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
 
 
 def _fsdp1_context(model, full):
@@ -89,16 +79,16 @@ class OptimStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
         ("full_fsdp2", "fsdp2", True), ("sharded_fsdp2", "fsdp2", False))
     def test_optim_state_dict_round_trip_continues_training(self, api, full):
         what = f"api={api} {'full' if full else 'sharded'} state dicts"
-        model = wrapping.wrap(SPEC.build(seed=0), api, SPEC.units, device=self.device)
+        model = wrapping.wrap_spec(SPEC, api, device=self.device)
         opt = _adam(model)
-        _train_steps(model, opt, [0, 1], self.device)
+        training.train(model, SPEC, steps=[0, 1], optimizer=opt, device=self.device)
         # A copy, as a checkpoint would be: the optimizer state dict holds the live
         # state tensors (Adam's step counters, DTensor moments) that the
         # uninterrupted run below keeps updating in place, and
         # Optimizer.load_state_dict does not copy tensors already in place.
         model_state, optim_state = copy.deepcopy(save_state(model, opt, api, full))
 
-        fresh = wrapping.wrap(SPEC.build(seed=1), api, SPEC.units, device=self.device)
+        fresh = wrapping.wrap_spec(SPEC, api, seed=1, device=self.device)
         fresh_opt = _adam(fresh)
         load_state(fresh, fresh_opt, api, full, model_state, optim_state)
         expected_state = full_optim_state(model, opt, api)
@@ -108,8 +98,9 @@ class OptimStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
                                    rtol=0, atol=0, what="optimizer state",
                                    context=f"after load, {what}")
 
-        _train_steps(model, opt, [2, 3], self.device)  # the uninterrupted run
-        _train_steps(fresh, fresh_opt, [2, 3], self.device)
+        # The uninterrupted run, then the reloaded one.
+        training.train(model, SPEC, steps=[2, 3], optimizer=opt, device=self.device)
+        training.train(fresh, SPEC, steps=[2, 3], optimizer=fresh_opt, device=self.device)
         parity.assert_params_close(params.full_params(fresh), params.full_params(model),
                                    context=f"two steps after reload vs uninterrupted, {what}")
 

@@ -16,11 +16,10 @@ import torch.distributed.checkpoint as dcp
 from absl.testing import parameterized
 
 from testing import dist_helpers, multirank
-from testing.fsdp import (compat, data, models, params, parity, state_dicts, training,
+from testing.fsdp import (cases, compat, data, models, params, parity, state_dicts, training,
                            wrapping)
 
 SPEC = models.get("nested_mlp")
-EVAL_STEP = 100  # a batch no training step used
 
 
 def _local_numel(tensor) -> int:
@@ -33,13 +32,12 @@ def _local_numel(tensor) -> int:
 class ShardedStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     def _trained(self, api, **wrap_options):
-        model = wrapping.wrap(SPEC.build(seed=0), api, SPEC.units, device=self.device,
-                              **wrap_options)
+        model = wrapping.wrap_spec(SPEC, api, device=self.device, **wrap_options)
         training.train(model, SPEC, steps=2, seed=0, device=self.device)
         return model
 
     def _inputs(self):
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=EVAL_STEP,
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP,
                                     device=self.device)
         return inputs
 
@@ -57,7 +55,7 @@ class ShardedStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
             expected_out = trained(self._inputs())
         return expected_params, expected_out
 
-    @parameterized.named_parameters(("fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
+    @parameterized.named_parameters(*cases.API_CASES)
     def test_sharded_state_dict_round_trip(self, api):
         trained = self._trained(api)
         expected_params, expected_out = self._expected(trained)
@@ -69,18 +67,18 @@ class ShardedStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
                             f"{name} is a {type(tensor).__name__}, not a sharded tensor")
             self.assertLess(_local_numel(tensor), full_numel[name],
                             f"{name}: rank {self.rank} holds the whole tensor")
-        fresh = wrapping.wrap(SPEC.build(seed=1), api, SPEC.units, device=self.device)
+        fresh = wrapping.wrap_spec(SPEC, api, seed=1, device=self.device)
         state_dicts.load_sharded_state_dict(fresh, api, state)
         self._assert_restored(fresh, expected_params, expected_out,
                               f"in-memory sharded load api={api}")
 
-    @parameterized.named_parameters(("fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
+    @parameterized.named_parameters(*cases.API_CASES)
     def test_dcp_save_load_round_trip(self, api):
         trained = self._trained(api)
         expected_params, expected_out = self._expected(trained)
         with dist_helpers.shared_tempdir(prefix="ckpt-") as path:
             dcp.save(state_dicts.sharded_state_dict(trained, api), checkpoint_id=path)
-            fresh = wrapping.wrap(SPEC.build(seed=1), api, SPEC.units, device=self.device)
+            fresh = wrapping.wrap_spec(SPEC, api, seed=1, device=self.device)
             state_dicts.dcp_load(fresh, api, path)
             self._assert_restored(fresh, expected_params, expected_out,
                                   f"dcp.save/dcp.load api={api}")

@@ -17,20 +17,19 @@ from absl.testing import parameterized
 from torch.distributed.device_mesh import DeviceMesh
 
 from testing import dist_helpers, multirank
-from testing.fsdp import data, models, params, parity, state_dicts, training, wrapping
+from testing.fsdp import cases, data, models, params, parity, state_dicts, training, wrapping
 
 SPEC = models.get("nested_mlp")
-EVAL_STEP = 100  # a batch no training step used
 
 
 class ShardedStateDictWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
-    @parameterized.named_parameters(("fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
+    @parameterized.named_parameters(*cases.API_CASES)
     def test_dcp_checkpoint_loads_at_half_the_world_size(self, api):
         self.assertGreaterEqual(self.world_size, 2, "needs at least 2 ranks to halve")
-        trained = wrapping.wrap(SPEC.build(seed=0), api, SPEC.units, device=self.device)
+        trained = wrapping.wrap_spec(SPEC, api, device=self.device)
         training.train(trained, SPEC, steps=2, seed=0, device=self.device)
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=EVAL_STEP,
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP,
                                     device=self.device)
         expected_params = params.full_params(trained)
         with torch.no_grad():
@@ -46,8 +45,7 @@ class ShardedStateDictWorldSizeTest(multirank.MultiRankTestCase, parameterized.T
                     options = {"extra": {"process_group": group}}
                 else:
                     options = {"mesh": DeviceMesh.from_group(group, self.device.type)}
-                fresh = wrapping.wrap(SPEC.build(seed=1), api, SPEC.units,
-                                      device=self.device, **options)
+                fresh = wrapping.wrap_spec(SPEC, api, seed=1, device=self.device, **options)
                 state_dicts.dcp_load(fresh, api, path, process_group=group)
                 parity.assert_params_close(params.full_params(fresh), expected_params,
                                            rtol=0, atol=0, context=what)

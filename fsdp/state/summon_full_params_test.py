@@ -20,10 +20,9 @@ import torch
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import compat, data, models, params, parity, training, wrapping
+from testing.fsdp import cases, compat, data, models, params, parity, training, wrapping
 
 SPEC = models.get("nested_mlp")
-EVAL_STEP = 100  # a batch no training step used
 
 
 def _rewrite(tensor):
@@ -34,8 +33,7 @@ def _rewrite(tensor):
 class SummonFullParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     def _trained(self, api, **options):
-        model = wrapping.wrap(SPEC.build(seed=0), api, SPEC.units, device=self.device,
-                              **options)
+        model = wrapping.wrap_spec(SPEC, api, device=self.device, **options)
         training.train(model, SPEC, steps=2, seed=0, device=self.device)
         before = params.full_params(model)
         return model, {name: 2 * t + 1 for name, t in before.items()}
@@ -46,7 +44,7 @@ class SummonFullParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         parity.assert_same_across_ranks(written, name=f"full parameters, {what}")
         plain = SPEC.build(seed=1).to(self.device)
         plain.load_state_dict(expected)
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=EVAL_STEP,
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP,
                                     device=self.device)
         with torch.no_grad():
             parity.assert_tensors_close(model(inputs), plain(inputs),

@@ -22,7 +22,7 @@ from absl.testing import parameterized
 from torch.distributed.checkpoint import state_dict as dcp_state_dict
 
 from testing import multirank
-from testing.fsdp import models, params, parity, training, wrapping
+from testing.fsdp import cases, models, params, parity, training, wrapping
 
 SPEC = models.get("batchnorm_mlp")  # buffers: BatchNorm running statistics
 
@@ -39,7 +39,7 @@ class SyncModuleStatesBroadcastTest(multirank.MultiRankTestCase, parameterized.T
         parity.assert_params_close(params.full_params(model), params.full_params(reference),
                                    context=f"after 2 steps vs reference ({what})")
 
-    @parameterized.named_parameters(("fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
+    @parameterized.named_parameters(*cases.API_CASES)
     def test_broadcast_from_rank0_full_state_dict_makes_ranks_identical(self, api):
         model = wrapping.wrap(models.rank_distinct_model(SPEC, self.rank), api, SPEC.units,
                               device=self.device)

@@ -45,7 +45,7 @@ class ClipGradNormTest(multirank.MultiRankTestCase, parameterized.TestCase):
     @parameterized.named_parameters(*_CASES)
     def test_clip_grad_norm_matches_unsharded(self, api, norm_type):
         options = {"use_orig_params": True} if api == "fsdp1" else {}
-        model = wrapping.wrap(SPEC.build(seed=0), api, SPEC.units, device=self.device, **options)
+        model = wrapping.wrap_spec(SPEC, api, device=self.device, **options)
         inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0,
                                           device=self.device)
         SPEC.loss_fn(model(inputs), targets).backward()

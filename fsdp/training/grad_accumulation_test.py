@@ -17,6 +17,7 @@ import torch.distributed as dist
 from absl.testing import parameterized
 
 from testing import multirank
+from testing.fsdp import cases
 from testing.fsdp import collective_spy
 from testing.fsdp import data
 from testing.fsdp import models
@@ -80,10 +81,10 @@ class GradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 sharded = [n for n, p in model.named_parameters() if p.grad is not None]
                 self.assertEqual(sharded, [], "sharded gradients set before synchronization")
 
-    @parameterized.named_parameters(("fsdp1", "fsdp1", {"use_orig_params": True}),
-                                    ("fsdp2", "fsdp2", {}))
+    @parameterized.named_parameters(*cases.api_cases_with(fsdp1={"use_orig_params": True},
+                                                          fsdp2={}))
     def test_grad_accumulation_matches_large_batch(self, api, options):
-        model = wrapping.wrap(SPEC.build(seed=0), api, SPEC.units, device=self.device, **options)
+        model = wrapping.wrap_spec(SPEC, api, device=self.device, **options)
         optimizer = training.default_optimizer(model.parameters())
         self._accumulate(model, api)
 

@@ -13,6 +13,7 @@ import torch
 from absl.testing import parameterized
 
 from testing import multirank
+from testing.fsdp import cases
 from testing.fsdp import compat
 from testing.fsdp import data
 from testing.fsdp import models
@@ -23,14 +24,12 @@ from testing.fsdp import wrapping
 
 SPEC = models.get("nested_mlp")
 FROZEN = models.get("frozen_backbone")
-APIS = (("fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
 
 
 def _wrap(spec, api, device, units=None):
     """Wraps with original parameters exposed (FSDP1 needs use_orig_params=True)."""
     options = {"use_orig_params": True} if api == "fsdp1" else {}
-    return wrapping.wrap(spec.build(seed=0), api, spec.units if units is None else units,
-                         device=device, **options)
+    return wrapping.wrap_spec(spec, api, units=units, device=device, **options)
 
 
 def _grouped_sgd(model=None):
@@ -58,7 +57,7 @@ def _grouped_sgd(model=None):
 
 class OrigParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
-    @parameterized.named_parameters(*APIS)
+    @parameterized.named_parameters(*cases.API_CASES)
     def test_params_and_grads_keep_original_names_and_shapes(self, api):
         model = _wrap(SPEC, api, self.device)
         original = dict(SPEC.build(seed=0).named_parameters())
@@ -87,7 +86,7 @@ class OrigParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         parity.assert_params_close(grads, params.full_grads(ref), what="gradient",
                                    context=f"api={api}")
 
-    @parameterized.named_parameters(*APIS)
+    @parameterized.named_parameters(*cases.API_CASES)
     def test_param_groups_with_different_lr_match_reference(self, api):
         model = _wrap(SPEC, api, self.device)
         losses = training.train(model, SPEC, steps=3, device=self.device,
@@ -98,7 +97,7 @@ class OrigParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         parity.assert_params_close(actual, params.full_params(ref), context=f"api={api}")
         parity.assert_tensors_close(losses, ref_losses, name="loss")
 
-    @parameterized.named_parameters(*APIS)
+    @parameterized.named_parameters(*cases.API_CASES)
     def test_frozen_params_in_trained_unit_stay_unchanged(self, api):
         # Root only: the frozen backbone and the trainable head share one unit.
         model = _wrap(FROZEN, api, self.device, units=())

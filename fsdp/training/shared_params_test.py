@@ -52,8 +52,7 @@ class SharedParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
                                     ("orig_params_fsdp1", "fsdp1", {"use_orig_params": True}),
                                     ("fsdp2", "fsdp2", {}))
     def test_tied_params_in_root_match_reference(self, api, options):
-        model = wrapping.wrap(SPEC.build(seed=0), api, SPEC.units, device=self.device,
-                              **options)
+        model = wrapping.wrap_spec(SPEC, api, device=self.device, **options)
         inner = model.module if api == "fsdp1" else model
         self.assertIs(inner.lm_head.weight, inner.embed.weight, "tie broken by wrapping")
         losses = training.train(model, SPEC, steps=STEPS, device=self.device)

@@ -6,8 +6,9 @@
     @parameterized.named_parameters(*cases.API_CASES)
     def test_something(self, api): ...
 
-The named cases give test methods the ``_fsdp1``/``_fsdp2`` suffixes that the
-report reads as the API of a result.
+The named cases give test methods readable ``_fsdp1``/``_fsdp2`` suffixes; the
+report takes a result's API from the ``api`` parameter itself, which the harness
+records (testing/case_params.py).
 """
 
 from typing import Any, Dict, Tuple

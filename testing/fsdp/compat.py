@@ -46,6 +46,16 @@ try:
 except ImportError:  # pragma: no cover
     init_device_mesh = None
 
+# FSDP1 and FSDP2 import torch._dynamo lazily on their first forward (their hooks
+# are wrapped in torch._dynamo.disable), about 1 s of CPU in every rank process.
+# Importing it here, in the runner that forks the ranks, makes every rank inherit
+# it: a world-size-4 test on 2 cores saves about 2.5 s. A plain import of a
+# module that torch itself imports, no private call; measured with torch 2.13 (CPU).
+try:
+    import torch._dynamo  # noqa: F401  pylint: disable=unused-import
+except ImportError:  # pragma: no cover - builds without dynamo import it lazily
+    pass
+
 FSDP = FullyShardedDataParallel
 
 __all__ = [
@@ -53,6 +63,8 @@ __all__ = [
     "FullyShardedDataParallel", "MixedPrecision", "MixedPrecisionPolicy",
     "ShardingStrategy", "fully_shard", "has_fsdp2", "init_device_mesh",
     "is_fsdp1", "is_fsdp2", "is_dtensor", "current_device", "rank", "world_size",
+    "TorchDispatchMode", "device_sleep", "dispatched_group_size",
+    "set_gradient_divide_factor", "set_force_sum_reduction_for_comms",
 ]
 
 
@@ -94,3 +106,85 @@ def current_device(device_type: str = "cuda") -> torch.device:
     if module is not None and hasattr(module, "current_device"):
         return torch.device(device_type, module.current_device())
     return torch.device(device_type)
+
+
+# --- Private torch APIs, isolated here with the versions they were checked on. ---
+
+# Base class of dispatch-level interceptors (collective_spy.record_collectives).
+# torch.utils._python_dispatch.TorchDispatchMode: same constructor and
+# __torch_dispatch__(func, types, args, kwargs) protocol in torch 2.6 through 2.13
+# (checked: 2.13.0+cpu here; the 2.11 source). The public
+# torch.distributed.tensor.debug.CommDebugMode is built on it but keeps only
+# per-op counts (no bytes, no order) and installs global module hooks.
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+
+def device_sleep(device: torch.device, cycles: int) -> bool:
+    """Enqueues a kernel that spins ``cycles`` GPU clock cycles on the current stream.
+
+    Uses ``torch.cuda._sleep`` (private; present with the same signature in torch
+    2.0 through 2.13, checked in 2.13.0+cpu and the 2.11 source). Returns False
+    when this device has no such kernel (CPU, HPU, XPU, or a torch without it),
+    so the caller falls back to public work (see ``delays.py``).
+    """
+    if device.type != "cuda" or not hasattr(torch.cuda, "_sleep"):
+        return False
+    torch.cuda._sleep(int(cycles))
+    return True
+
+
+def dispatched_group_size(value) -> int:
+    """Size of the process group a c10d dispatcher op received, or 0 if ``value`` is none.
+
+    At the dispatcher a ProcessGroup arrives boxed as a ``torch.ScriptObject``;
+    ``ProcessGroup.unbox`` (undocumented; present in torch 2.2 through 2.13,
+    checked in 2.13.0+cpu) turns it back into the Python object.
+    """
+    group = value
+    if isinstance(value, torch.ScriptObject):
+        unbox = getattr(dist.ProcessGroup, "unbox", None)
+        if unbox is None:
+            return 0
+        try:
+            group = unbox(value)
+        except Exception:  # noqa: BLE001 - another kind of script object
+            return 0
+    if isinstance(group, dist.ProcessGroup):
+        return group.size()
+    return 0
+def set_gradient_divide_factor(model: torch.nn.Module, factor: float) -> None:
+    """Sets FSDP2's gradient divide factor on every ``fully_shard`` module in ``model``.
+
+    The public ``FSDPModule.set_gradient_divide_factor`` (torch 2.8 and newer; checked
+    in 2.13, and present in 2.11) applies to one module's parameters only, so it is
+    called on each. Reduced gradients are then ``sum over all data-parallel ranks of
+    their gradients / factor``, for 1-D and 2-D (HSDP) meshes alike. torch 2.6 and 2.7
+    have only ``set_reduce_scatter_divide_factor``, used as a fallback: there the
+    factor applies to the reduce-scatter alone and HSDP's all-reduce divides again
+    (pytorch#155903), so HSDP tests of the factor fail on those versions, as they
+    should.
+    """
+    for module in model.modules():
+        if FSDPModule is None or not isinstance(module, FSDPModule):
+            continue
+        setter = getattr(module, "set_gradient_divide_factor", None)
+        if setter is None:  # torch < 2.8
+            setter = module.set_reduce_scatter_divide_factor
+        setter(factor)
+
+
+def set_force_sum_reduction_for_comms(model: torch.nn.Module, enable: bool) -> None:
+    """``FSDPModule.set_force_sum_reduction_for_comms(enable)`` on every FSDP2 module.
+
+    With it, FSDP2 reduces with ``ReduceOp.SUM`` only and divides before/after
+    the collectives, instead of ``AVG`` or ``PREMUL_SUM`` (which gloo lacks: "Cannot
+    use ReduceOp.PREMUL_SUM with Gloo"). Added with ``set_gradient_divide_factor``
+    (torch 2.8, pytorch#155915); checked in 2.13. Raises ``RuntimeError`` on older torch.
+    """
+    for module in model.modules():
+        if FSDPModule is None or not isinstance(module, FSDPModule):
+            continue
+        if not hasattr(module, "set_force_sum_reduction_for_comms"):
+            raise RuntimeError(f"torch {torch.__version__} has no FSDP2 "
+                               "set_force_sum_reduction_for_comms (added in 2.8)")
+        module.set_force_sum_reduction_for_comms(enable)

@@ -176,10 +176,10 @@ SHARED_TWICE = register(ModelSpec(
 # (c) Tiny transformer with tied embedding and a buffer -------------------------
 
 class _Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True):
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x, mask):
@@ -193,12 +193,13 @@ class _Attention(nn.Module):
 
 
 class _TransformerBlock(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, ffn: int = 0, qkv_bias: bool = True):
         super().__init__()
+        ffn = ffn or 2 * dim
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = _Attention(dim, heads)
+        self.attn = _Attention(dim, heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), nn.Linear(ffn, dim))
 
     def forward(self, x, mask):
         x = x + self.attn(self.norm1(x), mask)
@@ -253,6 +254,76 @@ TIED_TRANSFORMER = register(ModelSpec(
     make_batch=_token_batch,
     loss_fn=_lm_loss,
     description="2-layer transformer, tied embedding/lm_head, buffers",
+))
+
+
+# (c2) Transformer with odd dimensions ----------------------------------------
+
+class OddTransformer(nn.Module):
+    """Decoder-only transformer whose sizes divide by neither 2 nor 4.
+
+    vocab 37, model width 21, 3 heads of 7, feed-forward 45, sequence 7, 3
+    blocks; learned positions ``pos`` (7 x 21); ``lm_head.weight`` is
+    ``embed.weight``. Every parameter's first dimension is odd, so FSDP2 splits
+    each unevenly at world size 2 and 4; every unit has an odd element count
+    (3825 per block, 945 in the root), so FSDP1 pads every flat parameter.
+
+    ``qkv`` has no bias (as in LLaMA-style models): a key bias gets a gradient
+    of exactly 0 in exact arithmetic (softmax ignores a per-query constant), so
+    its computed gradient is rounding noise whose sign Adam turns into full-size
+    updates that no two reduction orders agree on. The final LayerNorm has no
+    bias, which makes the root's element count odd.
+    """
+
+    VOCAB, DIM, HEADS, FFN, SEQ, DEPTH = 37, 21, 3, 45, 7, 3
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(self.VOCAB, self.DIM)
+        # Small initial embeddings as in GPT-style models: the tied lm_head then
+        # starts near uniform logits instead of a loss several times ln(vocab).
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.pos = nn.Parameter(0.02 * torch.randn(self.SEQ, self.DIM))
+        self.layers = nn.ModuleList(
+            _TransformerBlock(self.DIM, self.HEADS, self.FFN, qkv_bias=False)
+            for _ in range(self.DEPTH))
+        self.norm = nn.LayerNorm(self.DIM, bias=False)
+        self.lm_head = nn.Linear(self.DIM, self.VOCAB, bias=False)
+        self.lm_head.weight = self.embed.weight
+        mask = torch.triu(torch.ones(self.SEQ, self.SEQ, dtype=torch.bool), diagonal=1)
+        self.register_buffer("causal_mask", mask, persistent=False)
+
+    def forward(self, tokens):
+        t = tokens.shape[1]
+        x = self.embed(tokens) + self.pos[:t]
+        for layer in self.layers:
+            x = layer(x, self.causal_mask)
+        return self.lm_head(self.norm(x))
+
+
+def _stride_token_batch(gen: torch.Generator, batch_size: int) -> Batch:
+    """Learnable sequences: each counts up from a random token by a stride of 1, 2 or 3.
+
+    The next token follows from the context, so the loss falls below ln(vocab)
+    within a few optimizer steps, as in real training, instead of hovering at
+    it on random tokens.
+    """
+    vocab, seq = OddTransformer.VOCAB, OddTransformer.SEQ
+    start = torch.randint(0, vocab, (batch_size, 1), generator=gen)
+    stride = torch.randint(1, 4, (batch_size, 1), generator=gen)
+    tokens = (start + stride * torch.arange(seq + 1)) % vocab
+    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+
+
+ODD_TRANSFORMER = register(ModelSpec(
+    name="odd_transformer",
+    factory=OddTransformer,
+    # Each block is a unit; the tied embed/lm_head stay in the root unit.
+    units=tuple(f"layers.{i}" for i in range(OddTransformer.DEPTH)),
+    make_batch=_stride_token_batch,
+    loss_fn=_lm_loss,
+    description="3-block transformer, odd sizes (vocab 37, width 21, 3 heads, ffn 45), tied, "
+                "learnable token sequences",
 ))
 
 

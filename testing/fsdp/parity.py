@@ -16,8 +16,9 @@ shape mismatches.  Tolerances come from the dtype of the run (pass
 reference) unless ``rtol``/``atol`` are given.
 """
 
+import contextlib
 import dataclasses
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -226,3 +227,39 @@ def assert_same_across_ranks(tensors: TensorTree, *, name: str = "tensor",
                              + "\n".join("  " + d for d in dtypes))
     _check(local, expected, what="tensor", rank=rank, dtype=None, rtol=rtol, atol=atol,
            context=where)
+
+
+class DeferredFailures:
+    """Collects assertion failures of several checks and raises them together at the end.
+
+    A loop that runs collectives (training, ``params.full_params``, a forward)
+    between checks must not stop on one rank while the others go on: they would
+    wait for it in the next collective and fail as hung. With ::
+
+        failures = parity.DeferredFailures()
+        for shape in shapes:
+            ...  # collectives
+            with failures.check(f"mesh {shape}"):
+                parity.assert_params_close(...)
+        failures.raise_if_any()
+
+    every rank runs every iteration, and each failing rank then raises one
+    ``AssertionError`` holding every failed check's message, labelled.
+    """
+
+    def __init__(self) -> None:
+        self.messages: List[str] = []
+
+    @contextlib.contextmanager
+    def check(self, label: str) -> Iterator[None]:
+        """Runs the block; an ``AssertionError`` in it is recorded under ``label``."""
+        try:
+            yield
+        except AssertionError as error:
+            self.messages.append(f"[{label}] {error}")
+
+    def raise_if_any(self) -> None:
+        """Raises one ``AssertionError`` with every recorded message, if any."""
+        if self.messages:
+            raise AssertionError(f"{len(self.messages)} failed check(s):\n"
+                                 + "\n".join(self.messages))

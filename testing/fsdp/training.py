@@ -139,9 +139,10 @@ def check_against_reference(spec: ModelSpec, api: str, *, steps: int = 3, seed: 
     """Wraps ``spec``'s model with ``api``, trains it and a reference, asserts parity.
 
     Compares the rank-averaged losses and every full parameter (and buffer if
-    ``buffers``) with tolerances of ``wrap_options.get("mixed_precision")`` or
-    float32.  ``units`` defaults to ``spec.units``.  Returns a dict with
-    ``model``, ``reference``, ``losses`` and ``reference_losses``.
+    ``buffers``) with tolerances of the compute dtype of
+    ``wrap_options.get("mixed_precision")`` (float32 without).  ``units``
+    defaults to ``spec.units``.  Returns a dict with ``model``, ``reference``,
+    ``losses`` and ``reference_losses``.
     """
     units = spec.units if units is None else units
     model = wrapping.wrap(spec.build(seed), api, units, device=device, **wrap_options)
@@ -149,7 +150,7 @@ def check_against_reference(spec: ModelSpec, api: str, *, steps: int = 3, seed: 
                    optim_fn=optim_fn, before_step=before_step)
     ref, ref_losses = reference_train(spec, steps=steps, seed=seed, batch_size=batch_size,
                                       device=device, optim_fn=optim_fn)
-    dtype = wrap_options.get("mixed_precision") or torch.float32
+    dtype = wrapping.compute_dtype(wrap_options.get("mixed_precision"))
     context = f"model={spec.name} api={api} steps={steps}"
     actual = params.full_params(model, buffers=buffers)  # collective: before any assert
     parity.assert_params_close(actual, params.full_params(ref, buffers=buffers), dtype=dtype,

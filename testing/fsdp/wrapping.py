@@ -6,14 +6,20 @@ root, and places the model on the rank's device:
     model = wrapping.wrap(spec.build(seed), "fsdp2", units=spec.units,
                           device=self.device, mixed_precision=torch.bfloat16)
 
-Options common to both APIs are spelled once (``mixed_precision`` is a dtype,
-``cpu_offload`` a bool); API-specific options (``sharding_strategy`` and
+Options common to both APIs are spelled once (``mixed_precision`` is a dtype
+or a :class:`Precision`, ``cpu_offload`` a bool); API-specific options (``sharding_strategy`` and
 ``use_orig_params`` for FSDP1, ``reshard_after_forward`` for FSDP2) raise
 ``ValueError`` when given to the other API.  Anything else in ``extra`` goes
 to the FSDP constructor / ``fully_shard`` unchanged.
+
+A model on the meta device (``wrap_spec(..., init_device="meta")``) is not
+moved: FSDP1 materializes it (``reset_parameters()`` per module, or
+``extra={"param_init_fn": fn}``), FSDP2 gets ``to_empty(device=...)`` and
+``reset_parameters()`` per module after sharding.
 """
 
-from typing import Any, Dict, Optional, Sequence, Union
+import dataclasses
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -21,6 +27,80 @@ from torch import nn
 from testing.fsdp import compat
 
 APIS = ("fsdp1", "fsdp2")
+
+
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """An API-neutral mixed-precision policy for :func:`wrap`.
+
+    ``None`` fields take the API's own default, except ``reduce_dtype`` and
+    FSDP1's ``buffer_dtype``, which default to ``param_dtype`` (as a plain dtype
+    passed as ``mixed_precision`` does).
+
+    Attributes:
+      param_dtype: dtype the unit's parameters are cast to for forward/backward.
+      reduce_dtype: dtype of the gradient reduction (and, for FSDP2, of the
+        gradients accumulated without synchronization).
+      cast_forward_inputs: cast the unit's floating-point forward inputs to
+        ``param_dtype`` (FSDP1 default False, its root casts anyway; FSDP2
+        default True).
+      output_dtype: FSDP2 only: dtype the unit's floating-point outputs are cast to.
+      buffer_dtype: FSDP1 only: dtype buffers are cast to.
+    """
+
+    param_dtype: Optional[torch.dtype] = None
+    reduce_dtype: Optional[torch.dtype] = None
+    cast_forward_inputs: Optional[bool] = None
+    output_dtype: Optional[torch.dtype] = None
+    buffer_dtype: Optional[torch.dtype] = None
+
+
+MixedPrecisionOption = Union[None, torch.dtype, Precision]
+
+
+def as_precision(option: MixedPrecisionOption) -> Optional[Precision]:
+    """``mixed_precision`` as a :class:`Precision` (a dtype means param = reduce dtype)."""
+    if option is None or isinstance(option, Precision):
+        return option
+    if isinstance(option, torch.dtype):
+        return Precision(param_dtype=option, reduce_dtype=option)
+    raise TypeError(f"mixed_precision must be a torch.dtype or wrapping.Precision, "
+                    f"got {type(option).__name__}")
+
+
+def compute_dtype(option: MixedPrecisionOption) -> torch.dtype:
+    """The dtype a model wrapped with ``mixed_precision=option`` computes in."""
+    policy = as_precision(option)
+    return policy.param_dtype if policy and policy.param_dtype else torch.float32
+
+
+def _fsdp1_policy(option: MixedPrecisionOption):
+    policy = as_precision(option)
+    if policy is None:
+        return None
+    if policy.output_dtype is not None:
+        raise ValueError("output_dtype is an FSDP2 option (MixedPrecisionPolicy)")
+    kwargs = dict(param_dtype=policy.param_dtype,
+                  reduce_dtype=policy.reduce_dtype or policy.param_dtype,
+                  buffer_dtype=policy.buffer_dtype or policy.param_dtype)
+    if policy.cast_forward_inputs is not None:
+        kwargs["cast_forward_inputs"] = policy.cast_forward_inputs
+    return compat.MixedPrecision(**kwargs)
+
+
+def _fsdp2_policy(option: MixedPrecisionOption):
+    policy = as_precision(option)
+    if policy is None:
+        return None
+    if policy.buffer_dtype is not None:
+        raise ValueError("buffer_dtype is an FSDP1 option (FSDP2 does not cast buffers)")
+    kwargs = dict(param_dtype=policy.param_dtype,
+                  reduce_dtype=policy.reduce_dtype or policy.param_dtype)
+    if policy.output_dtype is not None:
+        kwargs["output_dtype"] = policy.output_dtype
+    if policy.cast_forward_inputs is not None:
+        kwargs["cast_forward_inputs"] = policy.cast_forward_inputs
+    return compat.MixedPrecisionPolicy(**kwargs)
 
 
 def default_device() -> torch.device:
@@ -60,7 +140,8 @@ def wrap(
     units: Optional[Sequence[str]] = None,
     *,
     device: Optional[Union[torch.device, str]] = None,
-    mixed_precision: Optional[torch.dtype] = None,
+    mixed_precision: MixedPrecisionOption = None,
+    unit_mixed_precision: Optional[Mapping[str, MixedPrecisionOption]] = None,
     cpu_offload: bool = False,
     sharding_strategy=None,
     use_orig_params: Optional[bool] = None,
@@ -80,7 +161,10 @@ def wrap(
         else CPU.  FSDP1 always gets it as ``device_id`` (needed on CPU too).
       mixed_precision: compute dtype (e.g. ``torch.bfloat16``); FSDP1 gets
         ``MixedPrecision(param_dtype, reduce_dtype, buffer_dtype)`` and FSDP2
-        ``MixedPrecisionPolicy(param_dtype, reduce_dtype)`` of that dtype.
+        ``MixedPrecisionPolicy(param_dtype, reduce_dtype)`` of that dtype. A
+        :class:`Precision` sets the dtypes and casts separately.
+      unit_mixed_precision: per-unit override of ``mixed_precision``, keyed by
+        unit name (``""`` for the root); a value of ``None`` means full precision.
       cpu_offload: FSDP1 ``CPUOffload(offload_params=True)`` / FSDP2
         ``CPUOffloadPolicy()``; ``ValueError`` on a CPU device (torch needs an
         accelerator for offload).
@@ -91,6 +175,13 @@ def wrap(
       mesh: FSDP2 only; a DeviceMesh (default: 1-D over the world).
       extra: further keyword arguments for every FSDP constructor /
         ``fully_shard`` call.
+
+    A model whose parameters are on the meta device is sharded where it is
+    and materialized on ``device``: FSDP1 calls each module's
+    ``reset_parameters()`` (or ``extra["param_init_fn"]``); for FSDP2 this
+    calls ``to_empty(device=device)`` and then each module's
+    ``reset_parameters()`` on the sharded parameters (values drawn per shard,
+    so they differ from an eager model's: load a state dict for those).
 
     Returns:
       The FSDP1 root wrapper, or ``model`` itself for FSDP2.
@@ -103,29 +194,40 @@ def wrap(
                          "offload moves parameters between CPU and the device")
     extra = dict(extra or {})
     ordered = _sorted_units(model, units or ())
+    policies = _unit_policies(ordered, mixed_precision, unit_mixed_precision)
+    for policy in policies.values():  # refuse another API's option before wrapping anything
+        (_fsdp1_policy if api == "fsdp1" else _fsdp2_policy)(policy)
     if api == "fsdp1":
         if reshard_after_forward is not None:
             raise ValueError("reshard_after_forward is an FSDP2 option; "
                              "use sharding_strategy for fsdp1")
         if mesh is not None:
             raise ValueError("mesh is an FSDP2 option")
-        return _wrap_fsdp1(model, ordered, device, mixed_precision, cpu_offload,
+        return _wrap_fsdp1(model, ordered, device, policies, cpu_offload,
                            _strategy(sharding_strategy), use_orig_params, extra)
     if sharding_strategy is not None or use_orig_params is not None:
         raise ValueError("sharding_strategy/use_orig_params are FSDP1 options; "
                          "use reshard_after_forward for fsdp2")
-    return _wrap_fsdp2(model, ordered, device, mixed_precision, cpu_offload,
+    return _wrap_fsdp2(model, ordered, device, policies, cpu_offload,
                        reshard_after_forward, mesh, extra)
 
 
-def _wrap_fsdp1(model, units, device, mp_dtype, cpu_offload, strategy,
+def _unit_policies(units: Sequence[str], mixed_precision: MixedPrecisionOption,
+                   per_unit: Optional[Mapping[str, MixedPrecisionOption]]):
+    """``{unit name or "" (root): mixed-precision option}`` for every unit and the root."""
+    per_unit = dict(per_unit or {})
+    unknown = set(per_unit) - set(units) - {""}
+    if unknown:
+        raise ValueError(f"unit_mixed_precision names {sorted(unknown)}, which are not "
+                         f"units {list(units)} or the root ''")
+    return {name: per_unit.get(name, mixed_precision) for name in list(units) + [""]}
+
+
+def _wrap_fsdp1(model, units, device, policies, cpu_offload, strategy,
                 use_orig_params, extra):
     # torch >= 2.x refuses CPU modules without an explicit CPU device_id
     # ("FSDP needs a non-CPU accelerator device"), so always pass it.
     kwargs: Dict[str, Any] = {"device_id": device}
-    if mp_dtype is not None:
-        kwargs["mixed_precision"] = compat.MixedPrecision(
-            param_dtype=mp_dtype, reduce_dtype=mp_dtype, buffer_dtype=mp_dtype)
     if cpu_offload:
         kwargs["cpu_offload"] = compat.CPUOffload(offload_params=True)
     if strategy is not None:
@@ -133,44 +235,79 @@ def _wrap_fsdp1(model, units, device, mp_dtype, cpu_offload, strategy,
     if use_orig_params is not None:
         kwargs["use_orig_params"] = use_orig_params
     kwargs.update(extra)
-    if not cpu_offload:
+    # A meta model stays where it is: FSDP1 materializes it on device_id.
+    if not cpu_offload and not is_meta(model):
         model = model.to(device)
+
+    def unit_kwargs(name):
+        policy = _fsdp1_policy(policies[name])
+        # An explicit mixed_precision in extra (kwargs) wins over the wrap option.
+        return {"mixed_precision": policy, **kwargs} if policy is not None else kwargs
+
     for name in units:
-        _set_submodule(model, name, compat.FSDP(model.get_submodule(name), **kwargs))
-    return compat.FSDP(model, **kwargs)
+        _set_submodule(model, name,
+                       compat.FSDP(model.get_submodule(name), **unit_kwargs(name)))
+    return compat.FSDP(model, **unit_kwargs(""))
 
 
-def _wrap_fsdp2(model, units, device, mp_dtype, cpu_offload, reshard, mesh, extra):
+def _wrap_fsdp2(model, units, device, policies, cpu_offload, reshard, mesh, extra):
     if not compat.has_fsdp2():
         raise RuntimeError(f"FSDP2 (fully_shard) is not available in torch {torch.__version__}")
     if mesh is None:
         mesh = compat.init_device_mesh(device.type, (compat.world_size(),))
     kwargs: Dict[str, Any] = {"mesh": mesh}
-    if mp_dtype is not None:
-        kwargs["mp_policy"] = compat.MixedPrecisionPolicy(param_dtype=mp_dtype,
-                                                          reduce_dtype=mp_dtype)
     if cpu_offload:
         kwargs["offload_policy"] = compat.CPUOffloadPolicy()
     if reshard is not None:
         kwargs["reshard_after_forward"] = reshard
     kwargs.update(extra)
-    # Buffers are never offloaded, so move everything; fully_shard then moves
-    # the parameter shards to CPU when offloading.
-    model = model.to(device)
+    meta = is_meta(model)
+    if not meta:
+        # Buffers are never offloaded, so move everything; fully_shard then
+        # moves the parameter shards to CPU when offloading.
+        model = model.to(device)
+
+    def unit_kwargs(name):
+        policy = _fsdp2_policy(policies[name])
+        # An explicit mp_policy in extra (kwargs) wins over the wrap option.
+        return {"mp_policy": policy, **kwargs} if policy is not None else kwargs
+
     for name in units:
-        compat.fully_shard(model.get_submodule(name), **kwargs)
-    compat.fully_shard(model, **kwargs)
+        compat.fully_shard(model.get_submodule(name), **unit_kwargs(name))
+    compat.fully_shard(model, **unit_kwargs(""))
+    if meta:
+        # fully_shard leaves meta DTensors: give them storage, then initialize.
+        model.to_empty(device=device)
+        for module in model.modules():
+            if callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
     return model
 
 
+def is_meta(model: nn.Module) -> bool:
+    """True if any parameter or buffer of ``model`` is on the meta device."""
+    return any(t.is_meta for t in model.parameters()) or any(
+        t.is_meta for t in model.buffers())
+
+
 def wrap_spec(spec, api: str, *, seed: int = 0, units: Optional[Sequence[str]] = None,
+              init_device: Optional[Union[torch.device, str]] = None,
               **wrap_options: Any) -> nn.Module:
     """Builds ``spec``'s model from ``seed`` and shards it with :func:`wrap`.
 
     The one-call form of ``wrap(spec.build(seed), api, spec.units, ...)``
     that test files use. ``units`` defaults to ``spec.units``; every other
-    keyword goes to :func:`wrap` (``device``, ``mixed_precision``, ...).
+    keyword goes to :func:`wrap` (``device``, ``mixed_precision``, ``extra``, ...).
+
+    ``init_device`` is where the model is constructed (default CPU):
+    ``"meta"`` builds it under ``torch.device("meta")`` without storage, and
+    :func:`wrap` materializes it on ``device`` (meta-device initialization);
+    an accelerator builds it there, drawing from that device's generator.
     """
-    return wrap(spec.build(seed), api, spec.units if units is None else units,
-                **wrap_options)
+    if init_device is None:
+        model = spec.build(seed)
+    else:
+        with torch.device(init_device):
+            model = spec.build(seed)
+    return wrap(model, api, spec.units if units is None else units, **wrap_options)
 

@@ -11,8 +11,8 @@ class BuilderTest(parameterized.TestCase):
 
     def test_registry_has_every_family(self):
         self.assertContainsSubset(
-            {"nested_mlp", "shared_twice", "tied_transformer", "uneven_mlp",
-             "batchnorm_mlp", "frozen_backbone"}, set(models.names()))
+            {"nested_mlp", "shared_twice", "tied_transformer", "odd_transformer",
+             "uneven_mlp", "batchnorm_mlp", "frozen_backbone"}, set(models.names()))
         with self.assertRaisesRegex(KeyError, "unknown model 'nope'"):
             models.get("nope")
 
@@ -55,6 +55,27 @@ class BuilderTest(parameterized.TestCase):
         self.assertTrue(all(not p.requires_grad for p in frozen.backbone.parameters()))
         self.assertTrue(all(p.requires_grad for p in frozen.head.parameters()))
         self.assertTrue(models.get("batchnorm_mlp").local_batch_stats)
+
+    def test_odd_transformer_sizes_expose_padding(self):
+        spec = models.get("odd_transformer")
+        model = spec.build(0)
+        self.assertIs(model.lm_head.weight, model.embed.weight)
+        self.assertEqual(spec.units, ("layers.0", "layers.1", "layers.2"))
+        for name, p in model.named_parameters():
+            self.assertEqual(p.shape[0] % 2, 1, f"{name}: first dimension {p.shape[0]} is even")
+        unit_numels = [sum(p.numel() for p in model.get_submodule(u).parameters())
+                       for u in spec.units]
+        root_numel = sum(p.numel() for n, p in model.named_parameters()
+                         if not n.startswith("layers."))
+        for numel in unit_numels + [root_numel]:
+            self.assertEqual(numel % 2, 1, f"unit element counts {unit_numels}, root "
+                                           f"{root_numel}: FSDP1 would not pad an even one")
+        self.assertTrue(any(isinstance(m, torch.nn.LayerNorm) for m in model.modules()))
+        # Batches follow a learnable rule: each row counts up by a fixed stride.
+        x, y = spec.make_batch(torch.Generator().manual_seed(0), 4)
+        self.assertEqual(tuple(x.shape), (4, 7))
+        steps = (y - x) % 37
+        self.assertTrue(torch.equal(steps, steps[:, :1].expand_as(steps)), steps)
 
 
 class DataTest(absltest.TestCase):

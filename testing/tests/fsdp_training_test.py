@@ -1,8 +1,9 @@
 """Multi-rank self-tests of testing/fsdp: full_params, wrap options and parity.
 
 Checks that helpers agree with an unwrapped reference for every model builder
-under FSDP1 and FSDP2, and that a real divergence (one rank's gradients
-scaled) fails with a message naming parameter, rank and size of the error.
+under FSDP1 and FSDP2 (``uneven_mlp`` at world size 4: fsdp_training_ws4_test.py),
+and that a real divergence (one rank's gradients scaled) fails with a message
+naming parameter, rank and size of the error.
 """
 
 from absl.testing import parameterized
@@ -11,7 +12,7 @@ import torch
 from testing import multirank
 from testing.fsdp import compat, data, models, params, parity, training, wrapping
 
-APIS = ("fsdp1", "fsdp2")
+APIS = wrapping.APIS
 
 
 def _scale_grads_on_rank(rank, factor):
@@ -26,20 +27,19 @@ def _scale_grads_on_rank(rank, factor):
 
 
 class FullParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
-    world_size = 2
 
     @parameterized.product(api=APIS, name=models.names())
     def test_round_trip(self, api, name):
         spec = models.get(name)
         expected = params.full_params(spec.build(seed=5), buffers=True)
-        model = wrapping.wrap(spec.build(seed=5), api, spec.units, device=self.device)
+        model = wrapping.wrap_spec(spec, api, seed=5, device=self.device)
         parity.assert_params_close(params.full_params(model, buffers=True), expected,
                                    rtol=0, atol=0, context=f"{api} {name}")
 
     @parameterized.parameters(dict(api="fsdp1", use_orig_params=True), dict(api="fsdp2"))
     def test_full_grads_match_reference(self, api, **options):
         spec = models.get("nested_mlp")
-        model = wrapping.wrap(spec.build(0), api, spec.units, device=self.device, **options)
+        model = wrapping.wrap_spec(spec, api, device=self.device, **options)
         training.train(model, spec, steps=1, optim_fn=lambda ps: torch.optim.SGD(ps, lr=0.0))
         ref = spec.build(0).to(self.device)
         x, y = data.global_batch(spec, seed=0, world_size=self.world_size, step=0,
@@ -59,7 +59,6 @@ class FullParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
 
 class WrapOptionsTest(multirank.MultiRankTestCase, parameterized.TestCase):
-    world_size = 2
 
     def test_wrong_api_options_rejected(self):
         build = models.get("nested_mlp").build
@@ -74,11 +73,61 @@ class WrapOptionsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         with self.assertRaises(AttributeError):
             wrapping.wrap(build(0), "fsdp2", ["no.such.unit"], device=self.device)
 
+    def test_precision_options(self):
+        build = models.get("nested_mlp").build
+        with self.assertRaisesRegex(ValueError, "output_dtype is an FSDP2 option"):
+            wrapping.wrap(build(0), "fsdp1", device=self.device,
+                          mixed_precision=wrapping.Precision(torch.bfloat16,
+                                                             output_dtype=torch.float32))
+        with self.assertRaisesRegex(ValueError, "buffer_dtype is an FSDP1 option"):
+            wrapping.wrap(build(0), "fsdp2", device=self.device,
+                          mixed_precision=wrapping.Precision(torch.bfloat16,
+                                                             buffer_dtype=torch.float32))
+        with self.assertRaisesRegex(ValueError, "not units"):
+            wrapping.wrap(build(0), "fsdp2", ["layers.0"], device=self.device,
+                          unit_mixed_precision={"layers.1": torch.bfloat16})
+        with self.assertRaisesRegex(TypeError, "torch.dtype or wrapping.Precision"):
+            wrapping.wrap(build(0), "fsdp2", device=self.device, mixed_precision="bf16")
+        self.assertEqual(wrapping.compute_dtype(None), torch.float32)
+        self.assertEqual(wrapping.compute_dtype(torch.float16), torch.float16)
+        # Per unit: layers.0 keeps the model-wide bf16/fp32 policy, layers.1 runs fp16,
+        # the root none; FSDP1 exposes each wrapper's policy.
+        policy = wrapping.Precision(torch.bfloat16, reduce_dtype=torch.float32)
+        model = wrapping.wrap(build(0), "fsdp1", ["layers.0", "layers.1"], device=self.device,
+                              mixed_precision=policy,
+                              unit_mixed_precision={"layers.1": torch.float16, "": None})
+        got = {name: (m.mixed_precision.param_dtype, m.mixed_precision.reduce_dtype)
+               for name, m in model.named_modules() if isinstance(m, compat.FSDP)}
+        self.assertEqual(got, {"": (None, None),
+                               "_fsdp_wrapped_module.layers.0": (torch.bfloat16, torch.float32),
+                               "_fsdp_wrapped_module.layers.1": (torch.float16, torch.float16)})
+
     def test_fsdp1_units_are_wrapped_nested(self):
         spec = models.get("nested_mlp")
-        model = wrapping.wrap(spec.build(0), "fsdp1", spec.units, device=self.device)
+        model = wrapping.wrap_spec(spec, "fsdp1", device=self.device)
         wrapped = [n for n, m in model.named_modules() if isinstance(m, compat.FSDP)]
         self.assertLen(wrapped, len(spec.units) + 1)
+
+    def test_wrap_spec_meta_init_reaches_fsdp_on_meta(self):
+        seen = []
+
+        def init(module):
+            own = list(module.parameters(recurse=False))
+            if own:  # containers have none of their own
+                seen.append(all(p.is_meta for p in own))
+            module.to_empty(device=self.device, recurse=False)
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+        spec = models.get("nested_mlp")
+        model = wrapping.wrap_spec(spec, "fsdp1", init_device="meta", device=self.device,
+                                   extra={"param_init_fn": init})
+        self.assertTrue(seen and all(seen), f"param_init_fn saw meta modules: {seen}")
+        self.assertFalse(wrapping.is_meta(model))
+        model = wrapping.wrap_spec(spec, "fsdp2", init_device="meta", device=self.device)
+        for name, p in model.named_parameters():
+            self.assertTrue(compat.is_dtensor(p) and not p.is_meta, name)
+            self.assertEqual(p.to_local().device.type, self.device.type, name)
 
     @parameterized.product(api=APIS, dtype=(torch.bfloat16, torch.float16))
     def test_mixed_precision_parity(self, api, dtype):
@@ -107,18 +156,11 @@ class WrapOptionsTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
 
 class ParityTest(multirank.MultiRankTestCase, parameterized.TestCase):
-    world_size = 2
 
     @parameterized.product(api=APIS, name=models.names())
     def test_every_builder_matches_reference(self, api, name):
         training.check_against_reference(models.get(name), api, device=self.device,
                                          buffers=name != "batchnorm_mlp")
-
-    @multirank.world_size(4)
-    @parameterized.parameters(*APIS)
-    def test_uneven_world_size_4(self, api):
-        training.check_against_reference(models.get("uneven_mlp"), api, device=self.device,
-                                         buffers=True)
 
     @parameterized.parameters(*APIS)
     def test_scaled_grads_on_rank1_fail_readably(self, api):

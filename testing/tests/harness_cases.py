@@ -40,14 +40,29 @@ class Passing(multirank.MultiRankTestCase):
     def test_same_across_ranks(self):
         parity.assert_same_across_ranks(torch.ones(3, device=self.device))
 
-    @multirank.world_size(3)
+
+class RequiresWorldSizeThree(multirank.MultiRankTestCase):
+    """Only makes sense at world size 3: fails loudly at any other."""
+
+    required_world_size = 3
+
     def test_world_size_three(self):
         self.assertEqual(dist.get_world_size(), 3)
+
+
+class SetsWorldSizeAttribute(multirank.MultiRankTestCase):
+    """The old way of pinning a size, which no longer applies silently."""
+
+    world_size = 4
+
+    def test_never_runs(self):
+        pass
 
 
 class OneRankRaises(multirank.MultiRankTestCase):
 
     def test_rank1_raises(self):
+        _record_pid(self.rank)
         if self.rank == 1:
             raise ValueError("boom on rank one")
 
@@ -135,6 +150,36 @@ class Sharded(multirank.MultiRankTestCase):
 
     def test_s5(self):
         dist.barrier()
+
+
+class SetsProcessState(multirank.MultiRankTestCase):
+    """Changes process-wide state on the ranks, in its rank-side class set-up."""
+
+    @classmethod
+    def setUpClassOnRanks(cls):
+        os.environ["HARNESS_CASES_LEAK"] = "1"
+        torch.set_default_dtype(torch.float64)
+
+    def test_state_is_set(self):
+        _record_pid(self.rank)
+        self.assertEqual(os.environ.get("HARNESS_CASES_LEAK"), "1")
+        self.assertEqual(torch.get_default_dtype(), torch.float64)
+
+
+class SeesCleanState(multirank.MultiRankTestCase):
+    """Run after SetsProcessState on the same ranks: none of its state is left."""
+
+    def test_state_is_clean(self):
+        _record_pid(self.rank)
+        self.assertNotIn("HARNESS_CASES_LEAK", os.environ)
+        self.assertEqual(torch.get_default_dtype(), torch.float32)
+
+
+class AlsoRecordsPid(multirank.MultiRankTestCase):
+    """A second class that records its ranks' pids, to see whether they were reused."""
+
+    def test_records_pid_c(self):
+        _record_pid(self.rank)
 
 
 if __name__ == "__main__":

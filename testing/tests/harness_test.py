@@ -17,6 +17,8 @@ import xml.etree.ElementTree as ElementTree
 from absl.testing import absltest
 
 from testing import devices
+from testing import rank_protocol
+from testing import rank_server
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _CASES = os.path.join(_HERE, "harness_cases.py")
@@ -51,7 +53,8 @@ class CasesRun:
                         HARNESS_SELFTEST_MARK=self.marker.split("=")[1])
         for name in ("TEST_TOTAL_SHARDS", "TEST_SHARD_INDEX", "TEST_SHARD_STATUS_FILE",
                      "TESTBRIDGE_TEST_ONLY", "TEST_PREMATURE_EXIT_FILE",
-                     "FSDP_TEST_DEVICE", "FSDP_TEST_MISSING_DEVICE"):
+                     "FSDP_TEST_DEVICE", "FSDP_TEST_MISSING_DEVICE", "FSDP_TEST_WORLD_SIZE",
+                     "FSDP_TEST_POOL_SCOPE"):
             self.env.pop(name, None)
         self.env.update(env or {})
         if pytest:
@@ -103,18 +106,84 @@ class HarnessTest(absltest.TestCase):
     def cases(self, *args, **kwargs) -> CasesRun:
         return CasesRun(self, list(args), **kwargs).run()
 
+    def pids(self, run: CasesRun, rank: int):
+        """The pids rank ``rank`` recorded, in test order."""
+        with open(os.path.join(run.state_dir, f"pids{rank}")) as f:
+            return f.read().split()
+
     def test_passing_tests_pass_and_reuse_the_ranks(self):
         run = self.cases("Passing")
         self.assertEqual(run.returncode, 0, run.output)
-        self.assertIn("Ran 5 tests", run.output)
+        self.assertIn("Ran 4 tests", run.output)
         self.assertEqual(set(run.testcases().values()), {"passed"})
         for rank in (0, 1):
-            with open(os.path.join(run.state_dir, f"pids{rank}")) as f:
-                pids = f.read().split()
+            pids = self.pids(run, rank)
             self.assertLen(pids, 2)
             self.assertEqual(pids[0], pids[1], "ranks were restarted between tests")
         self.assertTrue(os.path.exists(
             os.path.join(run.state_dir, "out", "environment.json")))
+
+    def test_bazel_path_starts_ranks_per_class(self):
+        run = self.cases("Passing", "AlsoRecordsPid")
+        self.assertEqual(run.returncode, 0, run.output)
+        for rank in (0, 1):
+            pids = self.pids(run, rank)
+            self.assertLen(pids, 3)
+            self.assertEqual(pids[0], pids[1])
+            self.assertNotEqual(pids[1], pids[2], "a class reused another class's ranks")
+
+    def test_pytest_session_reuses_ranks_across_classes(self):
+        run = CasesRun(self, ["-k", "Passing or AlsoRecordsPid"], pytest=True).run()
+        self.assertIn("5 passed", run.output)
+        for rank in (0, 1):
+            pids = self.pids(run, rank)
+            self.assertLen(pids, 3)
+            self.assertEqual(len(set(pids)), 1, f"rank {rank} was restarted: {pids}")
+            for cls in ("Passing", "AlsoRecordsPid"):
+                with open(os.path.join(run.state_dir, "out", "rank_logs", cls,
+                                       f"rank{rank}.log")) as f:
+                    self.assertIn(f"{cls}.test_", f.read())
+
+    def test_pytest_session_replaces_ranks_after_a_failure(self):
+        run = CasesRun(self, ["-k", "OneRankRaises or AlsoRecordsPid"], pytest=True).run()
+        self.assertIn("1 failed, 1 passed", run.output)
+        for rank in (0, 1):
+            pids = self.pids(run, rank)
+            self.assertLen(pids, 2)
+            self.assertNotEqual(pids[0], pids[1], "ranks of a failed test were reused")
+
+    def test_pytest_session_does_not_leak_class_state(self):
+        run = CasesRun(self, ["-k", "SetsProcessState or SeesCleanState"], pytest=True).run()
+        self.assertIn("2 passed", run.output)
+        self.assertEqual(len(set(self.pids(run, 0))), 1, "the classes did not share ranks")
+
+    def test_required_world_size_mismatch_fails_with_one_line(self):
+        run = self.cases("RequiresWorldSizeThree")
+        self.assertNotEqual(run.returncode, 0)
+        self.assertIn("AssertionError: RequiresWorldSizeThree requires world size 3, but "
+                      "this target runs world size 2: declare world_sizes = [3] in its BUILD "
+                      "fsdp_test (pytest: --world-size=3)\n", run.output)
+
+    def test_required_world_size_met_passes(self):
+        run = self.cases("RequiresWorldSizeThree", "--world_size=3")
+        self.assertEqual(run.returncode, 0, run.output)
+
+    def test_class_attribute_world_size_fails_loudly(self):
+        run = self.cases("SetsWorldSizeAttribute")
+        self.assertNotEqual(run.returncode, 0)
+        self.assertIn("SetsWorldSizeAttribute sets world_size = 4 as a class attribute",
+                      run.output)
+
+    def test_rank_names_a_class_it_cannot_find(self):
+        request = rank_protocol.RunRequest("testing.tests.harness_cases", "NoSuchClass",
+                                           "test_x", "id", "/tmp")
+        _, problem = rank_server._resolve(request)  # pylint: disable=protected-access
+        self.assertEqual(problem, "cannot run testing.tests.harness_cases.NoSuchClass.test_x: "
+                         "module 'testing.tests.harness_cases' in the rank process has no "
+                         "class 'NoSuchClass'")
+        request = rank_protocol.RunRequest("no_such_module", "X", "test_x", "id", "/tmp")
+        _, problem = rank_server._resolve(request)  # pylint: disable=protected-access
+        self.assertIn("could not import module 'no_such_module'", problem)
 
     def test_exception_on_one_rank_names_the_rank_and_traceback(self):
         run = self.cases("OneRankRaises")
@@ -230,7 +299,7 @@ class HarnessTest(absltest.TestCase):
 
     def test_pytest_path_gives_the_same_results(self):
         run = CasesRun(self, ["-k", "Passing or OneRankRaises"], pytest=True).run()
-        self.assertIn("1 failed, 5 passed", run.output)
+        self.assertIn("1 failed, 4 passed", run.output)
         self.assertIn("--- rank 1: error ---", run.output)
 
     def test_pytest_path_takes_the_device_option(self):

@@ -10,7 +10,6 @@ Standard library only: it runs under the system python3.
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import os
 import pwd
@@ -23,31 +22,16 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.append(os.path.dirname(HERE))
+import device_table  # noqa: E402  tools/device_table.py: testing/devices.py without torch
+
 ME = "tools/remote"
 DEFAULT_PORT = 50151
 CACHE = os.environ.get("FSDP_CACHE_DIR") or os.path.expanduser("~/.cache/fsdp-conformance")
 # One stack per state directory (the integration test uses its own).
 STATE_DIR = os.path.abspath(os.environ.get("FSDP_REMOTE_STATE_DIR") or os.path.join(CACHE, "remote"))
 STATE_FILE = os.path.join(STATE_DIR, "state.json")
-
-
-def device_names():
-    """The device kinds of testing/devices.py (the suite's table), in its order.
-
-    Loaded by path: the `testing` package needs torch, which neither the system python3
-    nor the BuildGrid environment has; devices.py itself needs only the standard library.
-    """
-    name = "fsdp_conformance_devices"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, os.path.join(ROOT, "testing", "devices.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while loading.
-        spec.loader.exec_module(module)
-    return tuple(sys.modules[name].DEVICES)
-
-
-DEVICES = device_names()
+DEVICES = tuple(device_table.load().DEVICES)
 
 
 class Error(Exception):

@@ -43,7 +43,6 @@ import uuid
 
 import grpc
 from buildgrid._protos.google.rpc import code_pb2
-from stack import device_names  # Same folder: the device kinds of testing/devices.py.
 
 from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
@@ -52,6 +51,9 @@ from buildgrid._protos.google.bytestream import bytestream_pb2_grpc
 from buildgrid._protos.google.devtools.remoteworkers.v1test2 import bots_pb2
 from buildgrid._protos.google.devtools.remoteworkers.v1test2 import bots_pb2_grpc
 from buildgrid._protos.google.devtools.remoteworkers.v1test2 import worker_pb2
+
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import device_table  # noqa: E402  tools/device_table.py: testing/devices.py without torch
 
 LOG = logging.getLogger("worker")
 
@@ -462,6 +464,7 @@ class Worker:
         props = [("device", self.args.device)]
         if self.args.gpus:
             props += [("gpus", str(n)) for n in range(1, self.args.gpus + 1)]
+            # fsdp_test's Pool=<device>-<ranks>, for each size this worker can take.
             props += [("Pool", f"{self.args.device}-{n}") for n in range(1, self.args.gpus + 1)]
         props += [tuple(p.split("=", 1)) for p in self.args.require_property]
         return props
@@ -604,7 +607,7 @@ def main(argv=None):
     p.add_argument("--server", required=True, help="grpc://HOST:PORT of the Bots service")
     p.add_argument("--instance", default="", help="REAPI instance name (default: '')")
     p.add_argument("--name", default="worker-1", help="stable name; bot id is <hostname>-<name>")
-    p.add_argument("--device", default="cpu", choices=device_names())
+    p.add_argument("--device", default="cpu", choices=list(device_table.load().DEVICES))
     p.add_argument("--gpus", type=int, default=0,
                    help="accelerators on this worker (advertises gpus=1..N, Pool=<device>-1..N)")
     p.add_argument("--require-property", action="append", default=[], metavar="KEY=VALUE",

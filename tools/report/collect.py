@@ -75,7 +75,9 @@ def parse_query_xml(text: str, source: str, package: str = "fsdp"
     for lst in rule.iter("list"):
       if lst.get("name") == "tags":
         tags.extend(s.get("value", "") for s in lst.iter("string"))
-    behaviour, device, ws = M.parse_target_name(name, tags)
+    generator = next((s.get("value", "") for s in rule.findall("string")
+                      if s.get("name") == "generator_name"), "")
+    behaviour, device, ws = M.target_metadata(name, tags, generator)
     behaviour = _behaviour_name(pkg, behaviour, package)
     reasons = [t.split(":", 1)[1].strip() for t in tags
                if t.startswith("disabled:")]
@@ -225,6 +227,35 @@ def attach_rank_logs(results: List[M.TestResult], outputs: Outputs) -> None:
             r.rank_logs.append((label, tail(body)))
 
 
+def read_case_params(text: Optional[str], source: str,
+                     problems: List[M.Problem]) -> Dict[str, dict]:
+  """{"<Class>.<method>": {parameter: value}} from the harness's test_params.json."""
+  if text is None:
+    return {}
+  try:
+    params = json.loads(text)
+    if not isinstance(params, dict) or not all(
+        isinstance(v, dict) for v in params.values()):
+      raise ValueError("not an object of objects")
+    return params
+  except ValueError as e:
+    problems.append(M.Problem(source, "bad test_params.json: %s" % e))
+    return {}
+
+
+def apply_case_params(results: List[M.TestResult],
+                      params: Dict[str, dict]) -> None:
+  """Takes each method's API from its recorded `api` parameter, if it has one."""
+  for r in results:
+    if r.method is None or not r.test_id:
+      continue
+    parts = r.test_id.split(".")
+    key = ".".join(parts[-2:]) if len(parts) >= 2 else r.test_id
+    api = params.get(key, {}).get("api")
+    if isinstance(api, str) and api:
+      r.method, r.api = M.split_api(r.raw_name, api)
+
+
 def read_environment(outputs: Outputs, source: str,
                      problems: List[M.Problem]) -> Optional[dict]:
   text = outputs.read("environment.json")
@@ -364,6 +395,10 @@ def parse_pytest_junit(path: str, device: str, package: str = "fsdp"
         duration=_float(case.get("time")), source=path))
   if not out.results:
     out.problems.append(M.Problem(path, "JUnit XML has no test cases"))
+  params_path = os.path.join(os.path.dirname(path), "test_params.json")
+  if os.path.isfile(params_path):
+    apply_case_params(out.results, read_case_params(
+        _read_text(params_path), params_path, out.problems))
   env_path = os.path.join(os.path.dirname(path), "environment.json")
   if os.path.isfile(env_path):
     try:
@@ -396,7 +431,15 @@ def drop_stale(col: M.Collected) -> M.Collected:
 # --------------------------------------------------------------------------
 # Bazel testlogs.
 
-def scan_testlogs(root: str, package: str = "fsdp") -> M.Collected:
+def scan_testlogs(root: str, package: str = "fsdp",
+                  targets: Optional[Dict[str, M.TargetInfo]] = None
+                  ) -> M.Collected:
+  """Reads a bazel-testlogs tree.
+
+  A target's behaviour, device and world size come from `targets` (the query's
+  tags); targets it does not list are named by parse_target_name.
+  """
+  targets = targets or {}
   out = M.Collected()
   out.inputs.append("bazel testlogs: " + root)
   # (label, run) -> (n shards, shards seen, info for missing ones)
@@ -424,8 +467,12 @@ def scan_testlogs(root: str, package: str = "fsdp") -> M.Collected:
       rel = rel[:-1]
     pkg, target = "/".join(rel[:-1]), rel[-1]
     label = "//%s:%s" % (pkg, target)
-    behaviour, device, ws = M.parse_target_name(target)
-    behaviour = _behaviour_name(pkg, behaviour, package)
+    info = targets.get(label)
+    if info is not None:
+      behaviour, device, ws = info.behaviour, info.device, info.ws
+    else:
+      behaviour, device, ws = M.parse_target_name(target)
+      behaviour = _behaviour_name(pkg, behaviour, package)
     xml_path = os.path.join(dirpath, "test.xml")
     log_path = os.path.join(dirpath, "test.log")
     log_path = log_path if os.path.exists(log_path) else ""
@@ -445,6 +492,8 @@ def scan_testlogs(root: str, package: str = "fsdp") -> M.Collected:
           _read_text(xml_path), source=xml_path, bazel_name=pkg + "/" + target,
           problems=out.problems, **common)
     outputs = Outputs(dirpath, out.problems)
+    apply_case_params(results, read_case_params(
+        outputs.read("test_params.json"), dirpath, out.problems))
     attach_rank_logs(results, outputs)
     env = read_environment(outputs, dirpath, out.problems)
     if env is not None:

@@ -7,8 +7,19 @@ only read the resulting Report.
 """
 
 import dataclasses
+import os
 import re
+import sys
 from typing import Dict, List, Optional, Tuple
+
+# tools/device_table.py loads the suite's device table (testing/devices.py) without
+# importing torch, which this standard-library-only tool must not need.
+_TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _TOOLS not in sys.path:
+  sys.path.append(_TOOLS)
+import device_table  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_DEVICE_TABLE = device_table.load().DEVICES
 
 # Cell / result statuses.  The value is the label shown to people.
 PASS = "pass"
@@ -24,16 +35,18 @@ NA = "n/a"
 # Statuses that get a detail section (message, traceback, rank logs).
 NEEDS_DETAIL = (FAIL, FLAKY, NO_RESULT, MALFORMED)
 
-KNOWN_DEVICES = ("cpu", "cuda", "hpu", "xpu")
+# Device columns, in the device table's order.
+KNOWN_DEVICES = tuple(_DEVICE_TABLE)
 KNOWN_APIS = ("fsdp1", "fsdp2")
 # Bazel device tags -> device column.
-TAG_TO_DEVICE = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "hpu": "hpu",
-                 "xpu": "xpu"}
+TAG_TO_DEVICE = {kind.tag: name for name, kind in _DEVICE_TABLE.items()}
 
 WHOLE_TARGET = "(whole target)"
 
-_TARGET_RE = re.compile(
-    r"^(?P<behaviour>.+?)_(?P<device>cpu|cuda|hpu|xpu)(?:_ws(?P<ws>\d+))?$")
+_WS_TAG_RE = re.compile(r"^ws(\d+)$")
+# Only for targets that no `bazel query` describes (see target_metadata).
+_TARGET_RE = re.compile(r"^(?P<behaviour>.+?)_(?P<device>%s)(?:_ws(?P<ws>\d+))?$"
+                        % "|".join(map(re.escape, KNOWN_DEVICES)))
 _API_RE = re.compile(r"(?<![A-Za-z0-9])fsdp([12])(?![0-9])", re.IGNORECASE)
 
 
@@ -196,20 +209,47 @@ def hardware_summary(env: dict) -> str:
                     for n, c in counted.items()) or str(env.get("device", "")))
 
 
-def parse_target_name(name: str, tags=()) -> Tuple[str, str, Optional[int]]:
-  """`multiple_forward_test_cpu_ws4` -> ('multiple_forward_test', 'cpu', 4)."""
+def target_metadata(name: str, tags=(), generator_name: str = ""
+                    ) -> Tuple[str, str, Optional[int]]:
+  """(behaviour, device, world size) of a test target, from `bazel query`.
+
+  fsdp_test tags each target with its device's tag and `ws<N>`, and Bazel
+  records the macro's `name` (the behaviour) as the target's `generator_name`.
+  A target without exactly one device tag falls back to parse_target_name.
+  """
+  devices = sorted({TAG_TO_DEVICE[t] for t in tags if t in TAG_TO_DEVICE})
+  if len(devices) != 1:
+    return parse_target_name(name)
+  sizes = [int(m.group(1)) for m in map(_WS_TAG_RE.match, tags) if m]
+  ws = sizes[0] if len(sizes) == 1 else None
+  return generator_name or parse_target_name(name)[0], devices[0], ws
+
+
+def parse_target_name(name: str) -> Tuple[str, str, Optional[int]]:
+  """`multiple_forward_test_cpu_ws4` -> ('multiple_forward_test', 'cpu', 4).
+
+  Only for results whose target no query describes (no --query_xml and no
+  tools/bazel, e.g. testlogs copied from another machine, and the committed
+  fixtures under tests/testdata/broken): fsdp_test names targets
+  `<name>_<device>[_ws<N>]`. Unknown names get the device "other".
+  """
   m = _TARGET_RE.match(name)
   if m:
     ws = int(m.group("ws")) if m.group("ws") else None
     return m.group("behaviour"), m.group("device"), ws
-  for tag in tags:
-    if tag in TAG_TO_DEVICE:
-      return name, TAG_TO_DEVICE[tag], None
   return name, "other", None
 
 
-def split_api(name: str) -> Tuple[str, Optional[str]]:
-  """Derives (row name, API) from a test method name.
+def split_api(name: str, api: Optional[str] = None
+              ) -> Tuple[str, Optional[str]]:
+  """(row name, API) of a test method.
+
+  `api` is the method's `api` parameter as the harness recorded it
+  (test_params.json). Without one, the API is the fsdp1/fsdp2 token of the
+  name: for methods that fix the API in their body, and for results without
+  test_params.json (runs before the harness wrote it, the committed fixtures).
+  Either way the row name loses the API token, so the API cases of a method
+  share a row:
 
   test_matches_ddp_fsdp2                -> ('test_matches_ddp', 'fsdp2')
   test_fsdp1_state_dict                 -> ('test_state_dict', 'fsdp1')
@@ -226,8 +266,9 @@ def split_api(name: str) -> Tuple[str, Optional[str]]:
     m = re.match(r"^([^\[]+)\[(.*)\]$", name, re.S)
     if m:
       base, bracket = m.group(1), m.group(2)
-  apis = [a.lower() for a in _API_RE.findall(name)]
-  api = ("fsdp" + apis[0]) if apis and len(set(apis)) == 1 else None
+  if api is None:
+    apis = [a.lower() for a in _API_RE.findall(name)]
+    api = ("fsdp" + apis[0]) if apis and len(set(apis)) == 1 else None
   # Strip the API token from the method name itself.
   parts = base.split("_")
   kept = [p for p in parts if not _API_RE.fullmatch(p)]
@@ -313,90 +354,150 @@ def only_devices(col: Collected, devices) -> Collected:
 
 
 def build_report(col: Collected) -> Report:
-  results = col.results
-  targets = col.targets
+  """Arranges collected results into the report's matrix, details and counts."""
+  _inherit_target_api(col.results, col.targets)
+  layout = _Layout.of(col)
+  groups = [_group(layout, beh) for beh in layout.behaviours]
+  return Report(devices=layout.devices, apis=layout.apis, groups=groups,
+                details=_assign_anchors(groups),
+                disabled=sorted((t for t in col.targets.values() if t.disabled),
+                                key=lambda t: t.label),
+                environments=_group_environments(col.environments),
+                problems=col.problems, inputs=col.inputs, notes=col.notes,
+                counts=_count(groups),
+                ran_devices=tuple(sorted({r.device for r in col.results})))
 
-  # A target tagged with a single API makes its API-neutral methods
-  # belong to that API.
+
+def _inherit_target_api(results: List[TestResult],
+                        targets: Dict[str, TargetInfo]) -> None:
+  """A target tagged with a single API makes its API-neutral methods that API's."""
   for r in results:
     t = targets.get(r.label)
     if r.api is None and t is not None and len(t.apis) == 1:
       r.api = t.apis[0]
 
-  devices = _order({r.device for r in results}
-                   | {t.device for t in targets.values()}
-                   | {d for d, _, _ in col.environments}, KNOWN_DEVICES)
-  apis = _order({r.api for r in results if r.api}
-                | {a for t in targets.values() for a in t.apis}, KNOWN_APIS)
-  api_cols = apis or [""]
 
-  behaviours = _order({r.behaviour for r in results}
-                      | {t.behaviour for t in targets.values()}, ())
-  method_results: Dict[Tuple[str, str], List[TestResult]] = {}
-  target_level: Dict[Tuple[str, str], List[TestResult]] = {}
-  for r in results:
-    if r.method is None:
-      target_level.setdefault((r.behaviour, r.device), []).append(r)
+@dataclasses.dataclass
+class _Layout:
+  """The matrix's columns and behaviours, and the results indexed for cells."""
+  results: List[TestResult]
+  targets: Dict[str, TargetInfo]
+  devices: List[str]
+  apis: List[str]
+  behaviours: List[str]
+  # (behaviour, method) -> results of that method; (behaviour, device) ->
+  # results of whole targets (crashes, missing XML).
+  method_results: Dict[Tuple[str, str], List[TestResult]]
+  target_level: Dict[Tuple[str, str], List[TestResult]]
+
+  @property
+  def api_cols(self) -> List[str]:
+    return self.apis or [""]
+
+  @property
+  def query_devices(self) -> set:
+    """Devices the query knows: there, a missing target means "no such case"."""
+    return {t.device for t in self.targets.values()}
+
+  @classmethod
+  def of(cls, col: Collected) -> "_Layout":
+    results, targets = col.results, col.targets
+    method_results: Dict[Tuple[str, str], List[TestResult]] = {}
+    target_level: Dict[Tuple[str, str], List[TestResult]] = {}
+    for r in results:
+      if r.method is None:
+        target_level.setdefault((r.behaviour, r.device), []).append(r)
+      else:
+        method_results.setdefault((r.behaviour, r.method), []).append(r)
+    return cls(
+        results=results, targets=targets,
+        devices=_order({r.device for r in results}
+                       | {t.device for t in targets.values()}
+                       | {d for d, _, _ in col.environments}, KNOWN_DEVICES),
+        apis=_order({r.api for r in results if r.api}
+                    | {a for t in targets.values() for a in t.apis},
+                    KNOWN_APIS),
+        behaviours=_order({r.behaviour for r in results}
+                          | {t.behaviour for t in targets.values()}, ()),
+        method_results=method_results, target_level=target_level)
+
+
+def _group(layout: _Layout, beh: str) -> Group:
+  """One behaviour: a row per test method, plus a whole-target row if needed."""
+  beh_targets = [t for t in layout.targets.values() if t.behaviour == beh]
+  labels = sorted({t.label for t in beh_targets}
+                  | {r.label for r in layout.results if r.behaviour == beh})
+  used_target_level: set = set()
+  rows = [_method_row(layout, beh, method, beh_targets, used_target_level)
+          for method in sorted(m for (b, m) in layout.method_results
+                               if b == beh)]
+  # Target-level results (crashes, missing XML) or query-only targets with
+  # no method known anywhere get one row for the whole target.
+  leftover = [r for key, rs in layout.target_level.items() if key[0] == beh
+              for r in rs if id(r) not in used_target_level]
+  if leftover or not rows:
+    rows.append(_whole_target_row(layout, beh, leftover, beh_targets))
+  return Group(beh, labels, rows)
+
+
+def _method_row(layout: _Layout, beh: str, method: str,
+                beh_targets: List[TargetInfo], used_target_level: set) -> Row:
+  rs = layout.method_results[(beh, method)]
+  row_apis = {r.api for r in rs if r.api}
+  row = Row(beh, method, api_split=bool(row_apis))
+  qdevs = layout.query_devices
+  for dev in layout.devices:
+    if row.api_split:
+      for api in layout.api_cols:
+        if api not in row_apis:
+          row.cells[(dev, api)] = Cell(NA, reason="not a case for " + api)
+          continue
+        mine = [r for r in rs if r.device == dev and r.api in (api, None)]
+        row.cells[(dev, api)] = _cell(mine, beh, dev, api, layout.target_level,
+                                      beh_targets, used_target_level, qdevs)
     else:
-      method_results.setdefault((r.behaviour, r.method), []).append(r)
+      mine = [r for r in rs if r.device == dev]
+      cell = _cell(mine, beh, dev, None, layout.target_level, beh_targets,
+                   used_target_level, qdevs)
+      cell.span = len(layout.api_cols)
+      row.cells[(dev, layout.api_cols[0])] = cell
+  return row
 
-  qdevs = {t.device for t in targets.values()}   # devices the query knows
-  groups = []
+
+def _whole_target_row(layout: _Layout, beh: str, leftover: List[TestResult],
+                      beh_targets: List[TargetInfo]) -> Row:
+  # Split by API only when some target of this behaviour is API-specific.
+  split = layout.apis and any(t.apis for t in beh_targets)
+  row = Row(beh, WHOLE_TARGET, api_split=bool(split))
+  qdevs = layout.query_devices
+  for dev in layout.devices:
+    mine = [r for r in leftover if r.device == dev]
+    if split:
+      for api in layout.api_cols:
+        row.cells[(dev, api)] = _cell(
+            [r for r in mine if r.api in (None, api)], beh, dev, api, {},
+            beh_targets, set(), qdevs)
+    else:
+      cell = _cell(mine, beh, dev, None, {}, beh_targets, set(), qdevs)
+      cell.span = len(layout.api_cols)
+      row.cells[(dev, layout.api_cols[0])] = cell
+  return row
+
+
+def _count(groups: List[Group]) -> Dict[str, int]:
+  """Cells per status (n/a cells are not counted)."""
   counts: Dict[str, int] = {}
-  for beh in behaviours:
-    methods = sorted(m for (b, m) in method_results if b == beh)
-    beh_targets = [t for t in targets.values() if t.behaviour == beh]
-    labels = sorted({t.label for t in beh_targets}
-                    | {r.label for r in results if r.behaviour == beh})
-    rows = []
-    used_target_level = set()
-    for method in methods:
-      rs = method_results[(beh, method)]
-      row_apis = {r.api for r in rs if r.api}
-      row = Row(beh, method, api_split=bool(row_apis))
-      for dev in devices:
-        if row.api_split:
-          for api in api_cols:
-            if api not in row_apis:
-              row.cells[(dev, api)] = Cell(NA, reason="not a case for " + api)
-              continue
-            mine = [r for r in rs if r.device == dev and r.api in (api, None)]
-            row.cells[(dev, api)] = _cell(mine, beh, dev, api, target_level,
-                                          beh_targets, used_target_level, qdevs)
-        else:
-          mine = [r for r in rs if r.device == dev]
-          cell = _cell(mine, beh, dev, None, target_level, beh_targets,
-                       used_target_level, qdevs)
-          cell.span = len(api_cols)
-          row.cells[(dev, api_cols[0])] = cell
-      rows.append(row)
-    # Target-level results (crashes, missing XML) or query-only targets with
-    # no method known anywhere get one row for the whole target.
-    leftover = [r for key, rs in target_level.items() if key[0] == beh
-                for r in rs if id(r) not in used_target_level]
-    if leftover or not rows:
-      # Split by API only when some target of this behaviour is API-specific.
-      split = apis and any(t.apis for t in beh_targets)
-      row = Row(beh, WHOLE_TARGET, api_split=bool(split))
-      for dev in devices:
-        mine = [r for r in leftover if r.device == dev]
-        if split:
-          for api in api_cols:
-            row.cells[(dev, api)] = _cell(
-                [r for r in mine if r.api in (None, api)], beh, dev, api, {},
-                beh_targets, set(), qdevs)
-        else:
-          cell = _cell(mine, beh, dev, None, {}, beh_targets, set(), qdevs)
-          cell.span = len(api_cols)
-          row.cells[(dev, api_cols[0])] = cell
-      rows.append(row)
-    for row in rows:
+  for g in groups:
+    for row in g.rows:
       for cell in row.cells.values():
         if cell.status != NA:
           counts[cell.status] = counts.get(cell.status, 0) + 1
-    groups.append(Group(beh, labels, rows))
+  return counts
 
-  details = []
+
+def _assign_anchors(groups: List[Group]) -> List[TestResult]:
+  """Numbers the results that get a detail section, in matrix order."""
+  details: List[TestResult] = []
   seen = set()
   for g in groups:
     for row in g.rows:
@@ -406,31 +507,29 @@ def build_report(col: Collected) -> Report:
             seen.add(id(r))
             r.anchor = "r%d" % (len(details) + 1)
             details.append(r)
+  return details
 
+
+def _group_environments(environments: List[Tuple[str, dict, str]]
+                        ) -> Dict[str, List[Tuple[dict, List[str]]]]:
+  """Per device, the distinct environments (world sizes merged) and sources."""
   envs: Dict[str, List[Tuple[dict, List[str]]]] = {}
-  for dev, env, src in col.environments:
+  # Per-run facts (which devices a test was given) do not split an environment.
+  strip = lambda e: {k: v for k, v in e.items()
+                     if k not in ("world_size", "passed_env", "device_uuids")
+                     and not k.startswith("_")}
+  for dev, env, src in environments:
     lst = envs.setdefault(dev, [])
-    # Per-run facts (which devices a test was given) do not split an environment.
-    strip = lambda e: {k: v for k, v in e.items()
-                       if k not in ("world_size", "passed_env", "device_uuids")
-                       and not k.startswith("_")}
     for known, srcs in lst:
       if strip(known) == strip(env):
-        ws = known.setdefault("_world_sizes", set())
-        ws.add(env.get("world_size"))
+        known.setdefault("_world_sizes", set()).add(env.get("world_size"))
         srcs.append(src)
         break
     else:
       env = dict(env)
       env["_world_sizes"] = {env.get("world_size")}
       lst.append((env, [src]))
-
-  disabled = sorted((t for t in targets.values() if t.disabled),
-                    key=lambda t: t.label)
-  return Report(devices=devices, apis=apis, groups=groups, details=details,
-                disabled=disabled, environments=envs, problems=col.problems,
-                inputs=col.inputs, notes=col.notes, counts=counts,
-                ran_devices=tuple(sorted({r.device for r in results})))
+  return envs
 
 
 def _cell(mine, beh, dev, api, target_level, beh_targets, used,

@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     col.notes.append("no target list (--query_xml); disabled targets are "
                      "not shown")
   for d in testlogs:
-    col.merge(collect.scan_testlogs(resolve(d), args.package))
+    col.merge(collect.scan_testlogs(resolve(d), args.package, col.targets))
   for path, device in junits:
     col.merge(collect.parse_pytest_junit(path, device, args.package))
   col = collect.drop_stale(col)

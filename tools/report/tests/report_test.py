@@ -99,13 +99,32 @@ class NameParsingTest(absltest.TestCase):
     for name, want in cases.items():
       self.assertEqual(model.split_api(name), want, name)
 
-  def test_target_names(self):
+  def test_target_metadata_from_query_tags(self):
+    # generator_name is the behaviour; the device tag and ws<N> the rest.
+    self.assertEqual(model.target_metadata(
+        "odd_name", ["gpu", "ws4", "fsdp"], "multiple_forward_test"),
+                     ("multiple_forward_test", "cuda", 4))
+    self.assertEqual(model.target_metadata("x_test_cpu", ["cpu", "ws2"]),
+                     ("x_test", "cpu", 2))
+    self.assertEqual(model.target_metadata("odd_target", ["gpu"]),
+                     ("odd_target", "cuda", None))
+    self.assertEqual(model.TAG_TO_DEVICE,
+                     {"cpu": "cpu", "gpu": "cuda", "hpu": "hpu", "xpu": "xpu"})
+
+  def test_target_names_without_query(self):
     self.assertEqual(model.parse_target_name("multiple_forward_test_cpu"),
                      ("multiple_forward_test", "cpu", None))
     self.assertEqual(model.parse_target_name("uneven_sharding_test_cpu_ws4"),
                      ("uneven_sharding_test", "cpu", 4))
-    self.assertEqual(model.parse_target_name("odd_target", ["gpu"]),
-                     ("odd_target", "cuda", None))
+    self.assertEqual(model.parse_target_name("odd_target"),
+                     ("odd_target", "other", None))
+
+  def test_api_from_recorded_parameter(self):
+    # The recorded parameter wins over the name; the name's token still goes.
+    self.assertEqual(model.split_api("test_dcp_round_trip_a", "fsdp2"),
+                     ("test_dcp_round_trip_a", "fsdp2"))
+    self.assertEqual(model.split_api("test_x_fsdp1", "fsdp1"),
+                     ("test_x", "fsdp1"))
 
   def test_rank_log_sections(self):
     text = ("==== rank 0 of 2 starting (pid 7) ====\nhello\n"
@@ -337,19 +356,53 @@ class PytestJunitTest(absltest.TestCase):
     self.assertIn("ccl backend not available", html_text)
     self.assertIn("pytest JUnit (xpu)", md)
 
-  def test_subpackage_rows_match_bazel_and_environment_is_read(self):
+  def test_subpackage_rows_environment_and_params_beside_junit(self):
     tmp = tempfile.mkdtemp()
     junit = os.path.join(tmp, "cuda.xml")
     with open(junit, "w") as f:
       f.write('<testsuites><testsuite name="pytest">'
               '<testcase classname="fsdp.training.parity_test.ParityTest" '
-              'name="test_matches_fsdp2" time="0.5"/></testsuite></testsuites>')
+              'name="test_matches_fsdp2" time="0.5"/>'
+              '<testcase classname="fsdp.training.parity_test.ParityTest" '
+              'name="test_matches_a" time="0.5"/></testsuite></testsuites>')
     with open(os.path.join(tmp, "environment.json"), "w") as f:
       f.write('{"torch_version": "2.11.0+cu130", "device_names": ["NVIDIA H200"]}')
+    with open(os.path.join(tmp, "test_params.json"), "w") as f:
+      f.write('{"ParityTest.test_matches_a": {"api": "fsdp1"}}')
     col = collect.parse_pytest_junit(junit, "cuda")
-    self.assertEqual([r.behaviour for r in col.results], ["training/parity_test"])
+    self.assertEqual([r.behaviour for r in col.results],
+                     ["training/parity_test"] * 2)
+    self.assertEqual([(r.method, r.api) for r in col.results],
+                     [("test_matches", "fsdp2"), ("test_matches_a", "fsdp1")])
     self.assertEqual(col.environments[0][1]["torch_version"], "2.11.0+cu130")
     shutil.rmtree(tmp)
+
+  def test_api_and_metadata_from_query_and_test_params(self):
+    """A target named against the convention, a method without an API token."""
+    tmp = tempfile.mkdtemp()
+    target = os.path.join(tmp, "fsdp", "renamed_target")
+    os.makedirs(os.path.join(target, "test.outputs"))
+    with open(os.path.join(target, "test.xml"), "w") as f:
+      f.write('<testsuites><testsuite name="T">'
+              '<testcase name="test_round_trip_a" classname="__main__.T" '
+              'time="0.1"/><testcase name="test_round_trip_b" '
+              'classname="__main__.T" time="0.1"/></testsuite></testsuites>')
+    with open(os.path.join(target, "test.outputs", "test_params.json"),
+              "w") as f:
+      f.write('{"T.test_round_trip_a": {"api": "fsdp1", "n": 2},'
+              ' "T.test_round_trip_b": {"api": "fsdp2"}}')
+    query = ('<query version="2"><rule class="py_test" '
+             'name="//fsdp:renamed_target"><string name="generator_name" '
+             'value="round_trip_test"/><list name="tags"><string value="xpu"/>'
+             '<string value="ws4"/></list></rule></query>')
+    col = collect.parse_query_xml(query, "query")
+    col.merge(collect.scan_testlogs(tmp, targets=col.targets))
+    shutil.rmtree(tmp)
+    self.assertEqual(
+        sorted((r.behaviour, r.device, r.ws, r.method, r.api)
+               for r in col.results),
+        [("round_trip_test", "xpu", 4, "test_round_trip_a", "fsdp1"),
+         ("round_trip_test", "xpu", 4, "test_round_trip_b", "fsdp2")])
 
   def test_results_of_deleted_targets_are_dropped_with_a_note(self):
     col = collect.parse_query_xml(collect._read_text(QUERY), QUERY)

@@ -1,0 +1,86 @@
+"""A custom gradient divide factor scales HSDP gradients as documented (SUM-only reductions).
+
+The same check as gradient_divide_factor_test.py, with
+``set_force_sum_reduction_for_comms(True)`` on every ``fully_shard`` module:
+FSDP2 then reduces with ``ReduceOp.SUM`` only and divides by the factor itself,
+before or after the collectives. This is the path gloo can run (it has no
+``PREMUL_SUM``), and the one NCCL zero-copy collectives need.
+
+For every mesh shape of the world size, in two methods by
+``testing.fsdp.meshes.SHAPE_KINDS`` (``sharded_meshes``: 1 x 4 and 2 x 2 at world
+size 4, 1 x 2 at world size 2; ``one_rank_per_shard_group``: 4 x 1, 2 x 1) and factors
+1, the shard group size (when above 1) and 2.5 x world size, after
+``set_gradient_divide_factor(F)`` ``nested_mlp`` runs one forward/backward on
+rank-distinct data. Pass: every rank's full gradients equal ``world_size / F``
+times the gradient of a model trained without FSDP on the global batch (the
+mean over all ranks' data). A factor applied to one of the two reductions only,
+or an all-reduce across replicas that still averages (pytorch#155903), is off
+by the number of replicas or shards.
+
+Found with torch 2.13 (CPU, gloo): on an N x 1 mesh the gradients come out
+divided by the factor twice (``1 / F`` of the expected value). With a shard
+group of one rank FSDP2 skips the reduce-scatter and copies the gradient
+divided by the factor, then divides by it again after the SUM all-reduce (the
+same pre/post-divide path serves float16 reductions).
+
+FSDP2 only: FSDP1 has no public divide factor (see gradient_divide_factor_test.py).
+"""
+
+from absl.testing import parameterized
+
+from testing import known_failures
+from testing import multirank
+from testing.fsdp import compat, data, meshes, models, params, parity, wrapping
+
+SPEC = models.get("nested_mlp")
+CASES = tuple((f"{kind}_fsdp2", kind) for kind in meshes.SHAPE_KINDS)
+
+
+class HsdpGradientDivideFactorSumCommsTest(multirank.MultiRankTestCase, parameterized.TestCase):
+
+    known_failures = {
+        "test_gradient_divide_factor_with_sum_reductions_scales_gradients_"
+        "one_rank_per_shard_group_fsdp2": known_failures.TorchBug(
+            "FSDP2 divide factor with SUM-only reductions on an N x 1 mesh",
+            "the custom gradient divide factor is applied twice (before the replica "
+            "all-reduce and after it), so gradients come out 1/factor too small",
+            seen_on=("2.13",)),
+    }
+
+    def _reference_grads(self):
+        """Gradients of the global batch's mean loss, on a model without FSDP."""
+        model = SPEC.build(seed=0).to(self.device)
+        inputs, targets = data.global_batch(SPEC, seed=0, world_size=self.world_size, step=0,
+                                            device=self.device)
+        SPEC.loss_fn(model(inputs), targets).backward()
+        return {name: p.grad.detach().cpu() for name, p in model.named_parameters()}
+
+    @parameterized.named_parameters(*CASES)
+    def test_gradient_divide_factor_with_sum_reductions_scales_gradients(self, kind):
+        reference = self._reference_grads()
+        inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0,
+                                          device=self.device)
+        failures = parity.DeferredFailures()  # every rank runs every shape and factor
+        for shape in meshes.shapes_of_kind(kind, self.world_size):
+            factors = [1.0] + ([float(shape[1])] if shape[1] > 1 else []) + [
+                2.5 * self.world_size]
+            for factor in factors:
+                model = wrapping.wrap_spec(SPEC, "fsdp2", device=self.device,
+                                           mesh=meshes.hsdp_mesh(shape, self.device.type))
+                compat.set_force_sum_reduction_for_comms(model, True)
+                compat.set_gradient_divide_factor(model, factor)
+                SPEC.loss_fn(model(inputs), targets).backward()
+                scale = self.world_size / factor
+                expected = {name: g * scale for name, g in reference.items()}
+                grads = params.full_grads(model)
+                with failures.check(f"mesh {meshes.shape_name(shape)} factor {factor:g}"):
+                    parity.assert_params_close(
+                        grads, expected, what="gradient",
+                        context=(f"mesh={meshes.shape_name(shape)} divide factor {factor:g}, "
+                                 f"SUM-only reductions: expected {scale:g} x the global-batch "
+                                 "mean gradient"))
+        failures.raise_if_any()
+
+
+if __name__ == "__main__":
+    multirank.main()

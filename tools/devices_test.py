@@ -1,0 +1,89 @@
+"""The device table agrees across tools/devices.bzl, testing/devices.py and .bazelrc.
+
+Passes when both tables name the same devices with the same tag,
+accelerator flag, visibility variable, environment prefixes and names, and
+interoperable tags, share the multi-device tag, and `.bazelrc` has for each device a
+`test:<device>` config whose `--test_tag_filters` selects exactly that device's tag.
+Each mismatch is reported with the device, the field and both values.
+"""
+
+import json
+import os
+import re
+
+from absl.testing import absltest
+
+import device_table  # tools/device_table.py, beside this file
+
+# Loaded by path, as tools/remote and tools/report load it: importing the `testing`
+# package would import torch (seconds) for a table that needs none.
+devices = device_table.load()
+
+# Written by //tools:devices_table from tools/devices.bzl.
+_STARLARK_JSON = os.path.join("tools", "devices_table.json")
+_BAZELRC = ".bazelrc"
+# Fields both tables hold; the rest is one side's business (Python: backend and
+# plugin; Starlark: size and shard_count).
+_SHARED_FIELDS = ("tag", "accelerator", "visible_devices_env", "env_prefixes", "env_vars",
+                  "interop_tags")
+_TAG_FILTER = re.compile(r"^test:(\S+)\s+--test_tag_filters=(\S+)\s*$")
+
+
+def _starlark_table() -> dict:
+    with open(_STARLARK_JSON) as f:
+        return json.load(f)
+
+
+def _python_fields(kind) -> dict:
+    return {field: (list(value) if isinstance(value, tuple) else value)
+            for field in _SHARED_FIELDS for value in [getattr(kind, field)]}
+
+
+def _bazelrc_tag_filters() -> dict:
+    """{config: tag filter} of the `test:<config> --test_tag_filters=...` lines."""
+    filters = {}
+    with open(_BAZELRC) as f:
+        for line in f:
+            m = _TAG_FILTER.match(line.strip())
+            if m:
+                filters[m.group(1)] = m.group(2)
+    return filters
+
+
+class DeviceTableTest(absltest.TestCase):
+
+    def test_same_devices(self):
+        starlark = sorted(_starlark_table()["devices"])
+        self.assertEqual(
+            starlark, sorted(devices.DEVICES),
+            f"devices in tools/devices.bzl: {starlark}; in testing/devices.py: "
+            f"{sorted(devices.DEVICES)}")
+
+    def test_shared_fields_agree(self):
+        table = _starlark_table()["devices"]
+        mismatches = []
+        for name, kind in devices.DEVICES.items():
+            starlark = table.get(name, {})
+            for field, value in _python_fields(kind).items():
+                if starlark.get(field) != value:
+                    mismatches.append(f"{name}.{field}: tools/devices.bzl has "
+                                      f"{starlark.get(field)!r}, testing/devices.py {value!r}")
+        self.assertEmpty(mismatches, "device tables disagree:\n" + "\n".join(mismatches))
+
+    def test_multi_device_tag_agrees(self):
+        self.assertEqual(_starlark_table()["multi_device_tag"], devices.MULTI_DEVICE_TAG)
+
+    def test_bazelrc_has_a_config_per_device(self):
+        filters = _bazelrc_tag_filters()
+        problems = []
+        for name, kind in devices.DEVICES.items():
+            if filters.get(name) != kind.tag:
+                problems.append(f"test:{name} --test_tag_filters is {filters.get(name)!r}, "
+                                f"expected {kind.tag!r}")
+        for config in sorted(set(filters) - set(devices.DEVICES)):
+            problems.append(f"test:{config} filters tags but {config} is not a device")
+        self.assertEmpty(problems, ".bazelrc device configs:\n" + "\n".join(problems))
+
+
+if __name__ == "__main__":
+    absltest.main()
