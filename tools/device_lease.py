@@ -85,11 +85,14 @@ class LeaseError(Exception):
 
 
 def parse_test_args(argv: Sequence[str]) -> Tuple[Optional[str], Optional[int]]:
-    """Returns (device, world_size) from `--device=X --world_size=N`; the last one wins."""
+    """Returns (device, world_size) from `--device=X --world_size=N`; the last one wins.
+
+    pytest's spelling, `--world-size`, counts too (conftest.py).
+    """
     device, world_size = None, None
     it = iter(argv)
     for arg in it:
-        for flag in ("--device", "--world_size"):
+        for flag in ("--device", "--world_size", "--world-size"):
             value = None
             if arg.startswith(flag + "="):
                 value = arg[len(flag) + 1:]

@@ -4,8 +4,9 @@ Pass criterion: with 8 simulated devices (FSDP_DEVICE_COUNT=8), six world-size-2
 started together run at most 4 at a time, at least 4 overlap (they are packed, not
 serialized), and jobs that overlap in time hold disjoint device sets of size 2; with a
 host allocation of 2 of 8 (CUDA_VISIBLE_DEVICES=3,6) every job gets devices from {3, 6}
-only, and world-size-1 jobs then run at most 2 at a time; a CPU test and a test with
-fewer candidate devices than its world size run with their environment unchanged.
+only, and world-size-1 jobs then run at most 2 at a time; pytest's `--world-size=2` is
+read like `--world_size=2`; a CPU test and a test with fewer candidate devices than its
+world size run with their environment unchanged.
 Each job is the wrapper exec'ing a small recorder that holds its lease for about a
 second and writes the devices it was given and when it ran.
 """
@@ -109,6 +110,12 @@ class DeviceLeaseTest(unittest.TestCase):
         self._assert_disjoint_while_overlapping(records)
         self.assertEqual(self._max_overlap(records), 2,
                          "ws1 jobs on 2 allocated devices did not run 2 at a time")
+
+    def test_pytest_spelling_of_world_size(self):
+        record, = self._run_jobs(1, ["--device=cuda", "--world-size=2"], HOLD_S="0",
+                                 FSDP_DEVICE_COUNT="8")
+        self.assertEqual(len(record["visible"].split(",")), 2,
+                         f"--world-size=2 (pytest) got {record['visible']}")
 
     def test_cpu_and_too_few_devices_pass_through(self):
         cpu, = self._run_jobs(1, ["--device=cpu", "--world_size=2"], HOLD_S="0",
