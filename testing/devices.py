@@ -113,7 +113,7 @@ DEVICES = {kind.name: kind for kind in (
     DeviceKind("cpu", backend="gloo", tag="cpu", accelerator=False),
     DeviceKind("cuda", backend="nccl", tag="gpu",
                visible_devices_env="CUDA_VISIBLE_DEVICES",
-               env_prefixes=("NCCL_", "TORCH_NCCL_", "CUDA_"),
+               env_prefixes=("NCCL_", "TORCH_NCCL_", "CUDA_", "NVSHMEM_", "TORCH_SYMM_MEM_"),
                env_vars=_ACCELERATOR_ENV_VARS,
                interop_tags=("requires-gpu-nvidia",)),
     DeviceKind("hpu", backend="hccl", tag="hpu",

@@ -16,6 +16,7 @@ import faulthandler
 import importlib
 import os
 import random
+import re
 import signal
 import sys
 import traceback
@@ -135,10 +136,20 @@ def _describe(context: RankContext) -> dict:
             "backend": context.device_kind.backend,
             "world_size": context.world_size,
             "python": sys.version.split()[0]}
+    # What the host passed in (tools/bazel lists the names in FSDP_PASSED_ENV; the
+    # visibility variables and tools/device_lease's claim are always shown).
+    names = set(filter(None, os.environ.get("FSDP_PASSED_ENV", "").split(",")))
+    names |= {k.visible_devices_env for k in devices.DEVICES.values()} | {"FSDP_DEVICE_LEASE"}
+    info["passed_env"] = {
+        n: "<redacted>" if re.search("KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", n)
+        else os.environ[n] for n in sorted(names) if n and n in os.environ}
     if context.device_kind.is_accelerator:
         module = context.device_kind.torch_module()
         info["device_count"] = module.device_count()
         info["device_names"] = [module.get_device_name(i)
+                                for i in range(module.device_count())]
+        # Tells physical devices apart across runs (indices are per visibility list).
+        info["device_uuids"] = [str(getattr(module.get_device_properties(i), "uuid", ""))
                                 for i in range(module.device_count())]
     else:
         info["device_count"] = os.cpu_count()

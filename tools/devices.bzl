@@ -5,6 +5,8 @@
 `.bazelrc`, disagree. README.md, "Adding a device", lists the three places to edit.
 """
 
+load("@fsdp_remote_config//:defs.bzl", "POOL_NAMES")
+
 # Tag of accelerator targets with more than one rank. A scheduler or CI filter that knows
 # nothing of this suite can keep them off single-device hosts
 # (`--test_tag_filters=-requires-multi-device`).
@@ -36,7 +38,7 @@ DEVICES = {
         tag = "gpu",
         accelerator = True,
         visible_devices_env = "CUDA_VISIBLE_DEVICES",
-        env_prefixes = ["NCCL_", "TORCH_NCCL_", "CUDA_"],
+        env_prefixes = ["NCCL_", "TORCH_NCCL_", "CUDA_", "NVSHMEM_", "TORCH_SYMM_MEM_"],
         env_vars = ["LD_LIBRARY_PATH"],
         interop_tags = ["requires-gpu-nvidia"],
         size = "medium",
@@ -89,7 +91,10 @@ def device_exec_properties(device, world_size):
     Every target asks for `device=<device>`. An accelerator target also asks for
     `gpus=<world size>` (the local BuildGrid's workers offer 1..N) and for the pool
     `Pool=<device>-<world size>`, the one key hosted services (EngFlow, BuildBuddy) route
-    on, so one fleet can keep a pool per device kind and size.
+    on, so one fleet can keep a pool per device kind and size; a user.bazelrc renames
+    pools with `--repo_env=FSDP_REMOTE_POOLS=cuda-2=NAME,...`. Each key has the `test.`
+    prefix: only the test action needs such a worker, the target's other actions keep
+    the execution platform's properties (//tools/platforms:remote).
 
     Args:
       device: a key of `DEVICES`.
@@ -98,10 +103,11 @@ def device_exec_properties(device, world_size):
     Returns:
       A dict for `exec_properties`.
     """
-    props = {"device": device}
+    props = {"test.device": device}
     if DEVICES[device].accelerator:
-        props["gpus"] = str(world_size)
-        props["Pool"] = "%s-%d" % (device, world_size)
+        pool = "%s-%d" % (device, world_size)
+        props["test.gpus"] = str(world_size)
+        props["test.Pool"] = POOL_NAMES.get(pool, pool)
     return props
 
 def _device_table_json_impl(ctx):

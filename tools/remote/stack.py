@@ -21,6 +21,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.append(os.path.dirname(HERE))
 import device_table  # noqa: E402  tools/device_table.py: testing/devices.py without torch
 
@@ -82,46 +83,16 @@ def ensure_postgres():
 
 
 def ensure_venv():
-    """The BuildGrid virtual environment, keyed by tools/remote/requirements.txt."""
-    req = os.path.join(HERE, "requirements.txt")
-    with open(req, "rb") as fh:
-        key = hashlib.sha256(fh.read()).hexdigest()[:16]
-    venv = os.path.join(CACHE, f"buildgrid-venv-{key}")
-    python = os.path.join(venv, "bin", "python3")
-    if os.path.exists(os.path.join(venv, "bin", "bgd")):
-        return venv
-    base = os.environ.get("FSDP_BASE_PYTHON", "python3")
-    if not shutil.which(base):
-        raise Error("no python3 on PATH to build the BuildGrid environment")
-    tmp = f"{venv}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    log = os.path.join(STATE_DIR, "pip.log")
-    say(f"building the BuildGrid environment (pip, about a minute) in {venv} ...")
-    with open(log, "w") as fh:
-        if subprocess.call([base, "-m", "venv", tmp], stdout=fh, stderr=subprocess.STDOUT) != 0:
-            raise Error(f"python3 -m venv failed (log: {log}; Debian: apt-get install python3-venv)")
-        if subprocess.call([os.path.join(tmp, "bin", "python3"), "-m", "pip", "install", "--quiet",
-                            "--disable-pip-version-check", "--no-deps", "-r", req],
-                           stdout=fh, stderr=subprocess.STDOUT) != 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise Error(f"pip install -r tools/remote/requirements.txt failed (log: {log})")
-    # Scripts in a venv name its path; point them at the final location.
-    bindir = os.path.join(tmp, "bin")
-    for name in os.listdir(bindir):
-        path = os.path.join(bindir, name)
-        if os.path.isfile(path) and not os.path.islink(path):
-            with open(path, "rb") as fh:
-                data = fh.read()
-            if tmp.encode() in data:
-                with open(path, "wb") as fh:
-                    fh.write(data.replace(tmp.encode(), venv.encode()))
-    try:
-        os.rename(tmp, venv)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # Someone else finished first.
-    if not os.path.exists(python):
-        raise Error(f"building the BuildGrid environment in {venv} failed (log: {log})")
-    return venv
+    """The BuildGrid environment from tools/remote/requirements.lock (tools/make_venv)."""
+    out = subprocess.run(
+        [os.path.join(ROOT, "tools", "make_venv"), os.path.join(HERE, "requirements.lock"),
+         "buildgrid-venv", "the BuildGrid environment"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False)
+    if out.returncode != 0:
+        lines = out.stderr.strip().splitlines()
+        raise Error(lines[-1] if lines else f"tools/make_venv failed ({out.returncode})")
+    sys.stderr.write(out.stderr)
+    return out.stdout.strip()
 
 
 # --- processes ----------------------------------------------------------------------
@@ -237,12 +208,14 @@ def property_labels(workers):
     """
     labels = {}
     for w in workers:
+        required = [list(p) for p in w.get("properties", [])]
         if w["device"] == "cpu":
-            labels["cpu"] = [["device", "cpu"]]
+            labels["cpu"] = [["device", "cpu"]] + required
         else:
             for n in range(1, w["gpus"] + 1):
                 pool = f"{w['device']}-{n}"
-                labels[pool] = [["device", w["device"]], ["gpus", str(n)], ["Pool", pool]]
+                labels[pool] = [["device", w["device"]], ["gpus", str(n)],
+                                ["Pool", pool]] + required
     return labels
 
 
@@ -327,6 +300,12 @@ def save_state(state):
 
 
 def parse_worker_specs(args):
+    properties = []
+    for prop in args.require_property or []:
+        key, eq, value = prop.partition("=")
+        if not key or not eq:
+            raise Error(f"--require-property {prop}: expected KEY=VALUE")
+        properties.append([key, value])
     workers = []
     for i in range(args.workers):
         workers.append({"name": f"worker-{i + 1}", "device": args.device, "gpus": args.gpus})
@@ -340,6 +319,8 @@ def parse_worker_specs(args):
         workers.append({"name": f"worker-{len(workers) + 1}", "device": device, "gpus": n if device != "cpu" else 0})
     if not workers:
         raise Error("no workers: use --workers N (N >= 1) or --extra-worker")
+    for w in workers:
+        w["properties"] = properties
     return workers
 
 
@@ -358,6 +339,7 @@ def purge():
 
 
 def start(args):
+    """Starts the stack: PostgreSQL, then the BuildGrid server, then the workers."""
     if args.device != "cpu" and args.gpus < 1:
         raise Error(f"--device {args.device} needs --gpus N")
     if args.device == "cpu":
@@ -366,7 +348,7 @@ def start(args):
     os.makedirs(STATE_DIR, exist_ok=True)
     state = load_state()
     if state and any(alive(p["pid"]) for p in state["processes"]):
-        if state["port"] == args.port and len(state["workers"]) == len(workers) and \
+        if state["port"] == args.port and state["workers"] == workers and \
                 all(alive(p["pid"]) for p in state["processes"]):
             say(f"already running on grpc://127.0.0.1:{state['port']} with "
                 f"{len(state['workers'])} worker(s); nothing to do")
@@ -383,13 +365,36 @@ def start(args):
              "venv": venv, "state_dir": STATE_DIR}
     # Record every process as soon as it exists, so a failed start is still stoppable.
     save_state(state)
+    log_dir = os.path.join(STATE_DIR, "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    for name in os.listdir(log_dir):
+        os.unlink(os.path.join(log_dir, name))
 
+    db_url = start_postgres(state, pg, log_dir)
+    start_server(state, venv, db_url, log_dir)
+    start_workers(state, venv, log_dir)
+    offered = ", ".join(sorted({
+        ",".join([f"device={w['device']}"] + ([f"gpus<={w['gpus']}"] if w["gpus"] else [])
+                 + [f"{k}={v}" for k, v in w.get("properties", [])])
+        for w in workers}))
+    say(f"remote execution on grpc://127.0.0.1:{args.port} (instance \"\"), "
+        f"{len(workers)} worker(s) offering {offered}; logs in {log_dir}")
+    say("run: tools/bazel test //fsdp/... --config=remote    stop: tools/remote/stop")
+
+
+def _record(state, role, pid):
+    state["processes"].append({"role": role, "pid": pid})
+    save_state(state)
+
+
+def start_postgres(state, pg, log_dir):
+    """Starts a private PostgreSQL with a fresh `buildgrid` database; returns its URL."""
     # PostgreSQL refuses to run as root; as root it runs as the postgres user with its data
     # in a private directory under /tmp (root's home is not readable by that user).
     user = None
     if os.geteuid() == 0:
         try:
-            pwd.getpwnam("postgres")
+            pw = pwd.getpwnam("postgres")
         except KeyError as e:
             raise Error("running as root but there is no `postgres` user (install postgresql-15)") from e
         user = "postgres"
@@ -398,13 +403,8 @@ def start(args):
     sockdir = os.path.join(pg_root, "sock")
     os.makedirs(pg_root, mode=0o700, exist_ok=True)
     if user:
-        pw = pwd.getpwnam(user)
         os.chown(pg_root, pw.pw_uid, pw.pw_gid)
         os.chmod(pg_root, 0o700)
-    log_dir = os.path.join(STATE_DIR, "logs")
-    os.makedirs(log_dir, exist_ok=True)
-    for name in os.listdir(log_dir):
-        os.unlink(os.path.join(log_dir, name))
     as_user = (lambda cmd: [runuser(), "-u", user, "--"] + cmd) if user else (lambda cmd: cmd)
 
     if not os.path.exists(os.path.join(pgdata, "PG_VERSION")):
@@ -425,9 +425,8 @@ def start(args):
         os.chown(pg_log, pw.pw_uid, pw.pw_gid)
     pid = spawn([os.path.join(pg, "postgres"), "-D", pgdata, "-h", "127.0.0.1", "-p", str(pg_port),
                  "-k", sockdir, "-c", "fsync=off", "-c", "max_connections=200"], pg_log, user=user)
-    state["processes"].append({"role": "postgres", "pid": pid})
     state.update(pg_port=pg_port, pgdata=pgdata, pg_root=pg_root)
-    save_state(state)
+    _record(state, "postgres", pid)
     wait_port(pg_port, pid, "PostgreSQL", pg_log)
     # A fresh database each start: no jobs or bot sessions left over from an earlier stack.
     psql = [os.path.join(pg, "psql"), "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres",
@@ -440,49 +439,52 @@ def start(args):
         time.sleep(0.2)
     else:
         raise Error(f"creating the buildgrid database failed: {out.stderr.strip()}")
-    db_url = f"postgresql+psycopg2://postgres@127.0.0.1:{pg_port}/buildgrid"
+    return f"postgresql+psycopg2://postgres@127.0.0.1:{pg_port}/buildgrid"
+
+
+def start_server(state, venv, db_url, log_dir):
+    """Migrates the database, writes server.yml and starts BuildGrid on state's port."""
+    port = state["port"]
     bgd = os.path.join(venv, "bin", "bgd")
     out = subprocess.run([bgd, "migrate", "apply", db_url], capture_output=True, text=True)
     if out.returncode != 0:
         raise Error(f"bgd migrate apply failed: {(out.stdout + out.stderr).strip().splitlines()[-1:]}")
-
     cas_dir = os.path.join(STATE_DIR, "cas")
     os.makedirs(cas_dir, exist_ok=True)
     config = os.path.join(STATE_DIR, "server.yml")
     with open(config, "w") as fh:
-        fh.write(server_config(args.port, db_url, cas_dir, workers))
+        fh.write(server_config(port, db_url, cas_dir, state["workers"]))
     bg_log = os.path.join(log_dir, "server.log")
-    if not port_free(args.port):
-        raise Error(f"port {args.port} on 127.0.0.1 was taken while starting; pass --port N")
+    if not port_free(port):
+        raise Error(f"port {port} on 127.0.0.1 was taken while starting; pass --port N")
     pid = spawn([bgd, "server", "start", config], bg_log)
-    state["processes"].append({"role": "server", "pid": pid})
-    save_state(state)
-    wait_port(args.port, pid, "BuildGrid server", bg_log)
+    _record(state, "server", pid)
+    wait_port(port, pid, "BuildGrid server", bg_log)
 
+
+def start_workers(state, venv, log_dir):
+    """Starts one worker.py per planned worker and waits until each has a bot session."""
     python = os.path.join(venv, "bin", "python3")
-    for w in workers:
+    started = []
+    for w in state["workers"]:
         log = os.path.join(log_dir, f"{w['name']}.log")
-        cmd = [python, os.path.join(HERE, "worker.py"), "--server", f"grpc://127.0.0.1:{args.port}",
-               "--name", w["name"], "--device", w["device"], "--gpus", str(w["gpus"]),
-               "--work-dir", os.path.join(STATE_DIR, "work", w["name"])]
+        cmd = [python, os.path.join(HERE, "worker.py"), "--server",
+               f"grpc://127.0.0.1:{state['port']}", "--name", w["name"], "--device", w["device"],
+               "--gpus", str(w["gpus"]), "--work-dir", os.path.join(STATE_DIR, "work", w["name"])]
+        for key, value in w.get("properties", []):
+            cmd += ["--require-property", f"{key}={value}"]
         pid = spawn(cmd, log)
-        state["processes"].append({"role": w["name"], "pid": pid})
-        save_state(state)
+        _record(state, w["name"], pid)
+        started.append((w["name"], pid, log))
     # Wait until every worker has a session, so the first action finds them.
     deadline = time.time() + 30
-    for w, proc in zip(workers, state["processes"][2:]):
-        log = os.path.join(log_dir, f"{w['name']}.log")
+    for name, pid, log in started:
         while "session" not in tail(log, 50):
-            if not alive(proc["pid"]):
-                raise Error(f"{w['name']} exited at start: {tail(log)} (log: {log})")
+            if not alive(pid):
+                raise Error(f"{name} exited at start: {tail(log)} (log: {log})")
             if time.time() > deadline:
-                raise Error(f"{w['name']} did not register with the server (log: {log})")
+                raise Error(f"{name} did not register with the server (log: {log})")
             time.sleep(0.2)
-    offered = ", ".join(sorted({f"device={w['device']}" + (f",gpus<={w['gpus']}" if w["gpus"] else "")
-                                for w in workers}))
-    say(f"remote execution on grpc://127.0.0.1:{args.port} (instance \"\"), "
-        f"{len(workers)} worker(s) offering {offered}; logs in {log_dir}")
-    say("run: tools/bazel test //fsdp/... --config=remote    stop: tools/remote/stop")
 
 
 def stop(args):
@@ -542,6 +544,9 @@ def main(argv=None):
     s.add_argument("--gpus", type=int, default=0, help="accelerators per worker (non-cpu devices)")
     s.add_argument("--extra-worker", action="append", metavar="DEVICE[:GPUS]",
                    help="one more worker of another kind, e.g. cuda:4 (repeatable)")
+    s.add_argument("--require-property", action="append", metavar="KEY=VALUE",
+                   help="every worker offers KEY=VALUE and refuses actions without it, like a "
+                        "hosted fleet that needs an image or pool named (repeatable)")
     t = sub.add_parser("stop", help="stop everything start started")
     t.add_argument("--purge", action="store_true", help="also delete the database cluster and the CAS")
     sub.add_parser("status", help="show the processes of the stack")

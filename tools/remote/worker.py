@@ -8,12 +8,13 @@ loop) with the gRPC stubs that ship inside the buildgrid package, so it needs no
 but the BuildGrid environment that tools/remote/start builds.
 
 For each lease it
-  1. fetches the Action and Command from CAS and stages the input root in a fresh
-     directory (files, executables, symlinks, empty directories);
-  2. runs the command with exactly the environment the client sent (nothing inherited),
+  1. fetches the Action and Command from CAS;
+  2. stages the input root in a fresh directory (files, executables, symlinks, empty
+     directories);
+  3. runs the command with exactly the environment the client sent (nothing inherited),
      in the command's working directory, in its own process group, with the action's
      timeout;
-  3. uploads stdout, stderr and every declared output (files, and directories as Tree
+  4. uploads stdout, stderr and every declared output (files, and directories as Tree
      messages: test.xml, test.outputs/, ...), and reports an ActionResult.
 
 The bot id is stable (`<hostname>-<name>`), so a restarted worker takes over its old
@@ -23,7 +24,8 @@ and reports BOT_TERMINATING, so the scheduler never waits out a dead session.
 
 The worker advertises its platform on its primary device: `device=<cpu|cuda|hpu|xpu>`
 and, with --gpus N, `gpus=1..N` and `Pool=<device>-1..N` (a worker with 4 GPUs can take
-a 2-rank test).
+a 2-rank test), plus any --require-property KEY=VALUE, which it also demands of every
+action (a stand-in for a hosted fleet whose workers need, say, a container image).
 """
 
 import argparse
@@ -309,10 +311,40 @@ class Job:
             self.done.set()
 
     def _execute(self, root):
-        cas = self.worker.cas
         meta = self.result.execution_metadata
         meta.worker = self.worker.bot_id
         _now(meta.worker_start_timestamp)
+        action, command = self._fetch()
+        missing = self.worker.missing_requirements(command.platform)
+        if missing:
+            # A fleet whose workers need a property (an image, a pool) the action lacks.
+            self.status = code_pb2.FAILED_PRECONDITION
+            self.message = (f"worker {self.worker.bot_id} requires {', '.join(missing)}; the "
+                            f"action's platform has {_platform_text(command.platform)}")
+            return
+        _now(meta.input_fetch_start_timestamp)
+        workdir = self._stage(action, command, root)
+        _now(meta.input_fetch_completed_timestamp)
+        out_path, err_path = root + ".stdout", root + ".stderr"
+        try:
+            _now(meta.execution_start_timestamp)
+            self._run_command(action, command, workdir, out_path, err_path)
+            _now(meta.execution_completed_timestamp)
+            if self.cancelled:
+                return
+            _now(meta.output_upload_start_timestamp)
+            self._upload(command, workdir, out_path, err_path)
+            _now(meta.output_upload_completed_timestamp)
+            _now(meta.worker_completed_timestamp)
+            LOG.info("lease %s: exit code %d", self.lease.id, self.result.exit_code)
+        finally:
+            for p in (out_path, err_path):
+                if os.path.exists(p):
+                    os.unlink(p)
+
+    def _fetch(self):
+        """Returns the lease's Action and its Command, read from CAS as needed."""
+        cas = self.worker.cas
         action = re_pb2.Action()
         if self.lease.payload.Is(re_pb2.Action.DESCRIPTOR):
             self.lease.payload.Unpack(action)
@@ -322,73 +354,66 @@ class Job:
             action.ParseFromString(cas.read([dg])[dg.hash])
         command = re_pb2.Command()
         command.ParseFromString(cas.read([action.command_digest])[action.command_digest.hash])
+        LOG.info("lease %s: platform %s", self.lease.id, _platform_text(command.platform))
+        return action, command
 
-        _now(meta.input_fetch_start_timestamp)
-        stage(cas, action.input_root_digest, root)
-        _now(meta.input_fetch_completed_timestamp)
-
+    def _stage(self, action, command, root):
+        """Writes the input root under root; returns the command's working directory."""
+        stage(self.worker.cas, action.input_root_digest, root)
         workdir = os.path.join(root, command.working_directory)
         for rel in list(command.output_files) + list(command.output_directories) + list(
             command.output_paths
         ):
             os.makedirs(os.path.dirname(os.path.join(workdir, rel)), exist_ok=True)
+        return workdir
 
+    def _run_command(self, action, command, workdir, out_path, err_path):
+        """Runs the command with exactly its environment, under the action's timeout."""
         env = {v.name: v.value for v in command.environment_variables}
         timeout = action.timeout.seconds + action.timeout.nanos / 1e9 if action.HasField("timeout") else None
         args = list(command.arguments)
         if args and "/" in args[0] and not os.path.isabs(args[0]):
             args[0] = os.path.join(workdir, args[0])  # Relative to the working directory.
         LOG.info("lease %s: running %s", self.lease.id, " ".join(command.arguments)[:200])
-        out_path, err_path = root + ".stdout", root + ".stderr"
-        _now(meta.execution_start_timestamp)
-        try:
-            with open(out_path, "wb") as out, open(err_path, "wb") as err:
-                try:
-                    self.proc = subprocess.Popen(
-                        args,
-                        cwd=workdir,
-                        env=env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=err,
-                        start_new_session=True,
-                    )
-                except OSError as e:
-                    err.write(f"worker {self.worker.bot_id}: cannot run {args[0]}: {e}\n".encode())
-                    self.result.exit_code = 127
-                    self.proc = None
-                if self.proc is not None:
-                    if self.cancelled:
-                        _kill_group(self.proc)
-                    try:
-                        self.result.exit_code = self.proc.wait(timeout=timeout)
-                    except subprocess.TimeoutExpired:
-                        _kill_group(self.proc)
-                        self.result.exit_code = self.proc.wait()
-                        self.status = code_pb2.DEADLINE_EXCEEDED
-                        self.message = f"action timed out after {timeout:.0f} s on {self.worker.bot_id}"
-                    # Leftovers of the group (daemonized children) must not outlive the action.
-                    _kill_group(self.proc)
-            _now(meta.execution_completed_timestamp)
-            if self.cancelled:
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            try:
+                self.proc = subprocess.Popen(
+                    args,
+                    cwd=workdir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                )
+            except OSError as e:
+                err.write(f"worker {self.worker.bot_id}: cannot run {args[0]}: {e}\n".encode())
+                self.result.exit_code = 127
+                self.proc = None
                 return
-            _now(meta.output_upload_start_timestamp)
-            blobs = {}
-            for path, field in ((out_path, "stdout_digest"), (err_path, "stderr_digest")):
-                with open(path, "rb") as fh:
-                    data = fh.read()
-                dg = digest_of(data)
-                blobs[dg.hash] = (dg, data)
-                getattr(self.result, field).CopyFrom(dg)
-            cas.write(blobs)
-            collect_outputs(cas, command, workdir, self.result)
-            _now(meta.output_upload_completed_timestamp)
-            _now(meta.worker_completed_timestamp)
-            LOG.info("lease %s: exit code %d", self.lease.id, self.result.exit_code)
-        finally:
-            for p in (out_path, err_path):
-                if os.path.exists(p):
-                    os.unlink(p)
+            if self.cancelled:
+                _kill_group(self.proc)
+            try:
+                self.result.exit_code = self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(self.proc)
+                self.result.exit_code = self.proc.wait()
+                self.status = code_pb2.DEADLINE_EXCEEDED
+                self.message = f"action timed out after {timeout:.0f} s on {self.worker.bot_id}"
+            # Leftovers of the group (daemonized children) must not outlive the action.
+            _kill_group(self.proc)
+
+    def _upload(self, command, workdir, out_path, err_path):
+        """Uploads stdout, stderr and the declared outputs into the ActionResult."""
+        blobs = {}
+        self.result.stdout_digest.CopyFrom(_file_blob(out_path, blobs))
+        self.result.stderr_digest.CopyFrom(_file_blob(err_path, blobs))
+        self.worker.cas.write(blobs)
+        collect_outputs(self.worker.cas, command, workdir, self.result)
+
+
+def _platform_text(platform):
+    return "{" + ", ".join(f"{p.name}={p.value}" for p in platform.properties) + "}"
 
 
 def _kill_group(proc):
@@ -441,7 +466,13 @@ class Worker:
             props += [("gpus", str(n)) for n in range(1, self.args.gpus + 1)]
             # fsdp_test's Pool=<device>-<ranks>, for each size this worker can take.
             props += [("Pool", f"{self.args.device}-{n}") for n in range(1, self.args.gpus + 1)]
+        props += [tuple(p.split("=", 1)) for p in self.args.require_property]
         return props
+
+    def missing_requirements(self, platform):
+        """The --require-property KEY=VALUE pairs that `platform` lacks."""
+        have = {(p.name, p.value) for p in platform.properties}
+        return [p for p in self.args.require_property if tuple(p.split("=", 1)) not in have]
 
     def _session(self):
         device = worker_pb2.Device(handle=self.bot_id)
@@ -577,11 +608,18 @@ def main(argv=None):
     p.add_argument("--instance", default="", help="REAPI instance name (default: '')")
     p.add_argument("--name", default="worker-1", help="stable name; bot id is <hostname>-<name>")
     p.add_argument("--device", default="cpu", choices=list(device_table.load().DEVICES))
-    p.add_argument("--gpus", type=int, default=0, help="accelerators on this worker (advertises gpus=1..N)")
+    p.add_argument("--gpus", type=int, default=0,
+                   help="accelerators on this worker (advertises gpus=1..N, Pool=<device>-1..N)")
+    p.add_argument("--require-property", action="append", default=[], metavar="KEY=VALUE",
+                   help="advertise KEY=VALUE and refuse actions whose platform lacks it "
+                        "(like a fleet that needs an image or a pool named)")
     p.add_argument("--work-dir", required=True, help="where input roots are staged")
     args = p.parse_args(argv)
     if args.device != "cpu" and args.gpus < 1:
         p.error(f"--device {args.device} needs --gpus N (N >= 1)")
+    for prop in args.require_property:
+        if "=" not in prop:
+            p.error(f"--require-property {prop}: expected KEY=VALUE")
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(message)s"
     )

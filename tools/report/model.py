@@ -604,8 +604,10 @@ def _group_environments(environments: List[Tuple[str, dict, str]]
                         ) -> Dict[str, List[Tuple[dict, List[str]]]]:
   """Per device, the distinct environments (world sizes merged) and sources."""
   envs: Dict[str, List[Tuple[dict, List[str]]]] = {}
+  # Per-run facts (which devices a test was given) do not split an environment.
   strip = lambda e: {k: v for k, v in e.items()
-                     if k != "world_size" and not k.startswith("_")}
+                     if k not in ("world_size", "passed_env", "device_uuids")
+                     and not k.startswith("_")}
   for dev, env, src in environments:
     lst = envs.setdefault(dev, [])
     for known, srcs in lst:
