@@ -44,7 +44,7 @@ class HsdpGradientDivideFactorSumCommsTest(multirank.MultiRankTestCase, paramete
             "FSDP2 divide factor with SUM-only reductions on an N x 1 mesh",
             "the custom gradient divide factor is applied twice (before the replica "
             "all-reduce and after it), so gradients come out 1/factor too small",
-            seen_on=("2.13",)),
+            seen_on=("2.11", "2.13")),
     }
 
     def _reference_grads(self):

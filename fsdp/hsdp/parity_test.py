@@ -47,7 +47,7 @@ _FSDP1_N_BY_1 = known_failures.TorchBug(
     "pytorch#154888 (FSDP1 form)",
     "FSDP1 HYBRID_SHARD on an N x 1 mesh switches to NO_SHARD within the one-rank shard "
     "group and never all-reduces across replicas, so replicas train apart",
-    seen_on=("2.13",))
+    seen_on=("2.11", "2.13"))
 
 CASES = tuple((f"{kind}_{name}", kind, api, hybrid)
               for kind in meshes.SHAPE_KINDS for name, api, hybrid in _CONFIGS)

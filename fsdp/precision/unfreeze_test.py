@@ -61,7 +61,7 @@ class UnfreezeTest(multirank.MultiRankTestCase, parameterized.TestCase):
             "FSDP2 resolves a unit's reduce dtype at its first forward from its trainable "
             "parameters; a unit frozen then gets the param dtype, and after unfreezing its "
             "backward fails (grad dtype bf16 vs float32)",
-            seen_on=("2.13",)),
+            seen_on=("2.11", "2.13")),
     }
 
     @parameterized.named_parameters(*cases.api_cases_with(fsdp1={"use_orig_params": True},

@@ -34,7 +34,7 @@ from absl.testing import parameterized
 from torch.distributed.checkpoint import state_dict as dsd
 from torch.distributed.device_mesh import DeviceMesh
 
-from testing import dist_helpers, multirank
+from testing import dist_helpers, known_failures, multirank
 from testing.fsdp import cases, compat, data, models, params, parity, training, wrapping
 
 SPEC = models.get("nested_mlp")
@@ -81,7 +81,22 @@ def _from_rank0(obj):
     return holder[0]
 
 
+_FSDP1_SUBGROUP_OPTIM = known_failures.TorchBug(
+    "FSDP1 optimizer state dict on a subgroup",
+    "the optimizer state dict of an FSDP1 model sharded on a subgroup issues a collective "
+    "on the default group, so ranks outside the subgroup deadlock or receive its data",
+    seen_on=("2.11",))
+
+
 class ResumeWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
+
+    # Seen on 2x H200 (torch 2.11, NCCL; 1 saving rank, 2 loading): the saver hangs
+    # in FSDP1's _check_missing_keys_on_rank while rank 1 receives its collective
+    # in broadcast_object_list. torch 2.13 (CPU, gloo) passes.
+    known_failures = {
+        "test_resume_on_more_ranks_dcp_fsdp1": _FSDP1_SUBGROUP_OPTIM,
+        "test_resume_on_more_ranks_full_fsdp1": _FSDP1_SUBGROUP_OPTIM,
+    }
 
     def _assert_state(self, model, opt, expected_params, expected_optim, what):
         actual_params = params.full_params(model)  # collectives: before any assert
@@ -118,6 +133,9 @@ class ResumeWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
         parity.assert_params_close(params.full_params(fresh), uninterrupted,
                                    context=f"{what}: resumed vs uninterrupted run")
 
+    # A bounded wait: where the known bug above deadlocks, the harness reports the
+    # hang after 30 s instead of the default 120 s (a case takes 2-11 s when it works).
+    @multirank.timeout(30)
     @parameterized.named_parameters(
         (f"{how}_{api}", api, how) for api in ("fsdp1", "fsdp2") for how in ("dcp", "full"))
     def test_resume_on_more_ranks(self, api, how):

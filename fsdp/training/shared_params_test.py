@@ -8,10 +8,15 @@ keep the tie (one parameter, two uses) and, over three SGD steps on
 rank-distinct data, match the model trained without FSDP on all ranks' data,
 buffers included. FSDP2 given the tied modules as separate units must either
 refuse it or still train correctly; torch 2.13 refuses with a ValueError.
+
+Known torch bug: torch 2.11 accepts the separate units and trains wrongly
+(27 of 29 parameters diverge, measured on 2 H200s); that case is listed in
+``known_failures``, so it must still fail there and the report explains it.
 """
 
 from absl.testing import parameterized
 
+from testing import known_failures
 from testing import multirank
 from testing.fsdp import compat
 from testing.fsdp import models
@@ -38,6 +43,14 @@ def _shard_fsdp2(model, groups, device):
 
 
 class SharedParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
+
+    known_failures = {
+        "test_tied_modules_in_separate_units_refused_or_correct_fsdp2": known_failures.TorchBug(
+            "FSDP2 tied weight split across units",
+            "fully_shard(embed) and fully_shard(lm_head) sharing one weight are accepted and "
+            "train wrongly (torch 2.13 refuses them with an error)",
+            seen_on=("2.11",)),
+    }
 
     def _check_trains_like_reference(self, model, context):
         self.assertIs(model.lm_head.weight, model.embed.weight, "tie broken by sharding")
