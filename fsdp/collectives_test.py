@@ -13,7 +13,6 @@ from testing import multirank
 
 
 class CollectivesTest(multirank.MultiRankTestCase):
-
     def _rank_values(self, n: int) -> torch.Tensor:
         """n values that differ per rank: rank r holds r*100 + [0..n)."""
         return torch.arange(n, dtype=torch.float32, device=self.device) + 100 * self.rank
@@ -38,7 +37,7 @@ class CollectivesTest(multirank.MultiRankTestCase):
         dist.reduce_scatter_tensor(out, t)
         ranks = sum(range(self.world_size))
         full = torch.arange(float(chunk * self.world_size)) * self.world_size + 100 * ranks
-        torch.testing.assert_close(out.cpu(), full[self.rank * chunk:(self.rank + 1) * chunk])
+        torch.testing.assert_close(out.cpu(), full[self.rank * chunk : (self.rank + 1) * chunk])
 
     def test_broadcast_from_last_rank(self):
         t = self._rank_values(5)

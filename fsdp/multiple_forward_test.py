@@ -18,13 +18,15 @@ SPEC = models.get("shared_twice")
 
 
 class MultipleForwardTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     @parameterized.named_parameters(*cases.API_CASES)
     def test_unit_called_twice_matches_reference(self, api):
         training.check_against_reference(SPEC, api, steps=3, device=self.device)
 
-    @parameterized.named_parameters(*cases.api_cases_with(
-        fsdp1={"sharding_strategy": "SHARD_GRAD_OP"}, fsdp2={"reshard_after_forward": False}))
+    @parameterized.named_parameters(
+        *cases.api_cases_with(
+            fsdp1={"sharding_strategy": "SHARD_GRAD_OP"}, fsdp2={"reshard_after_forward": False}
+        )
+    )
     def test_unit_called_twice_without_reshard_matches_reference(self, api, options):
         training.check_against_reference(SPEC, api, steps=3, device=self.device, **options)
 

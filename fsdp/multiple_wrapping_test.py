@@ -48,15 +48,15 @@ def _outer_root(inner: nn.Module, api: str, device) -> nn.Module:
 
 
 class MultipleWrappingTest(multirank.MultiRankTestCase):
-
     def _train_wrapped_inner(self, api):
         """Returns (inner, its trained outer root, reference, eval inputs)."""
         inner = wrapping.wrap_spec(SPEC, api, device=self.device)
         original = _outer_root(inner, api, self.device)
         training.train(original, SPEC, steps=3, seed=0, device=self.device)
         reference, _ = training.reference_train(SPEC, steps=3, seed=0, device=self.device)
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP,
-                                    device=self.device)
+        inputs, _ = data.rank_batch(
+            SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP, device=self.device
+        )
         return inner, original, reference, inputs
 
     def test_rewrapped_inner_model_matches_original_and_reference_fsdp1(self):
@@ -66,16 +66,19 @@ class MultipleWrappingTest(multirank.MultiRankTestCase):
             original_out = original(inputs)
             rewrapped_out = rewrapped(inputs)
             reference_out = reference(inputs)
-        parity.assert_tensors_close(rewrapped_out, original_out,
-                                    name="re-wrapped vs original output")
-        parity.assert_tensors_close(original_out, reference_out,
-                                    name="original vs reference output")
+        parity.assert_tensors_close(
+            rewrapped_out, original_out, name="re-wrapped vs original output"
+        )
+        parity.assert_tensors_close(
+            original_out, reference_out, name="original vs reference output"
+        )
 
     def test_wrapped_inner_model_matches_reference_fsdp2(self):
         _, original, reference, inputs = self._train_wrapped_inner("fsdp2")
         with torch.no_grad():
-            parity.assert_tensors_close(original(inputs), reference(inputs),
-                                        name="original vs reference output")
+            parity.assert_tensors_close(
+                original(inputs), reference(inputs), name="original vs reference output"
+            )
 
     def test_new_root_for_trained_inner_model_is_refused_fsdp2(self):
         inner, _, _, inputs = self._train_wrapped_inner("fsdp2")

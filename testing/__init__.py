@@ -13,12 +13,16 @@ def _require_torch() -> None:
     try:
         import torch  # pylint: disable=g-import-not-at-top
     except ImportError as e:
-        sys.exit(f"fsdp-conformance: torch is not importable in {sys.executable} "
-                 f"({e}); install torch>=2.6 there or run through tools/bazel")
+        sys.exit(
+            f"fsdp-conformance: torch is not importable in {sys.executable} "
+            f"({e}); install torch>=2.6 there or run through tools/bazel"
+        )
     version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
     if version < MIN_TORCH:
-        sys.exit(f"fsdp-conformance: torch {torch.__version__} in {sys.executable} "
-                 "is too old; torch>=2.6 is required")
+        sys.exit(
+            f"fsdp-conformance: torch {torch.__version__} in {sys.executable} "
+            "is too old; torch>=2.6 is required"
+        )
 
 
 _require_torch()

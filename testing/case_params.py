@@ -47,8 +47,7 @@ def parameters(test: unittest.TestCase) -> Dict[str, Any]:
         signature = inspect.signature(original)
         if isinstance(params, collections.abc.Mapping):
             bound = signature.bind(test, **params)
-        elif isinstance(params, collections.abc.Iterable) and not isinstance(
-                params, (str, bytes)):
+        elif isinstance(params, collections.abc.Iterable) and not isinstance(params, (str, bytes)):
             bound = signature.bind(test, *params)
         else:
             bound = signature.bind(test, params)

@@ -72,12 +72,15 @@ class DeviceKind:
             visible, note = 0, f" ({e})"
         if visible >= world_size:
             return None
-        return (f"{self.name} requested: {visible} devices visible; world size "
-                f"{world_size} needs {world_size}{note}")
+        return (
+            f"{self.name} requested: {visible} devices visible; world size "
+            f"{world_size} needs {world_size}{note}"
+        )
 
     def torch_module(self):
         """Returns the ``torch.<name>`` module of an accelerator."""
         import torch  # pylint: disable=g-import-not-at-top
+
         if self.plugin:
             importlib.import_module(self.plugin)
         return getattr(torch, self.name)
@@ -89,6 +92,7 @@ class _Unavailable(Exception):
 
 def _count(kind: DeviceKind) -> int:
     import torch  # pylint: disable=g-import-not-at-top
+
     if kind.plugin:
         try:
             importlib.import_module(kind.plugin)
@@ -109,23 +113,38 @@ MULTI_DEVICE_TAG = "requires-multi-device"
 # Variables every accelerator's runtime may need from the host: the vendor libraries.
 _ACCELERATOR_ENV_VARS = ("LD_LIBRARY_PATH",)
 
-DEVICES = {kind.name: kind for kind in (
-    DeviceKind("cpu", backend="gloo", tag="cpu", accelerator=False),
-    DeviceKind("cuda", backend="nccl", tag="gpu",
-               visible_devices_env="CUDA_VISIBLE_DEVICES",
-               env_prefixes=("NCCL_", "TORCH_NCCL_", "CUDA_", "NVSHMEM_", "TORCH_SYMM_MEM_"),
-               env_vars=_ACCELERATOR_ENV_VARS,
-               interop_tags=("requires-gpu-nvidia",)),
-    DeviceKind("hpu", backend="hccl", tag="hpu",
-               visible_devices_env="HABANA_VISIBLE_MODULES",
-               env_prefixes=("HABANA_", "HCCL_", "PT_HPU_"),
-               env_vars=_ACCELERATOR_ENV_VARS,
-               plugin="habana_frameworks.torch"),
-    DeviceKind("xpu", backend="xccl", tag="xpu",
-               visible_devices_env="ZE_AFFINITY_MASK",
-               env_prefixes=("ZE_", "CCL_", "ONEAPI_"),
-               env_vars=_ACCELERATOR_ENV_VARS),
-)}
+DEVICES = {
+    kind.name: kind
+    for kind in (
+        DeviceKind("cpu", backend="gloo", tag="cpu", accelerator=False),
+        DeviceKind(
+            "cuda",
+            backend="nccl",
+            tag="gpu",
+            visible_devices_env="CUDA_VISIBLE_DEVICES",
+            env_prefixes=("NCCL_", "TORCH_NCCL_", "CUDA_", "NVSHMEM_", "TORCH_SYMM_MEM_"),
+            env_vars=_ACCELERATOR_ENV_VARS,
+            interop_tags=("requires-gpu-nvidia",),
+        ),
+        DeviceKind(
+            "hpu",
+            backend="hccl",
+            tag="hpu",
+            visible_devices_env="HABANA_VISIBLE_MODULES",
+            env_prefixes=("HABANA_", "HCCL_", "PT_HPU_"),
+            env_vars=_ACCELERATOR_ENV_VARS,
+            plugin="habana_frameworks.torch",
+        ),
+        DeviceKind(
+            "xpu",
+            backend="xccl",
+            tag="xpu",
+            visible_devices_env="ZE_AFFINITY_MASK",
+            env_prefixes=("ZE_", "CCL_", "ONEAPI_"),
+            env_vars=_ACCELERATOR_ENV_VARS,
+        ),
+    )
+}
 
 
 def get(name: str) -> DeviceKind:
@@ -133,5 +152,4 @@ def get(name: str) -> DeviceKind:
     try:
         return DEVICES[name]
     except KeyError:
-        raise ValueError(f"unknown device {name!r}: choose one of "
-                         f"{', '.join(DEVICES)}") from None
+        raise ValueError(f"unknown device {name!r}: choose one of {', '.join(DEVICES)}") from None

@@ -32,8 +32,11 @@ def shared_tempdir(prefix: str = "tmp-") -> Iterator[str]:
     Rank 0 creates it and broadcasts the path; on exit every rank waits at a
     barrier, then rank 0 removes the directory.
     """
-    holder = [tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("TEST_TMPDIR"))
-              if dist.get_rank() == 0 else None]
+    holder = [
+        tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("TEST_TMPDIR"))
+        if dist.get_rank() == 0
+        else None
+    ]
     dist.broadcast_object_list(holder, src=0)
     try:
         yield holder[0]

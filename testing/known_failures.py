@@ -53,13 +53,16 @@ class TorchBug:
 
     def describe(self) -> str:
         """One line naming the bug, for failure messages and the report."""
-        return (f"known torch bug {self.issue}: {self.summary} "
-                f"(seen on torch {', '.join(self.seen_on)})")
+        return (
+            f"known torch bug {self.issue}: {self.summary} "
+            f"(seen on torch {', '.join(self.seen_on)})"
+        )
 
 
 def torch_release() -> str:
     """The running torch's ``major.minor``, e.g. ``"2.13"``."""
     import torch  # pylint: disable=g-import-not-at-top
+
     return ".".join(torch.__version__.split("+")[0].split(".")[:2])
 
 
@@ -70,8 +73,7 @@ def expected_here(bug: Optional[TorchBug], mode: str) -> bool:
     return bug is not None and mode == "expect" and torch_release() in bug.seen_on
 
 
-def record(key: str, bug: TorchBug, outcome: str, output_dir: str,
-           message: str = "") -> None:
+def record(key: str, bug: TorchBug, outcome: str, output_dir: str, message: str = "") -> None:
     """Adds one known-failure result to ``<output_dir>/known_failures.json``.
 
     Args:
@@ -81,9 +83,13 @@ def record(key: str, bug: TorchBug, outcome: str, output_dir: str,
       output_dir: the test's output directory.
       message: the start of the failure, when the case failed.
     """
-    _RECORDED[key] = {"issue": bug.issue, "summary": bug.summary,
-                      "seen_on": ", ".join(bug.seen_on), "outcome": outcome,
-                      "torch": torch_release()}
+    _RECORDED[key] = {
+        "issue": bug.issue,
+        "summary": bug.summary,
+        "seen_on": ", ".join(bug.seen_on),
+        "outcome": outcome,
+        "torch": torch_release(),
+    }
     if message:
         # The JUnit of an expected failure keeps no message: the report shows this one.
         _RECORDED[key]["message"] = message[:2000]

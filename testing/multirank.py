@@ -49,9 +49,11 @@ __unittest = True
 
 def timeout(seconds: float) -> Callable:
     """Decorator: fail this test as hung after ``seconds`` on its ranks."""
+
     def decorate(method):
         method.multirank_timeout_s = seconds
         return method
+
     return decorate
 
 
@@ -151,15 +153,17 @@ class MultiRankTestCase(absltest.TestCase):
                 f"{self.id()}: {bug.issue} did not reproduce on torch "
                 f"{known_failures_lib.torch_release()}, one of the releases it was seen on: "
                 "either the test no longer catches it, or this build has a fix (then "
-                "update seen_on)\n")
+                "update seen_on)\n"
+            )
 
     def _setting(self, name: str):
         method = getattr(type(self), self._testMethodName)
         return getattr(method, name, None)
 
     def _planned_timeout(self) -> float:
-        return (self._setting("multirank_timeout_s") or type(self).timeout_s
-                or options.rank_timeout())
+        return (
+            self._setting("multirank_timeout_s") or type(self).timeout_s or options.rank_timeout()
+        )
 
     def _check_world_size(self, size: int) -> None:
         """Fails the test if the class needs a world size this run does not have."""
@@ -169,13 +173,15 @@ class MultiRankTestCase(absltest.TestCase):
                 f"{cls.__name__} sets world_size = {cls.world_size} as a class attribute; "
                 f"the world size comes from the target (this run: {size}). Remove it, "
                 f"declare world_sizes = [{cls.world_size}] in the BUILD fsdp_test, and set "
-                f"required_world_size = {cls.world_size} if the class needs that size")
+                f"required_world_size = {cls.world_size} if the class needs that size"
+            )
         required = cls.required_world_size
         if required is not None and required != size:
             raise self.failureException(
                 f"{cls.__name__} requires world size {required}, but this target runs "
                 f"world size {size}: declare world_sizes = [{required}] in its BUILD "
-                f"fsdp_test (pytest: --world-size={required})")
+                f"fsdp_test (pytest: --world-size={required})"
+            )
 
     def _run_on_ranks(self) -> None:
         size = options.world_size()
@@ -189,8 +195,9 @@ class MultiRankTestCase(absltest.TestCase):
         cls = type(self)
         log_dir = os.path.join(_output_dir(), "rank_logs", cls.__name__)
         pool = self._ensure_pool(size, kind, log_dir)
-        results = pool.run(cls, self._testMethodName, self.id(), self._planned_timeout(),
-                           log_dir=log_dir)
+        results = pool.run(
+            cls, self._testMethodName, self.id(), self._planned_timeout(), log_dir=log_dir
+        )
         failed = [r for r in results if r.status not in ("ok", "skip")]
         if failed:
             _discard_pool(pool)
@@ -205,8 +212,7 @@ class MultiRankTestCase(absltest.TestCase):
         key = (kind.name, size, start_method)
         held = cls.__dict__.get("_pool")
         pool = _SESSION_POOLS.get(key) if options.pool_scope() == "session" else held
-        if pool is not None and (pool.world_size != size or pool.broken
-                                 or not pool.can_run(cls)):
+        if pool is not None and (pool.world_size != size or pool.broken or not pool.can_run(cls)):
             _discard_pool(pool)
             pool = None
         if pool is None:
@@ -226,8 +232,10 @@ class MultiRankTestCase(absltest.TestCase):
 
     def _failure_message(self, failed, pool: rank_pool.RankPool) -> str:
         kind = pool.device_kind
-        header = (f"{self._testMethodName} failed on {len(failed)} of "
-                  f"{pool.world_size} ranks ({kind.name}/{kind.backend}):")
+        header = (
+            f"{self._testMethodName} failed on {len(failed)} of "
+            f"{pool.world_size} ranks ({kind.name}/{kind.backend}):"
+        )
         logs = f"Per-rank logs: {pool.log_dir}/rank*.log"
         # A rank that died is usually the cause of its peers' errors: first.
         order = {"died": 0, "error": 1, "hung": 2}
@@ -280,7 +288,8 @@ def _output_dir() -> str:
     path = os.environ.get("TEST_UNDECLARED_OUTPUTS_DIR")
     if not path:
         path = os.environ.get("FSDP_TEST_OUTPUT_DIR") or os.path.join(
-            os.environ.get("TEST_TMPDIR", "/tmp"), f"fsdp-test-outputs-{os.getuid()}")
+            os.environ.get("TEST_TMPDIR", "/tmp"), f"fsdp-test-outputs-{os.getuid()}"
+        )
     os.makedirs(path, exist_ok=True)
     return path
 
@@ -296,8 +305,9 @@ def _on_sigterm(signum, frame):
     for pool in list(rank_pool._LIVE_POOLS):  # pylint: disable=protected-access
         pool.dump_stacks(list(range(pool.world_size)))
     rank_pool.kill_all_pools()
-    sys.stderr.write(f"multirank: terminated by signal {signum}; rank stacks are "
-                     f"in {_output_dir()}/rank_logs\n")
+    sys.stderr.write(
+        f"multirank: terminated by signal {signum}; rank stacks are in {_output_dir()}/rank_logs\n"
+    )
     sys.stderr.flush()
     os._exit(128 + signum)
 

@@ -13,35 +13,56 @@ from absl import flags
 from testing import devices
 
 _DEVICE = flags.DEFINE_enum(
-    "device", None, list(devices.DEVICES),
-    "Device the ranks run on (env FSDP_TEST_DEVICE; default cpu).")
+    "device",
+    None,
+    list(devices.DEVICES),
+    "Device the ranks run on (env FSDP_TEST_DEVICE; default cpu).",
+)
 _WORLD_SIZE = flags.DEFINE_integer(
-    "world_size", None,
+    "world_size",
+    None,
     "World size every test of the run uses; set by the BUILD macro's world_sizes "
-    "(env FSDP_TEST_WORLD_SIZE; default 2).", lower_bound=1)
+    "(env FSDP_TEST_WORLD_SIZE; default 2).",
+    lower_bound=1,
+)
 _MISSING_DEVICE = flags.DEFINE_enum(
-    "missing_device", None, ["fail", "skip"],
+    "missing_device",
+    None,
+    ["fail", "skip"],
     "What a test does when the device or enough of them is absent: fail "
-    "(default) or skip (opt-in; env FSDP_TEST_MISSING_DEVICE).")
+    "(default) or skip (opt-in; env FSDP_TEST_MISSING_DEVICE).",
+)
 _RANK_TIMEOUT = flags.DEFINE_float(
-    "rank_timeout", None,
+    "rank_timeout",
+    None,
     "Seconds one test may run on its ranks before it is failed as hung and "
-    "every rank's stack is shown (env FSDP_TEST_RANK_TIMEOUT).", lower_bound=0.1)
+    "every rank's stack is shown (env FSDP_TEST_RANK_TIMEOUT).",
+    lower_bound=0.1,
+)
 _START_METHOD = flags.DEFINE_enum(
-    "start_method", None, ["fork", "forkserver", "spawn"],
-    "How rank processes are started (env FSDP_TEST_START_METHOD; default fork).")
+    "start_method",
+    None,
+    ["fork", "forkserver", "spawn"],
+    "How rank processes are started (env FSDP_TEST_START_METHOD; default fork).",
+)
 _POOL_SCOPE = flags.DEFINE_enum(
-    "pool_scope", None, ["class", "session"],
+    "pool_scope",
+    None,
+    ["class", "session"],
     "Which tests share one pool of ranks: each test class its own (default), or "
     "every class of the process with the same device and world size (env "
-    "FSDP_TEST_POOL_SCOPE; pytest's default is session).")
+    "FSDP_TEST_POOL_SCOPE; pytest's default is session).",
+)
 
 _KNOWN_FAILURES = flags.DEFINE_enum(
-    "known_failures", None, ["expect", "strict"],
+    "known_failures",
+    None,
+    ["expect", "strict"],
     "Test cases a known torch bug makes fail (a class's known_failures): expect "
     "(default) checks that they still fail on the torch releases the bug was seen "
     "on; strict runs them as ordinary tests, so they fail the target (env "
-    "FSDP_TEST_KNOWN_FAILURES). See testing/known_failures.py.")
+    "FSDP_TEST_KNOWN_FAILURES). See testing/known_failures.py.",
+)
 
 DEFAULT_WORLD_SIZE = 2
 DEFAULT_RANK_TIMEOUT_S = 120.0

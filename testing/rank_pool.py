@@ -41,8 +41,9 @@ class RankPool:
     (each test class logs under its own, see :meth:`run`).
     """
 
-    def __init__(self, world_size: int, device_kind: devices.DeviceKind,
-                 start_method: str, log_dir: str):
+    def __init__(
+        self, world_size: int, device_kind: devices.DeviceKind, start_method: str, log_dir: str
+    ):
         self.world_size = world_size
         self.device_kind = device_kind
         self.start_method = start_method
@@ -55,8 +56,7 @@ class RankPool:
         self._logs_start = [0] * world_size  # log offsets where the current test began
         # Modules a forked rank has: those the runner had imported when it forked.
         self._modules_at_start = frozenset()
-        self._store_dir = tempfile.mkdtemp(
-            prefix="rendezvous-", dir=os.environ.get("TEST_TMPDIR"))
+        self._store_dir = tempfile.mkdtemp(prefix="rendezvous-", dir=os.environ.get("TEST_TMPDIR"))
         _LIVE_POOLS.add(self)
 
     def _use_log_dir(self, log_dir: str) -> None:
@@ -82,9 +82,18 @@ class RankPool:
         for rank in range(self.world_size):
             parent_conn, child_conn = self._context.Pipe()
             process = self._context.Process(
-                target=rank_server.rank_main, name=f"rank{rank}", daemon=True,
-                args=(rank, self.world_size, self.device_kind.name, store_path,
-                      child_conn, self.log_dir))
+                target=rank_server.rank_main,
+                name=f"rank{rank}",
+                daemon=True,
+                args=(
+                    rank,
+                    self.world_size,
+                    self.device_kind.name,
+                    store_path,
+                    child_conn,
+                    self.log_dir,
+                ),
+            )
             process.start()
             child_conn.close()
             self._processes.append(process)
@@ -95,12 +104,18 @@ class RankPool:
             self.kill()
             raise PoolStartError(
                 f"could not start {self.world_size} ranks on "
-                f"{self.device_kind.name}/{self.device_kind.backend}:\n"
-                + format_results(failed))
+                f"{self.device_kind.name}/{self.device_kind.backend}:\n" + format_results(failed)
+            )
         self.info = results[0].detail  # rank 0's _describe()
 
-    def run(self, test_class, method_name: str, test_id: str, timeout_s: float,
-            log_dir: Optional[str] = None) -> List[RankResult]:
+    def run(
+        self,
+        test_class,
+        method_name: str,
+        test_id: str,
+        timeout_s: float,
+        log_dir: Optional[str] = None,
+    ) -> List[RankResult]:
         """Runs one test method on every rank; returns each rank's result.
 
         The ranks find ``test_class`` by module and qualified name, and log to
@@ -108,8 +123,9 @@ class RankPool:
         """
         if log_dir is not None and log_dir != self.log_dir:
             self._use_log_dir(log_dir)
-        request = RunRequest(test_class.__module__, test_class.__qualname__, method_name,
-                             test_id, self.log_dir)
+        request = RunRequest(
+            test_class.__module__, test_class.__qualname__, method_name, test_id, self.log_dir
+        )
         self._logs_start = [_file_size(p) for p in self.log_paths]
         for conn in self._conns:
             conn.send(request)
@@ -131,7 +147,8 @@ class RankPool:
                 waitables[self._conns[r]] = r
                 waitables[self._processes[r].sentinel] = r
             ready = multiprocessing.connection.wait(
-                list(waitables), timeout=max(0.0, end - time.monotonic()))
+                list(waitables), timeout=max(0.0, end - time.monotonic())
+            )
             if not ready:
                 break
             for obj in ready:
@@ -149,13 +166,16 @@ class RankPool:
             self.broken = True
             stacks = self.dump_stacks(stuck)
             if grace_end is not None and time.monotonic() < deadline:
-                why = (f"still running {FAILURE_GRACE_S:.0f} s after another "
-                       "rank failed (likely waiting in a collective for it)")
+                why = (
+                    f"still running {FAILURE_GRACE_S:.0f} s after another "
+                    "rank failed (likely waiting in a collective for it)"
+                )
             else:
                 why = f"{what} did not finish within {timeout_s:.1f} s"
             for r in stuck:
-                results[r] = RankResult(r, "hung", f"{why}; its Python stack:\n"
-                                        + stacks.get(r, "(no stack dumped)"))
+                results[r] = RankResult(
+                    r, "hung", f"{why}; its Python stack:\n" + stacks.get(r, "(no stack dumped)")
+                )
         return [results[r] for r in range(self.world_size)]
 
     def _receive(self, rank: int) -> Optional[RankResult]:
@@ -171,9 +191,11 @@ class RankPool:
             process.join(0.2)  # the pipe closed: the process is on its way out
         if process.exitcode is None:
             return None
-        return RankResult(rank, "died", describe_exit(process.exitcode)
-                          + "; end of its log:\n"
-                          + self.log_tail(rank))
+        return RankResult(
+            rank,
+            "died",
+            describe_exit(process.exitcode) + "; end of its log:\n" + self.log_tail(rank),
+        )
 
     def dump_stacks(self, ranks: List[int]) -> Dict[int, str]:
         """Asks ``ranks`` to write their Python stacks; returns them by rank."""
@@ -182,8 +204,7 @@ class RankPool:
             if self._processes[r].is_alive():
                 os.kill(self._processes[r].pid, rank_protocol.STACK_DUMP_SIGNAL)
         time.sleep(0.5)
-        return {r: trim_stack(_read_from(self.log_paths[r], before[r])).strip()
-                for r in ranks}
+        return {r: trim_stack(_read_from(self.log_paths[r], before[r])).strip() for r in ranks}
 
     def log_tail(self, rank: int, lines: int = 30) -> str:
         """Returns the last ``lines`` this rank logged during the current test."""
@@ -284,4 +305,5 @@ def _refuse_fork_after_accelerator_init(kind: devices.DeviceKind) -> None:
         raise PoolStartError(
             f"{kind.name} was initialized in the test runner before the ranks "
             "were forked; use --start_method=forkserver or keep the runner "
-            "free of device work")
+            "free of device work"
+        )

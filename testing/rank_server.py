@@ -66,8 +66,7 @@ def rank_main(rank, world_size, device_name, store_path, conn, log_dir) -> None:
     _redirect_output(current_log)
     faulthandler.enable(file=sys.stderr, all_threads=True)
     faulthandler.register(rank_protocol.STACK_DUMP_SIGNAL, file=sys.stderr, all_threads=True)
-    print(f"==== rank {rank} of {world_size} starting (pid {os.getpid()}) ====",
-          flush=True)
+    print(f"==== rank {rank} of {world_size} starting (pid {os.getpid()}) ====", flush=True)
     try:
         context = _join_group(rank, world_size, device_name, store_path)
         baseline = _ProcessState.capture(context)
@@ -87,8 +86,10 @@ def rank_main(rank, world_size, device_name, store_path, conn, log_dir) -> None:
         if path != current_log:
             _redirect_output(path)
             current_log = path
-            print(f"==== rank {rank} of {world_size} (pid {os.getpid()}) continues "
-                  "here ====", flush=True)
+            print(
+                f"==== rank {rank} of {world_size} (pid {os.getpid()}) continues here ====",
+                flush=True,
+            )
         print(f"==== {request.test_id} ====", flush=True)
         test_class, problem = _resolve(request)
         if problem is None and test_class is not current_class:
@@ -111,6 +112,7 @@ def rank_main(rank, world_size, device_name, store_path, conn, log_dir) -> None:
 def _join_group(rank, world_size, device_name, store_path) -> RankContext:
     import torch  # pylint: disable=g-import-not-at-top
     import torch.distributed as dist  # pylint: disable=g-import-not-at-top
+
     kind = devices.get(device_name)
     if kind.is_accelerator:
         # Rank r takes the r-th *visible* device, so an allocation made through
@@ -124,33 +126,44 @@ def _join_group(rank, world_size, device_name, store_path) -> RankContext:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     store = dist.FileStore(store_path, world_size)
     dist.init_process_group(
-        kind.backend, store=store, rank=rank, world_size=world_size,
-        timeout=datetime.timedelta(minutes=10))
+        kind.backend,
+        store=store,
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(minutes=10),
+    )
     return RankContext(rank, world_size, kind, device)
 
 
 def _describe(context: RankContext) -> dict:
     """Facts about the run that the report shows (rank 0's view)."""
     import torch  # pylint: disable=g-import-not-at-top
-    info = {"torch_version": torch.__version__, "device": context.device_kind.name,
-            "backend": context.device_kind.backend,
-            "world_size": context.world_size,
-            "python": sys.version.split()[0]}
+
+    info = {
+        "torch_version": torch.__version__,
+        "device": context.device_kind.name,
+        "backend": context.device_kind.backend,
+        "world_size": context.world_size,
+        "python": sys.version.split()[0],
+    }
     # What the host passed in (tools/bazel lists the names in FSDP_PASSED_ENV; the
     # visibility variables and tools/device_lease's claim are always shown).
     names = set(filter(None, os.environ.get("FSDP_PASSED_ENV", "").split(",")))
     names |= {k.visible_devices_env for k in devices.DEVICES.values()} | {"FSDP_DEVICE_LEASE"}
     info["passed_env"] = {
-        n: "<redacted>" if re.search("KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", n)
-        else os.environ[n] for n in sorted(names) if n and n in os.environ}
+        n: "<redacted>" if re.search("KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", n) else os.environ[n]
+        for n in sorted(names)
+        if n and n in os.environ
+    }
     if context.device_kind.is_accelerator:
         module = context.device_kind.torch_module()
         info["device_count"] = module.device_count()
-        info["device_names"] = [module.get_device_name(i)
-                                for i in range(module.device_count())]
+        info["device_names"] = [module.get_device_name(i) for i in range(module.device_count())]
         # Tells physical devices apart across runs (indices are per visibility list).
-        info["device_uuids"] = [str(getattr(module.get_device_properties(i), "uuid", ""))
-                                for i in range(module.device_count())]
+        info["device_uuids"] = [
+            str(getattr(module.get_device_properties(i), "uuid", ""))
+            for i in range(module.device_count())
+        ]
     else:
         info["device_count"] = os.cpu_count()
         info["device_names"] = ["cpu"]
@@ -167,6 +180,7 @@ class _ProcessState:
 
     def __init__(self, context: RankContext):
         import torch  # pylint: disable=g-import-not-at-top
+
         self._context = context
         self.environ = dict(os.environ)
         self.cwd = os.getcwd()
@@ -189,6 +203,7 @@ class _ProcessState:
 
     def restore(self) -> None:
         import torch  # pylint: disable=g-import-not-at-top
+
         if dict(os.environ) != self.environ:
             os.environ.clear()
             os.environ.update(self.environ)
@@ -208,19 +223,25 @@ def _resolve(request: RunRequest) -> Tuple[Optional[type], Optional[str]]:
     """Finds the test class named by ``request``; (class, None) or (None, why not)."""
     what = f"{request.module}.{request.qualname}"
     if "<locals>" in request.qualname:
-        return None, (f"cannot run {what}.{request.method} on the ranks: the class is "
-                      "defined inside a function; define test classes at module level")
+        return None, (
+            f"cannot run {what}.{request.method} on the ranks: the class is "
+            "defined inside a function; define test classes at module level"
+        )
     try:
         module = sys.modules.get(request.module) or importlib.import_module(request.module)
     except Exception:  # pylint: disable=broad-except
-        return None, (f"cannot run {what}.{request.method}: the rank process could not "
-                      f"import module {request.module!r}:\n{traceback.format_exc()}")
+        return None, (
+            f"cannot run {what}.{request.method}: the rank process could not "
+            f"import module {request.module!r}:\n{traceback.format_exc()}"
+        )
     obj = module
     for part in request.qualname.split("."):
         obj = getattr(obj, part, None)
         if obj is None:
-            return None, (f"cannot run {what}.{request.method}: module {request.module!r} "
-                          f"in the rank process has no class {request.qualname!r}")
+            return None, (
+                f"cannot run {what}.{request.method}: module {request.module!r} "
+                f"in the rank process has no class {request.qualname!r}"
+            )
     return obj, None
 
 
@@ -229,8 +250,10 @@ def _begin_class(test_class) -> Optional[str]:
     try:
         test_class.setUpClassOnRanks()
     except BaseException:  # pylint: disable=broad-except
-        return (f"{test_class.__name__}.setUpClassOnRanks failed on this rank:\n"
-                + traceback.format_exc())
+        return (
+            f"{test_class.__name__}.setUpClassOnRanks failed on this rank:\n"
+            + traceback.format_exc()
+        )
     return None
 
 
@@ -239,8 +262,10 @@ def _end_class(test_class) -> None:
     try:
         test_class.tearDownClassOnRanks()
     except BaseException:  # pylint: disable=broad-except
-        print(f"{test_class.__name__}.tearDownClassOnRanks failed:\n"
-              + traceback.format_exc(), flush=True)
+        print(
+            f"{test_class.__name__}.tearDownClassOnRanks failed:\n" + traceback.format_exc(),
+            flush=True,
+        )
 
 
 def _run_method(test_class, method_name, context: RankContext):
@@ -273,6 +298,7 @@ def _leave_group() -> None:
     ran; ``os._exit`` keeps that from turning a passed test into a crash.
     """
     import torch.distributed as dist  # pylint: disable=g-import-not-at-top
+
     try:
         if dist.is_initialized():
             dist.destroy_process_group()

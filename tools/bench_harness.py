@@ -39,21 +39,30 @@ from testing import multirank
 from testing import options
 
 MAX_TESTS = 500
-_TESTS = flags.DEFINE_integer("tests", 20, "Trivial tests per approach.", lower_bound=1,
-                              upper_bound=MAX_TESTS - 1)
+_TESTS = flags.DEFINE_integer(
+    "tests", 20, "Trivial tests per approach.", lower_bound=1, upper_bound=MAX_TESTS - 1
+)
 _BASELINE_TESTS = flags.DEFINE_integer(
-    "baseline_tests", 5, "Tests for the (slow) spawn-per-test baseline.", lower_bound=1)
-_METHODS = flags.DEFINE_list("start_methods", ["fork", "forkserver", "spawn"],
-                             "Harness start methods to measure.")
-_SECTIONS = flags.DEFINE_list("sections", ["start_methods", "pools"],
-                              "Tables to print: start_methods, pools.")
+    "baseline_tests", 5, "Tests for the (slow) spawn-per-test baseline.", lower_bound=1
+)
+_METHODS = flags.DEFINE_list(
+    "start_methods", ["fork", "forkserver", "spawn"], "Harness start methods to measure."
+)
+_SECTIONS = flags.DEFINE_list(
+    "sections", ["start_methods", "pools"], "Tables to print: start_methods, pools."
+)
 MAX_CLASSES = 50
 MAX_TESTS_PER_CLASS = 50
-_CLASSES = flags.DEFINE_integer("classes", 10, "Test classes for the pools table.",
-                                lower_bound=2, upper_bound=MAX_CLASSES - 1)
-_TESTS_PER_CLASS = flags.DEFINE_integer("tests_per_class", 5,
-                                        "Tests per class for the pools table.",
-                                        lower_bound=1, upper_bound=MAX_TESTS_PER_CLASS)
+_CLASSES = flags.DEFINE_integer(
+    "classes", 10, "Test classes for the pools table.", lower_bound=2, upper_bound=MAX_CLASSES - 1
+)
+_TESTS_PER_CLASS = flags.DEFINE_integer(
+    "tests_per_class",
+    5,
+    "Tests per class for the pools table.",
+    lower_bound=1,
+    upper_bound=MAX_TESTS_PER_CLASS,
+)
 
 
 def _check_all_reduce(rank: int, world_size: int, device="cpu") -> None:
@@ -65,10 +74,13 @@ def _check_all_reduce(rank: int, world_size: int, device="cpu") -> None:
 
 
 _WORKLOAD = flags.DEFINE_enum(
-    "workload", "all_reduce", ["all_reduce", "fsdp"],
+    "workload",
+    "all_reduce",
+    ["all_reduce", "fsdp"],
     "What each test of the pools table does: an all-reduce whose sum is checked, or "
     "one FSDP2 training step of a small MLP checked against an unsharded reference "
-    "(shows the first-use costs a fresh rank process pays for FSDP).")
+    "(shows the first-use costs a fresh rank process pays for FSDP).",
+)
 
 
 def _trivial_test(self):
@@ -79,8 +91,10 @@ def _pool_test(self):
     # From the environment: ranks started by forkserver or spawn have no parsed flags.
     if os.environ.get("BENCH_HARNESS_WORKLOAD") == "fsdp":
         from testing.fsdp import models, training  # pylint: disable=g-import-not-at-top
-        training.check_against_reference(models.get("nested_mlp"), "fsdp2", steps=1,
-                                         device=self.device)
+
+        training.check_against_reference(
+            models.get("nested_mlp"), "fsdp2", steps=1, device=self.device
+        )
         return
     _check_all_reduce(self.rank, self.world_size, self.device)
 
@@ -98,8 +112,11 @@ for _i in range(MAX_TESTS):
 # module level so that the ranks can look them up by name.
 POOL_CLASSES = []
 for _c in range(MAX_CLASSES):
-    _cls = type(f"PoolClass{_c:02d}", (multirank.MultiRankTestCase,),
-                {f"test_{_t:02d}": _pool_test for _t in range(MAX_TESTS_PER_CLASS)})
+    _cls = type(
+        f"PoolClass{_c:02d}",
+        (multirank.MultiRankTestCase,),
+        {f"test_{_t:02d}": _pool_test for _t in range(MAX_TESTS_PER_CLASS)},
+    )
     _cls.__module__ = __name__
     globals()[_cls.__name__] = _cls
     POOL_CLASSES.append(_cls)
@@ -109,7 +126,7 @@ def _bench_harness(start_method: str, count: int):
     """Returns (seconds for the first test incl. pool start, mean s per later test)."""
     os.environ["FSDP_TEST_START_METHOD"] = start_method
     os.environ["FSDP_TEST_POOL_SCOPE"] = "class"
-    names = sorted(n for n in dir(TrivialTest) if n.startswith("test_"))[:count + 1]
+    names = sorted(n for n in dir(TrivialTest) if n.startswith("test_"))[: count + 1]
     times = []
     for name in names:
         result = unittest.TestResult()
@@ -141,10 +158,13 @@ def _bench_spawn_per_test(count: int) -> float:
     started = time.perf_counter()
     for _ in range(count):
         store_path = os.path.join(tempfile.mkdtemp(), "store")
-        ranks = [context.Process(target=_baseline_rank,
-                                 args=(r, options.world_size(), store_path,
-                                       options.device().name))
-                 for r in range(options.world_size())]
+        ranks = [
+            context.Process(
+                target=_baseline_rank,
+                args=(r, options.world_size(), store_path, options.device().name),
+            )
+            for r in range(options.world_size())
+        ]
         for p in ranks:
             p.start()
         for p in ranks:
@@ -180,7 +200,8 @@ def _bench_pools(scope: str, n_classes: int, per_class: int):
     os.environ["FSDP_TEST_POOL_SCOPE"] = scope
     os.environ["FSDP_TEST_START_METHOD"] = "fork"
     suite = unittest.TestSuite(
-        cls(f"test_{t:02d}") for cls in POOL_CLASSES[:n_classes] for t in range(per_class))
+        cls(f"test_{t:02d}") for cls in POOL_CLASSES[:n_classes] for t in range(per_class)
+    )
     result = _TimingResult()
     started = time.perf_counter()
     suite.run(result)
@@ -200,21 +221,28 @@ def _bench_pools(scope: str, n_classes: int, per_class: int):
 def _print_pools_table() -> None:
     n_classes, per_class = _CLASSES.value, _TESTS_PER_CLASS.value
     _bench_pools("class", 1, 1)  # warm-up: page cache, lazy imports; not reported
-    rows = [(f"{scope}", *_bench_pools(scope, n_classes, per_class))
-            for scope in ("class", "session")]
+    rows = [
+        (f"{scope}", *_bench_pools(scope, n_classes, per_class)) for scope in ("class", "session")
+    ]
     kind = options.device()
     per_class_total = rows[0][-1]
-    print(f"\n{n_classes} classes x {per_class} {_WORKLOAD.value} tests at world size "
-          f"{options.world_size()}, "
-          f"{kind.name}/{kind.backend}, fork, torch {torch.__version__}, "
-          f"{os.cpu_count()} cores")
-    print(f"| {'pool per':<8} | {'1st class, 1st test (s)':>23} | "
-          f"{'later classes, 1st test (s)':>27} | {'other tests (s)':>15} | "
-          f"{'total (s)':>9} | {'vs class':>8} |")
+    print(
+        f"\n{n_classes} classes x {per_class} {_WORKLOAD.value} tests at world size "
+        f"{options.world_size()}, "
+        f"{kind.name}/{kind.backend}, fork, torch {torch.__version__}, "
+        f"{os.cpu_count()} cores"
+    )
+    print(
+        f"| {'pool per':<8} | {'1st class, 1st test (s)':>23} | "
+        f"{'later classes, 1st test (s)':>27} | {'other tests (s)':>15} | "
+        f"{'total (s)':>9} | {'vs class':>8} |"
+    )
     print(f"|{'-' * 10}|{'-' * 25}|{'-' * 29}|{'-' * 17}|{'-' * 11}|{'-' * 10}|")
     for scope, first, later_first, other, total in rows:
-        print(f"| {scope:<8} | {first:>23.3f} | {later_first:>27.3f} | {other:>15.4f} | "
-              f"{total:>9.2f} | {per_class_total / total:>7.1f}x |")
+        print(
+            f"| {scope:<8} | {first:>23.3f} | {later_first:>27.3f} | {other:>15.4f} | "
+            f"{total:>9.2f} | {per_class_total / total:>7.1f}x |"
+        )
     sys.stdout.flush()
 
 
@@ -236,14 +264,19 @@ def _print_start_methods_table() -> None:
     baseline = _bench_spawn_per_test(_BASELINE_TESTS.value)
     rows.append(("spawn per test (baseline)", baseline, baseline))
     kind = options.device()
-    print(f"\n{count} trivial {options.world_size()}-rank tests (all_reduce + check), "
-          f"{kind.name}/{kind.backend}, torch {torch.__version__}, {os.cpu_count()} cores")
-    print(f"| {'approach':<28} | {'first test (s)':>14} | {'per later test (s)':>18} "
-          f"| {'vs baseline':>11} |")
+    print(
+        f"\n{count} trivial {options.world_size()}-rank tests (all_reduce + check), "
+        f"{kind.name}/{kind.backend}, torch {torch.__version__}, {os.cpu_count()} cores"
+    )
+    print(
+        f"| {'approach':<28} | {'first test (s)':>14} | {'per later test (s)':>18} "
+        f"| {'vs baseline':>11} |"
+    )
     print(f"|{'-' * 30}|{'-' * 16}|{'-' * 20}|{'-' * 13}|")
     for name, first, per_test in rows:
-        print(f"| {name:<28} | {first:>14.3f} | {per_test:>18.4f} "
-              f"| {baseline / per_test:>10.0f}x |")
+        print(
+            f"| {name:<28} | {first:>14.3f} | {per_test:>18.4f} | {baseline / per_test:>10.0f}x |"
+        )
     sys.stdout.flush()
 
 

@@ -45,7 +45,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 ME = "device_lease"
 
 
-
 def visibility_env() -> Dict[str, str]:
     """{device: visibility variable} of the accelerators in testing/devices.py.
 
@@ -53,8 +52,10 @@ def visibility_env() -> Dict[str, str]:
     runfiles, the working directory under Bazel, else beside this file's checkout.
     """
     here = os.path.dirname(os.path.realpath(__file__))
-    for path in (os.path.join("testing", "devices.py"),
-                 os.path.join(os.path.dirname(here), "testing", "devices.py")):
+    for path in (
+        os.path.join("testing", "devices.py"),
+        os.path.join(os.path.dirname(here), "testing", "devices.py"),
+    ):
         if os.path.exists(path):
             name = "fsdp_device_table"
             if name not in sys.modules:
@@ -62,11 +63,15 @@ def visibility_env() -> Dict[str, str]:
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[name] = module  # dataclasses look their module up by name
                 spec.loader.exec_module(module)
-            return {k.name: k.visible_devices_env
-                    for k in sys.modules[name].DEVICES.values()
-                    if k.accelerator and k.visible_devices_env}
-    raise LeaseError("no testing/devices.py in the working directory or beside "
-                     f"{os.path.realpath(__file__)}")
+            return {
+                k.name: k.visible_devices_env
+                for k in sys.modules[name].DEVICES.values()
+                if k.accelerator and k.visible_devices_env
+            }
+    raise LeaseError(
+        f"no testing/devices.py in the working directory or beside {os.path.realpath(__file__)}"
+    )
+
 
 # Commands that list the devices without initializing a runtime, and the pattern of a
 # line that names one device (nvidia-smi lists MIG instances on indented lines below
@@ -95,7 +100,7 @@ def parse_test_args(argv: Sequence[str]) -> Tuple[Optional[str], Optional[int]]:
         for flag in ("--device", "--world_size", "--world-size"):
             value = None
             if arg.startswith(flag + "="):
-                value = arg[len(flag) + 1:]
+                value = arg[len(flag) + 1 :]
             elif arg == flag:
                 value = next(it, None)
             if value is None:
@@ -120,8 +125,7 @@ def detect_count(kind: str) -> int:
         raise LeaseError(f"no tool to count {kind} devices")
     command, device_line = _LIST_COMMANDS[kind]
     try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=60,
-                             check=True).stdout
+        out = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise LeaseError(f"`{' '.join(command)}` failed: {e}") from None
     return len([line for line in out.splitlines() if re.match(device_line, line)])
@@ -150,8 +154,9 @@ def _open_lock(path: str) -> int:
     return fd
 
 
-def _try_claim(lock_dir: str, kind: str, pool: Sequence[str],
-               needed: int) -> Optional[List[Tuple[str, int]]]:
+def _try_claim(
+    lock_dir: str, kind: str, pool: Sequence[str], needed: int
+) -> Optional[List[Tuple[str, int]]]:
     """Locks `needed` free devices of `pool` without waiting; None if too few are free."""
     held: List[Tuple[str, int]] = []
     for entry in pool:
@@ -169,8 +174,9 @@ def _try_claim(lock_dir: str, kind: str, pool: Sequence[str],
     return None
 
 
-def claim(kind: str, pool: Sequence[str], needed: int, lock_dir: str,
-          log=sys.stderr) -> List[Tuple[str, int]]:
+def claim(
+    kind: str, pool: Sequence[str], needed: int, lock_dir: str, log=sys.stderr
+) -> List[Tuple[str, int]]:
     """Blocks until `needed` devices of `pool` are locked; returns (entry, fd) pairs.
 
     Waiters queue on one lock per kind, so the first waiter gets the next free
@@ -190,13 +196,17 @@ def claim(kind: str, pool: Sequence[str], needed: int, lock_dir: str,
             held = _try_claim(lock_dir, kind, pool, needed)
             if held is not None:
                 if waited_since is not None:
-                    log.write(f"{ME}: got {kind} {','.join(e for e, _ in held)} after "
-                              f"{time.monotonic() - waited_since:.1f} s\n")
+                    log.write(
+                        f"{ME}: got {kind} {','.join(e for e, _ in held)} after "
+                        f"{time.monotonic() - waited_since:.1f} s\n"
+                    )
                 return held
             if waited_since is None:
                 waited_since = time.monotonic()
-                log.write(f"{ME}: waiting for {needed} free {kind} device(s) of "
-                          f"{','.join(pool)} (locks in {lock_dir})\n")
+                log.write(
+                    f"{ME}: waiting for {needed} free {kind} device(s) of "
+                    f"{','.join(pool)} (locks in {lock_dir})\n"
+                )
                 log.flush()
             time.sleep(POLL_SECONDS * (0.5 + random.random()))
     finally:
@@ -217,8 +227,10 @@ def prepare(argv: Sequence[str], env: Dict[str, str]) -> Tuple[Dict[str, str], L
     except LeaseError as e:
         # No devices to count (a CPU-only host): the harness reports the missing device
         # itself, or skips it with --missing_device=skip.
-        sys.stderr.write(f"{ME}: cannot count {kind} devices ({e}); running without a "
-                         f"claim (set FSDP_DEVICE_COUNT or {variable})\n")
+        sys.stderr.write(
+            f"{ME}: cannot count {kind} devices ({e}); running without a "
+            f"claim (set FSDP_DEVICE_COUNT or {variable})\n"
+        )
         return env, []
     if len(pool) < needed:
         return env, []  # The harness fails with its own "devices visible" message.

@@ -52,9 +52,14 @@ class DeviceLeaseTest(unittest.TestCase):
         for i in range(count):
             out = os.path.join(self.tmp, f"job{i}.json")
             outs.append(out)
-            procs.append(subprocess.Popen(
-                [sys.executable, WRAPPER, sys.executable, self.recorder, out] + device_args,
-                env=base, stderr=subprocess.PIPE, text=True))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, WRAPPER, sys.executable, self.recorder, out] + device_args,
+                    env=base,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
         for i, proc in enumerate(procs):
             _, err = proc.communicate(timeout=120)
             self.assertEqual(proc.returncode, 0, f"job {i} failed: {err}")
@@ -74,13 +79,15 @@ class DeviceLeaseTest(unittest.TestCase):
 
     def _assert_disjoint_while_overlapping(self, records):
         for i, a in enumerate(records):
-            for b in records[i + 1:]:
+            for b in records[i + 1 :]:
                 if a["start"] < b["end"] and b["start"] < a["end"]:
                     shared = set(a["visible"].split(",")) & set(b["visible"].split(","))
                     self.assertFalse(
-                        shared, f"jobs overlapping in time share devices {sorted(shared)}: "
+                        shared,
+                        f"jobs overlapping in time share devices {sorted(shared)}: "
                         f"{a['visible']} ({a['start']:.2f}-{a['end']:.2f}) and "
-                        f"{b['visible']} ({b['start']:.2f}-{b['end']:.2f})")
+                        f"{b['visible']} ({b['start']:.2f}-{b['end']:.2f})",
+                    )
 
     def test_eight_devices_pack_four_world_size_2_jobs(self):
         records = self._run_jobs(6, ["--device=cuda", "--world_size=2"], FSDP_DEVICE_COUNT="8")
@@ -95,34 +102,56 @@ class DeviceLeaseTest(unittest.TestCase):
         self.assertEqual(peak, 4, f"only {peak} ws2 jobs ran at once on 8 devices: not packed")
 
     def test_host_allocation_is_respected(self):
-        records = self._run_jobs(2, ["--device=cuda", "--world_size=2"],
-                                 FSDP_DEVICE_COUNT="8", CUDA_VISIBLE_DEVICES="3,6")
+        records = self._run_jobs(
+            2,
+            ["--device=cuda", "--world_size=2"],
+            FSDP_DEVICE_COUNT="8",
+            CUDA_VISIBLE_DEVICES="3,6",
+        )
         for r in records:
-            self.assertEqual(sorted(r["visible"].split(",")), ["3", "6"],
-                             f"a ws2 job under CUDA_VISIBLE_DEVICES=3,6 got {r['visible']}")
+            self.assertEqual(
+                sorted(r["visible"].split(",")),
+                ["3", "6"],
+                f"a ws2 job under CUDA_VISIBLE_DEVICES=3,6 got {r['visible']}",
+            )
         self.assertEqual(self._max_overlap(records), 1, "two ws2 jobs shared devices 3,6")
 
-        records = self._run_jobs(3, ["--device=cuda", "--world_size=1"],
-                                 FSDP_DEVICE_COUNT="8", CUDA_VISIBLE_DEVICES="3,6")
-        self.assertEqual({r["visible"] for r in records} - {"3", "6"}, set(),
-                         f"ws1 jobs under CUDA_VISIBLE_DEVICES=3,6 got "
-                         f"{[r['visible'] for r in records]}")
+        records = self._run_jobs(
+            3,
+            ["--device=cuda", "--world_size=1"],
+            FSDP_DEVICE_COUNT="8",
+            CUDA_VISIBLE_DEVICES="3,6",
+        )
+        self.assertEqual(
+            {r["visible"] for r in records} - {"3", "6"},
+            set(),
+            f"ws1 jobs under CUDA_VISIBLE_DEVICES=3,6 got {[r['visible'] for r in records]}",
+        )
         self._assert_disjoint_while_overlapping(records)
-        self.assertEqual(self._max_overlap(records), 2,
-                         "ws1 jobs on 2 allocated devices did not run 2 at a time")
+        self.assertEqual(
+            self._max_overlap(records), 2, "ws1 jobs on 2 allocated devices did not run 2 at a time"
+        )
 
     def test_pytest_spelling_of_world_size(self):
-        record, = self._run_jobs(1, ["--device=cuda", "--world-size=2"], HOLD_S="0",
-                                 FSDP_DEVICE_COUNT="8")
-        self.assertEqual(len(record["visible"].split(",")), 2,
-                         f"--world-size=2 (pytest) got {record['visible']}")
+        (record,) = self._run_jobs(
+            1, ["--device=cuda", "--world-size=2"], HOLD_S="0", FSDP_DEVICE_COUNT="8"
+        )
+        self.assertEqual(
+            len(record["visible"].split(",")), 2, f"--world-size=2 (pytest) got {record['visible']}"
+        )
 
     def test_cpu_and_too_few_devices_pass_through(self):
-        cpu, = self._run_jobs(1, ["--device=cpu", "--world_size=2"], HOLD_S="0",
-                              FSDP_DEVICE_COUNT="8", CUDA_VISIBLE_DEVICES="5")
+        (cpu,) = self._run_jobs(
+            1,
+            ["--device=cpu", "--world_size=2"],
+            HOLD_S="0",
+            FSDP_DEVICE_COUNT="8",
+            CUDA_VISIBLE_DEVICES="5",
+        )
         self.assertEqual((cpu["visible"], cpu["lease"]), ("5", None))
-        short, = self._run_jobs(1, ["--device=cuda", "--world_size=4"], HOLD_S="0",
-                                CUDA_VISIBLE_DEVICES="3,6")
+        (short,) = self._run_jobs(
+            1, ["--device=cuda", "--world_size=4"], HOLD_S="0", CUDA_VISIBLE_DEVICES="3,6"
+        )
         self.assertEqual((short["visible"], short["lease"]), ("3,6", None))
 
 

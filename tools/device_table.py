@@ -14,8 +14,9 @@ import importlib.util
 import os
 import sys
 
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                     "testing", "devices.py")
+_PATH = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "testing", "devices.py"
+)
 _NAME = "fsdp_device_table"
 
 

@@ -24,8 +24,14 @@ _STARLARK_JSON = os.path.join("tools", "devices_table.json")
 _BAZELRC = ".bazelrc"
 # Fields both tables hold; the rest is one side's business (Python: backend and
 # plugin; Starlark: size and shard_count).
-_SHARED_FIELDS = ("tag", "accelerator", "visible_devices_env", "env_prefixes", "env_vars",
-                  "interop_tags")
+_SHARED_FIELDS = (
+    "tag",
+    "accelerator",
+    "visible_devices_env",
+    "env_prefixes",
+    "env_vars",
+    "interop_tags",
+)
 _TAG_FILTER = re.compile(r"^test:(\S+)\s+--test_tag_filters=(\S+)\s*$")
 
 
@@ -35,8 +41,11 @@ def _starlark_table() -> dict:
 
 
 def _python_fields(kind) -> dict:
-    return {field: (list(value) if isinstance(value, tuple) else value)
-            for field in _SHARED_FIELDS for value in [getattr(kind, field)]}
+    return {
+        field: (list(value) if isinstance(value, tuple) else value)
+        for field in _SHARED_FIELDS
+        for value in [getattr(kind, field)]
+    }
 
 
 def _bazelrc_tag_filters() -> dict:
@@ -51,13 +60,14 @@ def _bazelrc_tag_filters() -> dict:
 
 
 class DeviceTableTest(absltest.TestCase):
-
     def test_same_devices(self):
         starlark = sorted(_starlark_table()["devices"])
         self.assertEqual(
-            starlark, sorted(devices.DEVICES),
+            starlark,
+            sorted(devices.DEVICES),
             f"devices in tools/devices.bzl: {starlark}; in testing/devices.py: "
-            f"{sorted(devices.DEVICES)}")
+            f"{sorted(devices.DEVICES)}",
+        )
 
     def test_shared_fields_agree(self):
         table = _starlark_table()["devices"]
@@ -66,8 +76,10 @@ class DeviceTableTest(absltest.TestCase):
             starlark = table.get(name, {})
             for field, value in _python_fields(kind).items():
                 if starlark.get(field) != value:
-                    mismatches.append(f"{name}.{field}: tools/devices.bzl has "
-                                      f"{starlark.get(field)!r}, testing/devices.py {value!r}")
+                    mismatches.append(
+                        f"{name}.{field}: tools/devices.bzl has "
+                        f"{starlark.get(field)!r}, testing/devices.py {value!r}"
+                    )
         self.assertEmpty(mismatches, "device tables disagree:\n" + "\n".join(mismatches))
 
     def test_multi_device_tag_agrees(self):
@@ -78,8 +90,10 @@ class DeviceTableTest(absltest.TestCase):
         problems = []
         for name, kind in devices.DEVICES.items():
             if filters.get(name) != kind.tag:
-                problems.append(f"test:{name} --test_tag_filters is {filters.get(name)!r}, "
-                                f"expected {kind.tag!r}")
+                problems.append(
+                    f"test:{name} --test_tag_filters is {filters.get(name)!r}, "
+                    f"expected {kind.tag!r}"
+                )
         for config in sorted(set(filters) - set(devices.DEVICES)):
             problems.append(f"test:{config} filters tags but {config} is not a device")
         self.assertEmpty(problems, ".bazelrc device configs:\n" + "\n".join(problems))

@@ -44,8 +44,10 @@ FWD, BWD = collective_count.FORWARD, collective_count.BACKWARD
 FSDP1_STEP = {
     # Gather each unit for forward and, resharded after forward, every unit but
     # the root again for backward; reduce-scatter every unit's gradient.
-    "FULL_SHARD": {FWD: {AG: (N_UNITS, ALL)},
-                   BWD: {AG: (N_NON_ROOT, NON_ROOT), RS: (N_UNITS, ALL)}},
+    "FULL_SHARD": {
+        FWD: {AG: (N_UNITS, ALL)},
+        BWD: {AG: (N_NON_ROOT, NON_ROOT), RS: (N_UNITS, ALL)},
+    },
     # Parameters stay gathered from forward to backward: no backward all-gather.
     "SHARD_GRAD_OP": {FWD: {AG: (N_UNITS, ALL)}, BWD: {RS: (N_UNITS, ALL)}},
     # Nothing is sharded: no all-gather; every unit all-reduces its whole gradient.
@@ -74,8 +76,7 @@ def _hsdp_step(replicate: int, shard: int):
     step = {FWD: {}, BWD: {f"{AR}@{replicate}": (N_UNITS, ALL // shard)}}
     if shard > 1:
         step[FWD][f"{AG}@{shard}"] = (N_UNITS, ALL)
-        step[BWD].update({f"{AG}@{shard}": (N_NON_ROOT, NON_ROOT),
-                          f"{RS}@{shard}": (N_UNITS, ALL)})
+        step[BWD].update({f"{AG}@{shard}": (N_NON_ROOT, NON_ROOT), f"{RS}@{shard}": (N_UNITS, ALL)})
     return step
 
 
@@ -84,36 +85,43 @@ def _prefixed(table, prefix):
 
 
 class CollectiveCountsTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     @parameterized.named_parameters(
-        ("full_shard_fsdp1", "FULL_SHARD"), ("shard_grad_op_fsdp1", "SHARD_GRAD_OP"),
-        ("no_shard_fsdp1", "NO_SHARD"))
+        ("full_shard_fsdp1", "FULL_SHARD"),
+        ("shard_grad_op_fsdp1", "SHARD_GRAD_OP"),
+        ("no_shard_fsdp1", "NO_SHARD"),
+    )
     def test_step_counts_sharding_strategy(self, strategy):
         model = wrapping.wrap_spec(SPEC, "fsdp1", device=self.device, sharding_strategy=strategy)
         log = sized_chain.record_step(model, self.device)
-        collective_count.assert_counts(log, FSDP1_STEP[strategy],
-                                       context=f"api=fsdp1 sharding_strategy={strategy}")
-        sized_chain.check_parameters(model, self.device,
-                                     f"api=fsdp1 sharding_strategy={strategy}")
+        collective_count.assert_counts(
+            log, FSDP1_STEP[strategy], context=f"api=fsdp1 sharding_strategy={strategy}"
+        )
+        sized_chain.check_parameters(model, self.device, f"api=fsdp1 sharding_strategy={strategy}")
 
     @parameterized.named_parameters(("reshard_true_fsdp2", True), ("reshard_false_fsdp2", False))
     def test_step_counts_reshard_after_forward(self, reshard):
         model = sized_chain.wrap_fsdp2(self.device, reshard)
         log = sized_chain.record_step(model, self.device)
-        collective_count.assert_counts(log, FSDP2_STEP[reshard],
-                                       context=f"api=fsdp2 reshard_after_forward={reshard}")
-        sized_chain.check_parameters(model, self.device,
-                                     f"api=fsdp2 reshard_after_forward={reshard}")
+        collective_count.assert_counts(
+            log, FSDP2_STEP[reshard], context=f"api=fsdp2 reshard_after_forward={reshard}"
+        )
+        sized_chain.check_parameters(
+            model, self.device, f"api=fsdp2 reshard_after_forward={reshard}"
+        )
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_step_counts_gradient_accumulation(self, api):
         if api == "fsdp1":
+
             def accumulate(model):
                 return model.no_sync()
-            model = wrapping.wrap_spec(SPEC, api, device=self.device,
-                                       sharding_strategy="FULL_SHARD")
+
+            model = wrapping.wrap_spec(
+                SPEC, api, device=self.device, sharding_strategy="FULL_SHARD"
+            )
             synced = FSDP1_STEP["FULL_SHARD"]
         else:
+
             @contextlib.contextmanager
             def accumulate(model):
                 model.set_requires_gradient_sync(False)
@@ -121,42 +129,55 @@ class CollectiveCountsTest(multirank.MultiRankTestCase, parameterized.TestCase):
                     yield
                 finally:
                     model.set_requires_gradient_sync(True)
+
             model = sized_chain.wrap_fsdp2(self.device, True)
             synced = FSDP2_STEP[True]
         log = sized_chain.record_step(model, self.device, accumulate)
         expected = {**_prefixed(ACCUMULATE, "accumulate_"), **synced}
         collective_count.assert_counts(log, expected, context=f"api={api} accumulation")
-        sized_chain.check_parameters(model, self.device, f"api={api} accumulation",
-                                     accumulated=True)
+        sized_chain.check_parameters(
+            model, self.device, f"api={api} accumulation", accumulated=True
+        )
 
     @parameterized.named_parameters(("2x1_fsdp2", 2, 1), ("1x2_fsdp2", 1, 2))
     def test_step_counts_degenerate_hsdp_mesh(self, replicate, shard):
         self.assertEqual(replicate * shard, self.world_size, "mesh must cover the world")
-        mesh = compat.init_device_mesh(self.device.type, (replicate, shard),
-                                       mesh_dim_names=("replicate", "shard"))
+        mesh = compat.init_device_mesh(
+            self.device.type, (replicate, shard), mesh_dim_names=("replicate", "shard")
+        )
         model = sized_chain.wrap_fsdp2(self.device, mesh=mesh)
         log = sized_chain.record_step(model, self.device)
-        collective_count.assert_counts(log, _hsdp_step(replicate, shard), by_group=True,
-                                       context=f"api=fsdp2 mesh={replicate}x{shard}")
+        collective_count.assert_counts(
+            log,
+            _hsdp_step(replicate, shard),
+            by_group=True,
+            context=f"api=fsdp2 mesh={replicate}x{shard}",
+        )
         sized_chain.check_parameters(model, self.device, f"api=fsdp2 mesh={replicate}x{shard}")
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_extra_all_gather_fails_the_count(self, api):
         """One all-gather more than the table, issued in forward, fails with its phase."""
-        model = (wrapping.wrap_spec(SPEC, api, device=self.device, sharding_strategy="FULL_SHARD")
-                 if api == "fsdp1" else sized_chain.wrap_fsdp2(self.device, True))
+        model = (
+            wrapping.wrap_spec(SPEC, api, device=self.device, sharding_strategy="FULL_SHARD")
+            if api == "fsdp1"
+            else sized_chain.wrap_fsdp2(self.device, True)
+        )
         out = torch.empty(self.world_size * 4, device=self.device)
         model.register_forward_pre_hook(
-            lambda module, args: dist.all_gather_into_tensor(
-                out, torch.ones(4, device=self.device)))
+            lambda module, args: dist.all_gather_into_tensor(out, torch.ones(4, device=self.device))
+        )
         log = sized_chain.record_step(model, self.device)
         with self.assertRaises(AssertionError) as caught:
             collective_count.assert_counts(log, FSDP1_STEP["FULL_SHARD"], context=f"api={api}")
         message = str(caught.exception)
         extra = 4 * self.world_size * 4
         self.assertIn(f"rank {self.rank}: collectives differ", message)
-        self.assertIn(f"phase 'forward', all_gather: expected {N_UNITS} calls / {ALL} B, "
-                      f"observed {N_UNITS + 1} calls / {ALL + extra} B", message)
+        self.assertIn(
+            f"phase 'forward', all_gather: expected {N_UNITS} calls / {ALL} B, "
+            f"observed {N_UNITS + 1} calls / {ALL + extra} B",
+            message,
+        )
 
 
 if __name__ == "__main__":

@@ -33,47 +33,53 @@ FWD, BWD = collective_count.FORWARD, collective_count.BACKWARD
 
 HYBRID_2X2 = {
     FWD: {"all_gather@2": (N_UNITS, ALL)},
-    BWD: {"all_gather@2": (N_NON_ROOT, NON_ROOT),
-          "reduce_scatter@2": (N_UNITS, ALL),
-          "all_reduce@2": (N_UNITS, ALL // 2)},
+    BWD: {
+        "all_gather@2": (N_NON_ROOT, NON_ROOT),
+        "reduce_scatter@2": (N_UNITS, ALL),
+        "all_reduce@2": (N_UNITS, ALL // 2),
+    },
 }
 RESHARD_TO_2 = {
     FWD: {"all_gather@4": (N_UNITS, ALL)},
-    BWD: {"all_gather@2": (N_NON_ROOT, NON_ROOT),
-          "reduce_scatter@4": (N_UNITS, ALL)},
+    BWD: {"all_gather@2": (N_NON_ROOT, NON_ROOT), "reduce_scatter@4": (N_UNITS, ALL)},
 }
 
 
 class CollectiveCountsWs4Test(multirank.MultiRankTestCase, parameterized.TestCase):
-
     # A 2 x 2 mesh and reshard_after_forward=2 both need exactly 4 ranks.
     required_world_size = 4
 
     def _mesh_2x2(self):
-        return compat.init_device_mesh(self.device.type, (2, 2),
-                                       mesh_dim_names=("replicate", "shard"))
+        return compat.init_device_mesh(
+            self.device.type, (2, 2), mesh_dim_names=("replicate", "shard")
+        )
 
     def test_step_counts_hybrid_shard_2x2_fsdp1(self):
-        model = wrapping.wrap_spec(SPEC, "fsdp1", device=self.device,
-                                   sharding_strategy="HYBRID_SHARD",
-                                   extra={"device_mesh": self._mesh_2x2()})
+        model = wrapping.wrap_spec(
+            SPEC,
+            "fsdp1",
+            device=self.device,
+            sharding_strategy="HYBRID_SHARD",
+            extra={"device_mesh": self._mesh_2x2()},
+        )
         log = sized_chain.record_step(model, self.device)
-        collective_count.assert_counts(log, HYBRID_2X2, by_group=True,
-                                       context="api=fsdp1 HYBRID_SHARD mesh=2x2")
+        collective_count.assert_counts(
+            log, HYBRID_2X2, by_group=True, context="api=fsdp1 HYBRID_SHARD mesh=2x2"
+        )
         sized_chain.check_parameters(model, self.device, "api=fsdp1 HYBRID_SHARD mesh=2x2")
 
     def test_step_counts_hybrid_mesh_2x2_fsdp2(self):
         model = sized_chain.wrap_fsdp2(self.device, mesh=self._mesh_2x2())
         log = sized_chain.record_step(model, self.device)
-        collective_count.assert_counts(log, HYBRID_2X2, by_group=True,
-                                       context="api=fsdp2 mesh=2x2")
+        collective_count.assert_counts(log, HYBRID_2X2, by_group=True, context="api=fsdp2 mesh=2x2")
         sized_chain.check_parameters(model, self.device, "api=fsdp2 mesh=2x2")
 
     def test_step_counts_reshard_after_forward_2_fsdp2(self):
         model = sized_chain.wrap_fsdp2(self.device, reshard=2)
         log = sized_chain.record_step(model, self.device)
-        collective_count.assert_counts(log, RESHARD_TO_2, by_group=True,
-                                       context="api=fsdp2 reshard_after_forward=2")
+        collective_count.assert_counts(
+            log, RESHARD_TO_2, by_group=True, context="api=fsdp2 reshard_after_forward=2"
+        )
         sized_chain.check_parameters(model, self.device, "api=fsdp2 reshard_after_forward=2")
 
 

@@ -40,9 +40,17 @@ POINTS = {
 
 def _wrap(api, device):
     if api == "fsdp1":
-        return wrapping.wrap_spec(SPEC, "fsdp1", device=device, sharding_strategy="FULL_SHARD",
-                                  extra={"forward_prefetch": True, "limit_all_gathers": False,
-                                         "backward_prefetch": BackwardPrefetch.BACKWARD_PRE})
+        return wrapping.wrap_spec(
+            SPEC,
+            "fsdp1",
+            device=device,
+            sharding_strategy="FULL_SHARD",
+            extra={
+                "forward_prefetch": True,
+                "limit_all_gathers": False,
+                "backward_prefetch": BackwardPrefetch.BACKWARD_PRE,
+            },
+        )
     model = sized_chain.wrap_fsdp2(device, reshard=True)
     layers = model.layers
     layers[0].set_modules_to_forward_prefetch([layers[1], layers[2]])
@@ -51,9 +59,9 @@ def _wrap(api, device):
 
 
 class DelayedCollectivesTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
-    @parameterized.named_parameters(*[(f"before_{point}_{api}", api, point)
-                                      for api in ("fsdp1", "fsdp2") for point in POINTS])
+    @parameterized.named_parameters(
+        *[(f"before_{point}_{api}", api, point) for api in ("fsdp1", "fsdp2") for point in POINTS]
+    )
     def test_matches_reference_with_delay(self, api, point):
         model = _wrap(api, self.device)
         optimizer = training.default_optimizer(model.parameters())
@@ -62,16 +70,21 @@ class DelayedCollectivesTest(multirank.MultiRankTestCase, parameterized.TestCase
         else:
             injecting = delays.delay_collectives(POINTS[point], self.device)
         with injecting as injected:
-            losses = training.train(model, SPEC, steps=STEPS, device=self.device,
-                                    optimizer=optimizer)
+            losses = training.train(
+                model, SPEC, steps=STEPS, device=self.device, optimizer=optimizer
+            )
         ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
         context = f"api={api} delay before {point} ({injected[:1]})"
-        parity.assert_params_close(params.full_params(model), params.full_params(ref),
-                                   context=context)
+        parity.assert_params_close(
+            params.full_params(model), params.full_params(ref), context=context
+        )
         parity.assert_tensors_close(losses, ref_losses, name="loss", context=context)
-        self.assertGreaterEqual(len(injected), STEPS,
-                                f"rank {self.rank}: {len(injected)} delays injected before "
-                                f"{point} in {STEPS} steps [{context}]")
+        self.assertGreaterEqual(
+            len(injected),
+            STEPS,
+            f"rank {self.rank}: {len(injected)} delays injected before "
+            f"{point} in {STEPS} steps [{context}]",
+        )
 
 
 if __name__ == "__main__":

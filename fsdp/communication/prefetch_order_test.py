@@ -80,17 +80,23 @@ BWD_PRE_AFTER_FWD_PREFETCH = "AG 2, AG 1, B 2, AG 0, B 1, RS 2, B 0, RS 1, RS 0"
 FSDP1_CASES = {
     # name: (wrap options, forward order, backward order)
     "backward_prefetch_pre": ({"backward_prefetch": "BACKWARD_PRE"}, FWD_ON_DEMAND, BWD_PRE),
-    "backward_prefetch_post": ({"backward_prefetch": "BACKWARD_POST"}, FWD_ON_DEMAND,
-                               BWD_POST),
+    "backward_prefetch_post": ({"backward_prefetch": "BACKWARD_POST"}, FWD_ON_DEMAND, BWD_POST),
     "backward_prefetch_none": ({"backward_prefetch": None}, FWD_ON_DEMAND, BWD_ON_DEMAND),
-    "forward_prefetch": ({"forward_prefetch": True, "backward_prefetch": None}, FWD_NEXT,
-                         BWD_ON_DEMAND_AFTER_FWD_PREFETCH),
-    "limit_all_gathers_on": ({"limit_all_gathers": True, "forward_prefetch": True,
-                              "backward_prefetch": "BACKWARD_PRE"}, FWD_NEXT,
-                             BWD_PRE_AFTER_FWD_PREFETCH),
-    "limit_all_gathers_off": ({"limit_all_gathers": False, "forward_prefetch": True,
-                               "backward_prefetch": "BACKWARD_PRE"}, FWD_NEXT,
-                              BWD_PRE_AFTER_FWD_PREFETCH),
+    "forward_prefetch": (
+        {"forward_prefetch": True, "backward_prefetch": None},
+        FWD_NEXT,
+        BWD_ON_DEMAND_AFTER_FWD_PREFETCH,
+    ),
+    "limit_all_gathers_on": (
+        {"limit_all_gathers": True, "forward_prefetch": True, "backward_prefetch": "BACKWARD_PRE"},
+        FWD_NEXT,
+        BWD_PRE_AFTER_FWD_PREFETCH,
+    ),
+    "limit_all_gathers_off": (
+        {"limit_all_gathers": False, "forward_prefetch": True, "backward_prefetch": "BACKWARD_PRE"},
+        FWD_NEXT,
+        BWD_PRE_AFTER_FWD_PREFETCH,
+    ),
 }
 
 
@@ -107,24 +113,29 @@ def _fsdp1_options(options: Dict) -> Dict:
 
 
 class PrefetchOrderTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     def _check(self, model, context, forward, backward, **record_options):
         log = sized_chain.record_step(model, self.device, trace=True, **record_options)
         for phase, short in ((FWD, forward), (BWD, backward)):
             observed = layer_sequence(log, phase)
             self.assertEqual(
-                observed, _expand(short),
+                observed,
+                _expand(short),
                 f"rank {self.rank}: {phase} order of layer-unit gathers (AG), reduces (RS) "
                 f"and computation (F/B) [{context}]\nexpected: {short}\nfull log:\n"
-                + log.describe())
+                + log.describe(),
+            )
         sized_chain.check_parameters(model, self.device, context)
 
     @parameterized.named_parameters(*[(f"{name}_fsdp1", name) for name in FSDP1_CASES])
     def test_prefetch_order(self, case):
         options, forward, backward = FSDP1_CASES[case]
-        model = wrapping.wrap_spec(SPEC, "fsdp1", device=self.device,
-                                   sharding_strategy="FULL_SHARD",
-                                   extra=_fsdp1_options(options))
+        model = wrapping.wrap_spec(
+            SPEC,
+            "fsdp1",
+            device=self.device,
+            sharding_strategy="FULL_SHARD",
+            extra=_fsdp1_options(options),
+        )
         self._check(model, f"api=fsdp1 {options}", forward, backward)
 
     def test_implicit_prefetch_fsdp2(self):
@@ -134,14 +145,19 @@ class PrefetchOrderTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def test_set_modules_to_forward_prefetch_fsdp2(self):
         model = sized_chain.wrap_fsdp2(self.device, reshard=True)
         model.layers[0].set_modules_to_forward_prefetch([model.layers[1], model.layers[2]])
-        self._check(model, "api=fsdp2 layers.0 forward-prefetches layers.1, layers.2",
-                    FWD_NEXT_TWO, BWD_PRE)
+        self._check(
+            model, "api=fsdp2 layers.0 forward-prefetches layers.1, layers.2", FWD_NEXT_TWO, BWD_PRE
+        )
 
     def test_set_modules_to_backward_prefetch_fsdp2(self):
         model = sized_chain.wrap_fsdp2(self.device, reshard=True)
         model.layers[2].set_modules_to_backward_prefetch([model.layers[1], model.layers[0]])
-        self._check(model, "api=fsdp2 layers.2 backward-prefetches layers.1, layers.0",
-                    FWD_ON_DEMAND, BWD_TWO_AHEAD)
+        self._check(
+            model,
+            "api=fsdp2 layers.2 backward-prefetches layers.1, layers.0",
+            FWD_ON_DEMAND,
+            BWD_TWO_AHEAD,
+        )
 
     def test_unshard_async_before_forward_fsdp2(self):
         model = sized_chain.wrap_fsdp2(self.device, reshard=True)
@@ -150,8 +166,13 @@ class PrefetchOrderTest(multirank.MultiRankTestCase, parameterized.TestCase):
         def unshard_last(m):
             handles.append(m.layers[2].unshard(async_op=True))
 
-        self._check(model, "api=fsdp2 layers.2.unshard(async_op=True) before forward",
-                    FWD_ASYNC_2, BWD_PRE, before_forward=unshard_last)
+        self._check(
+            model,
+            "api=fsdp2 layers.2.unshard(async_op=True) before forward",
+            FWD_ASYNC_2,
+            BWD_PRE,
+            before_forward=unshard_last,
+        )
         self.assertLen(handles, 1)
         self.assertIsNotNone(handles[0], "unshard(async_op=True) returned no handle")
 

@@ -32,8 +32,7 @@ MICRO_BATCHES = 3
 # (case name, api, how the model accumulates, wrap options)
 CASES = (
     ("no_sync_hybrid_shard_fsdp1", "fsdp1", "no_sync", {"strategy": "HYBRID_SHARD"}),
-    ("no_sync_hybrid_shard_zero2_fsdp1", "fsdp1", "no_sync",
-     {"strategy": "_HYBRID_SHARD_ZERO2"}),
+    ("no_sync_hybrid_shard_zero2_fsdp1", "fsdp1", "no_sync", {"strategy": "_HYBRID_SHARD_ZERO2"}),
     ("requires_gradient_sync_false_fsdp2", "fsdp2", "no_gradient_sync", {}),
     ("requires_all_reduce_false_fsdp2", "fsdp2", "no_all_reduce", {}),
 )
@@ -54,7 +53,6 @@ def _reference(world_size, device):
 
 
 class HsdpGradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     def _wrap(self, api, shape, hybrid):
         options = meshes.hsdp_wrap_options(api, shape, self.device.type, **hybrid)
         if api == "fsdp1":
@@ -81,21 +79,27 @@ class HsdpGradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCa
             names = [name for name, _ in calls]
             where = f"rank {self.rank}: micro-batch {index}, {context}"
             if mode == "no_all_reduce":
-                self.assertNotIn("all_reduce", names,
-                                 f"{where}: all-reduce across replicas while accumulating; "
-                                 f"collectives: {names}")
+                self.assertNotIn(
+                    "all_reduce",
+                    names,
+                    f"{where}: all-reduce across replicas while accumulating; collectives: {names}",
+                )
                 if shape[1] > 1:
-                    self.assertNotEmpty(names, f"{where}: no reduce-scatter within the "
-                                               "replica while accumulating")
+                    self.assertNotEmpty(
+                        names, f"{where}: no reduce-scatter within the replica while accumulating"
+                    )
             else:
-                self.assertEqual(names, [], f"{where}: gradient collectives while "
-                                            "accumulating without sync")
+                self.assertEqual(
+                    names, [], f"{where}: gradient collectives while accumulating without sync"
+                )
 
     @parameterized.named_parameters(*CASES)
     def test_hsdp_grad_accumulation_matches_large_batch(self, api, mode, hybrid):
         shape = meshes.hybrid_shape(self.world_size, min_shard=2 if api == "fsdp1" else 1)
-        context = " ".join([f"api={api}", mode, f"mesh={meshes.shape_name(shape)}"]
-                           + [f"{k}={v}" for k, v in hybrid.items()])
+        context = " ".join(
+            [f"api={api}", mode, f"mesh={meshes.shape_name(shape)}"]
+            + [f"{k}={v}" for k, v in hybrid.items()]
+        )
         model = self._wrap(api, shape, hybrid)
         optimizer = training.default_optimizer(model.parameters())
         self._accumulate(model, mode, shape, context)
@@ -113,12 +117,19 @@ class HsdpGradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCa
         reference = _reference(self.world_size, self.device)
         ref_grads = {name: p.grad for name, p in reference.named_parameters()}
         training.default_optimizer(reference.parameters()).step()
-        self.assertNotEmpty(calls, f"rank {self.rank}: no gradient collective in the "
-                                   f"synchronized micro-batch, {context}")
-        parity.assert_params_close(grads, ref_grads, what="gradient",
-                                   context=f"{context}, after the synchronized micro-batch")
-        parity.assert_params_close(actual, params.full_params(reference),
-                                   context=f"{context}, after the optimizer step")
+        self.assertNotEmpty(
+            calls,
+            f"rank {self.rank}: no gradient collective in the synchronized micro-batch, {context}",
+        )
+        parity.assert_params_close(
+            grads,
+            ref_grads,
+            what="gradient",
+            context=f"{context}, after the synchronized micro-batch",
+        )
+        parity.assert_params_close(
+            actual, params.full_params(reference), context=f"{context}, after the optimizer step"
+        )
 
 
 if __name__ == "__main__":

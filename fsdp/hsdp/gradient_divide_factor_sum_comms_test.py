@@ -37,36 +37,39 @@ CASES = tuple((f"{kind}_fsdp2", kind) for kind in meshes.SHAPE_KINDS)
 
 
 class HsdpGradientDivideFactorSumCommsTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     known_failures = {
         "test_gradient_divide_factor_with_sum_reductions_scales_gradients_"
         "one_rank_per_shard_group_fsdp2": known_failures.TorchBug(
             "FSDP2 divide factor with SUM-only reductions on an N x 1 mesh",
             "the custom gradient divide factor is applied twice (before the replica "
             "all-reduce and after it), so gradients come out 1/factor too small",
-            seen_on=("2.11", "2.13")),
+            seen_on=("2.11", "2.13"),
+        ),
     }
 
     def _reference_grads(self):
         """Gradients of the global batch's mean loss, on a model without FSDP."""
         model = SPEC.build(seed=0).to(self.device)
-        inputs, targets = data.global_batch(SPEC, seed=0, world_size=self.world_size, step=0,
-                                            device=self.device)
+        inputs, targets = data.global_batch(
+            SPEC, seed=0, world_size=self.world_size, step=0, device=self.device
+        )
         SPEC.loss_fn(model(inputs), targets).backward()
         return {name: p.grad.detach().cpu() for name, p in model.named_parameters()}
 
     @parameterized.named_parameters(*CASES)
     def test_gradient_divide_factor_with_sum_reductions_scales_gradients(self, kind):
         reference = self._reference_grads()
-        inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0,
-                                          device=self.device)
+        inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0, device=self.device)
         failures = parity.DeferredFailures()  # every rank runs every shape and factor
         for shape in meshes.shapes_of_kind(kind, self.world_size):
-            factors = [1.0] + ([float(shape[1])] if shape[1] > 1 else []) + [
-                2.5 * self.world_size]
+            factors = [1.0] + ([float(shape[1])] if shape[1] > 1 else []) + [2.5 * self.world_size]
             for factor in factors:
-                model = wrapping.wrap_spec(SPEC, "fsdp2", device=self.device,
-                                           mesh=meshes.hsdp_mesh(shape, self.device.type))
+                model = wrapping.wrap_spec(
+                    SPEC,
+                    "fsdp2",
+                    device=self.device,
+                    mesh=meshes.hsdp_mesh(shape, self.device.type),
+                )
                 compat.set_force_sum_reduction_for_comms(model, True)
                 compat.set_gradient_divide_factor(model, factor)
                 SPEC.loss_fn(model(inputs), targets).backward()
@@ -75,10 +78,15 @@ class HsdpGradientDivideFactorSumCommsTest(multirank.MultiRankTestCase, paramete
                 grads = params.full_grads(model)
                 with failures.check(f"mesh {meshes.shape_name(shape)} factor {factor:g}"):
                     parity.assert_params_close(
-                        grads, expected, what="gradient",
-                        context=(f"mesh={meshes.shape_name(shape)} divide factor {factor:g}, "
-                                 f"SUM-only reductions: expected {scale:g} x the global-batch "
-                                 "mean gradient"))
+                        grads,
+                        expected,
+                        what="gradient",
+                        context=(
+                            f"mesh={meshes.shape_name(shape)} divide factor {factor:g}, "
+                            f"SUM-only reductions: expected {scale:g} x the global-batch "
+                            "mean gradient"
+                        ),
+                    )
         failures.raise_if_any()
 
 

@@ -47,36 +47,45 @@ _FSDP1_N_BY_1 = known_failures.TorchBug(
     "pytorch#154888 (FSDP1 form)",
     "FSDP1 HYBRID_SHARD on an N x 1 mesh switches to NO_SHARD within the one-rank shard "
     "group and never all-reduces across replicas, so replicas train apart",
-    seen_on=("2.11", "2.13"))
+    seen_on=("2.11", "2.13"),
+)
 
-CASES = tuple((f"{kind}_{name}", kind, api, hybrid)
-              for kind in meshes.SHAPE_KINDS for name, api, hybrid in _CONFIGS)
+CASES = tuple(
+    (f"{kind}_{name}", kind, api, hybrid)
+    for kind in meshes.SHAPE_KINDS
+    for name, api, hybrid in _CONFIGS
+)
 
 
 class HsdpParityTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     known_failures = {
         f"test_hsdp_matches_reference_one_rank_per_shard_group_{name}": _FSDP1_N_BY_1
-        for name, api, _ in _CONFIGS if api == "fsdp1"
+        for name, api, _ in _CONFIGS
+        if api == "fsdp1"
     }
 
     @parameterized.named_parameters(*CASES)
     def test_hsdp_matches_reference(self, kind, api, hybrid):
-        reference, ref_losses = training.reference_train(SPEC, steps=STEPS, seed=0,
-                                                         device=self.device)
+        reference, ref_losses = training.reference_train(
+            SPEC, steps=STEPS, seed=0, device=self.device
+        )
         expected = params.full_params(reference)
         failures = parity.DeferredFailures()  # every rank trains on every shape
         for shape in meshes.shapes_of_kind(kind, self.world_size):
-            context = " ".join([f"api={api}", f"mesh={meshes.shape_name(shape)}"]
-                               + [f"{k}={v}" for k, v in hybrid.items()])
+            context = " ".join(
+                [f"api={api}", f"mesh={meshes.shape_name(shape)}"]
+                + [f"{k}={v}" for k, v in hybrid.items()]
+            )
             model = wrapping.wrap_spec(
-                SPEC, api, device=self.device,
-                **meshes.hsdp_wrap_options(api, shape, self.device.type, **hybrid))
+                SPEC,
+                api,
+                device=self.device,
+                **meshes.hsdp_wrap_options(api, shape, self.device.type, **hybrid),
+            )
             losses = training.train(model, SPEC, steps=STEPS, seed=0, device=self.device)
             actual = params.full_params(model)
             with failures.check(f"mesh {meshes.shape_name(shape)}, across ranks"):
-                parity.assert_same_across_ranks(actual, name="full parameters",
-                                                context=context)
+                parity.assert_same_across_ranks(actual, name="full parameters", context=context)
             with failures.check(f"mesh {meshes.shape_name(shape)}, vs reference"):
                 parity.assert_params_close(actual, expected, context=context)
                 parity.assert_tensors_close(losses, ref_losses, name="loss", context=context)

@@ -26,8 +26,18 @@ from absl.testing import parameterized
 from torch.distributed.checkpoint import state_dict as dcp_state_dict
 
 from testing import dist_helpers, multirank
-from testing.fsdp import (cases, compat, data, meshes, models, params, parity, state_dicts,
-                           training, wrapping)
+from testing.fsdp import (
+    cases,
+    compat,
+    data,
+    meshes,
+    models,
+    params,
+    parity,
+    state_dicts,
+    training,
+    wrapping,
+)
 
 SPEC = models.get("nested_mlp")
 
@@ -40,7 +50,6 @@ def _local_numel(tensor) -> int:
 
 
 class HsdpStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     def _shape(self, api):
         return meshes.hybrid_shape(self.world_size, min_shard=2 if api == "fsdp1" else 1)
 
@@ -54,8 +63,9 @@ class HsdpStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def _trained(self, api):
         model = self._wrap(api, seed=0)
         training.train(model, SPEC, steps=2, seed=0, device=self.device)
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP,
-                                    device=self.device)
+        inputs, _ = data.rank_batch(
+            SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP, device=self.device
+        )
         with torch.no_grad():
             outputs = model(inputs)
         return model, params.full_params(model), inputs, outputs
@@ -69,23 +79,32 @@ class HsdpStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def _assert_restored(self, failures, restored, expected_params, expected_out, context):
         loaded_params, out = restored
         with failures.check(context):
-            parity.assert_params_close(loaded_params, expected_params, rtol=0, atol=0,
-                                       context=context)
-            parity.assert_tensors_close(out, expected_out, rtol=0, atol=0,
-                                        name=f"rank {self.rank} eval output, {context}")
+            parity.assert_params_close(
+                loaded_params, expected_params, rtol=0, atol=0, context=context
+            )
+            parity.assert_tensors_close(
+                out, expected_out, rtol=0, atol=0, name=f"rank {self.rank} eval output, {context}"
+            )
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_hsdp_full_state_dict_round_trip(self, api):
         trained, expected, inputs, outputs = self._trained(api)
         state = dcp_state_dict.get_model_state_dict(
-            trained, options=dcp_state_dict.StateDictOptions(full_state_dict=True))
+            trained, options=dcp_state_dict.StateDictOptions(full_state_dict=True)
+        )
         self.assertEqual(sorted(state), sorted(expected), f"rank {self.rank}: state dict keys")
         fresh = self._wrap(api, seed=1)
         dcp_state_dict.set_model_state_dict(
-            fresh, state, options=dcp_state_dict.StateDictOptions(full_state_dict=True))
+            fresh, state, options=dcp_state_dict.StateDictOptions(full_state_dict=True)
+        )
         failures = parity.DeferredFailures()
-        self._assert_restored(failures, self._restored(fresh, inputs), expected, outputs,
-                              self._context(api, "full state dict"))
+        self._assert_restored(
+            failures,
+            self._restored(fresh, inputs),
+            expected,
+            outputs,
+            self._context(api, "full state dict"),
+        )
         failures.raise_if_any()
 
     @parameterized.named_parameters(*cases.API_CASES)
@@ -95,8 +114,11 @@ class HsdpStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
         self.assertEqual(sorted(state), sorted(expected), f"rank {self.rank}: state dict keys")
         if self._shape(api)[1] > 1:
             for name, tensor in state.items():
-                self.assertLess(_local_numel(tensor), expected[name].numel(),
-                                f"rank {self.rank}: {name} holds the whole tensor")
+                self.assertLess(
+                    _local_numel(tensor),
+                    expected[name].numel(),
+                    f"rank {self.rank}: {name} holds the whole tensor",
+                )
         fresh = self._wrap(api, seed=1)
         state_dicts.load_sharded_state_dict(fresh, api, state)
         in_memory = self._restored(fresh, inputs)
@@ -107,11 +129,22 @@ class HsdpStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
             on_disk = self._restored(from_disk, inputs)
         # Every rank has run every collective: a failure on some ranks cannot strand others.
         failures = parity.DeferredFailures()
-        self._assert_restored(failures, in_memory, expected, outputs,
-                              self._context(api, "sharded state dict, in memory"))
-        self._assert_restored(failures, on_disk, expected, outputs,
-                              self._context(api, "sharded state dict, dcp.save/dcp.load"))
+        self._assert_restored(
+            failures,
+            in_memory,
+            expected,
+            outputs,
+            self._context(api, "sharded state dict, in memory"),
+        )
+        self._assert_restored(
+            failures,
+            on_disk,
+            expected,
+            outputs,
+            self._context(api, "sharded state dict, dcp.save/dcp.load"),
+        )
         failures.raise_if_any()
+
 
 if __name__ == "__main__":
     multirank.main()

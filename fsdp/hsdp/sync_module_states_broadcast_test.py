@@ -33,7 +33,6 @@ STEPS = 2
 
 
 class HsdpSyncModuleStatesBroadcastTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     def _options(self, api):
         shape = meshes.hybrid_shape(self.world_size, min_shard=2 if api == "fsdp1" else 1)
         return shape, meshes.hsdp_wrap_options(api, shape, self.device.type)
@@ -42,24 +41,40 @@ class HsdpSyncModuleStatesBroadcastTest(multirank.MultiRankTestCase, parameteriz
         parity.assert_params_close(
             params.full_params(model, buffers=True),
             params.full_params(models.rank_distinct_model(SPEC, 0), buffers=True),
-            rtol=0, atol=0, context=f"after the broadcast, vs rank 0's init; {context}")
+            rtol=0,
+            atol=0,
+            context=f"after the broadcast, vs rank 0's init; {context}",
+        )
         training.train(model, SPEC, steps=STEPS, seed=0, device=self.device)
         reference, _ = training.reference_train(SPEC, steps=STEPS, seed=0, device=self.device)
-        parity.assert_params_close(params.full_params(model), params.full_params(reference),
-                                   context=f"after {STEPS} steps vs reference; {context}")
+        parity.assert_params_close(
+            params.full_params(model),
+            params.full_params(reference),
+            context=f"after {STEPS} steps vs reference; {context}",
+        )
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_hsdp_broadcast_from_rank0_full_state_dict_syncs_replicas(self, api):
         shape, options = self._options(api)
-        model = wrapping.wrap(models.rank_distinct_model(SPEC, self.rank), api, SPEC.units,
-                              device=self.device, **options)
+        model = wrapping.wrap(
+            models.rank_distinct_model(SPEC, self.rank),
+            api,
+            SPEC.units,
+            device=self.device,
+            **options,
+        )
         state = models.rank_distinct_model(SPEC, 0).state_dict() if self.rank == 0 else {}
         dcp_state_dict.set_model_state_dict(
-            model, state, options=dcp_state_dict.StateDictOptions(
-                full_state_dict=True, broadcast_from_rank0=True))
+            model,
+            state,
+            options=dcp_state_dict.StateDictOptions(
+                full_state_dict=True, broadcast_from_rank0=True
+            ),
+        )
         self._assert_synced_and_trains(
-            model, f"set_model_state_dict broadcast_from_rank0 api={api} "
-                   f"mesh={meshes.shape_name(shape)}")
+            model,
+            f"set_model_state_dict broadcast_from_rank0 api={api} mesh={meshes.shape_name(shape)}",
+        )
 
     def test_hsdp_broadcast_before_fully_shard_syncs_replicas_fsdp2(self):
         shape, options = self._options("fsdp2")
@@ -69,7 +84,8 @@ class HsdpSyncModuleStatesBroadcastTest(multirank.MultiRankTestCase, parameteriz
                 dist.broadcast(tensor, src=0)
         model = wrapping.wrap(model, "fsdp2", SPEC.units, device=self.device, **options)
         self._assert_synced_and_trains(
-            model, f"dist.broadcast before fully_shard mesh={meshes.shape_name(shape)}")
+            model, f"dist.broadcast before fully_shard mesh={meshes.shape_name(shape)}"
+        )
 
 
 if __name__ == "__main__":

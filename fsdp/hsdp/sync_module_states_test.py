@@ -30,24 +30,35 @@ STEPS = 2
 
 
 class HsdpSyncModuleStatesTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
-    @parameterized.named_parameters(("device_mesh_fsdp1", "device_mesh"),
-                                    ("process_group_pair_fsdp1", "process_group"))
+    @parameterized.named_parameters(
+        ("device_mesh_fsdp1", "device_mesh"), ("process_group_pair_fsdp1", "process_group")
+    )
     def test_hsdp_sync_module_states_syncs_replicas(self, via):
         shape = meshes.hybrid_shape(self.world_size, min_shard=2)
         options = meshes.fsdp1_hybrid_options(shape, self.device.type, via=via)
         options["extra"]["sync_module_states"] = True
-        model = wrapping.wrap(models.rank_distinct_model(SPEC, self.rank), "fsdp1", SPEC.units,
-                              device=self.device, **options)
+        model = wrapping.wrap(
+            models.rank_distinct_model(SPEC, self.rank),
+            "fsdp1",
+            SPEC.units,
+            device=self.device,
+            **options,
+        )
         context = f"HYBRID_SHARD via={via} mesh={meshes.shape_name(shape)}"
         parity.assert_params_close(
             params.full_params(model, buffers=True),
             params.full_params(models.rank_distinct_model(SPEC, 0), buffers=True),
-            rtol=0, atol=0, context=f"after wrap, vs rank 0's init; {context}")
+            rtol=0,
+            atol=0,
+            context=f"after wrap, vs rank 0's init; {context}",
+        )
         training.train(model, SPEC, steps=STEPS, seed=0, device=self.device)
         reference, _ = training.reference_train(SPEC, steps=STEPS, seed=0, device=self.device)
-        parity.assert_params_close(params.full_params(model), params.full_params(reference),
-                                   context=f"after {STEPS} steps vs reference; {context}")
+        parity.assert_params_close(
+            params.full_params(model),
+            params.full_params(reference),
+            context=f"after {STEPS} steps vs reference; {context}",
+        )
 
 
 if __name__ == "__main__":

@@ -53,35 +53,49 @@ RTOL, ATOL = 1e-5, 1e-6
 
 
 class AccumulationDtypeTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     known_failures = {
         "test_no_sync_accumulates_in_reduce_dtype_fsdp1": known_failures.TorchBug(
             "FSDP1 no_sync accumulation dtype",
             "FSDP1 accumulates no_sync() gradients on the unsharded flat parameter in "
             "param_dtype (bf16), ignoring reduce_dtype=float32",
-            seen_on=("2.11", "2.13")),
+            seen_on=("2.11", "2.13"),
+        ),
     }
 
     def _references(self):
         """(float32-accumulated, bf16-accumulated) reference gradients; checks they differ."""
-        refs = [mp_reference.accumulated_grads(
-            SPEC, world_size=self.world_size, micro_batches=MICRO_BATCHES, param_dtype=BF16,
-            accum_dtype=accum, device=self.device) for accum in (FP32, BF16)]
+        refs = [
+            mp_reference.accumulated_grads(
+                SPEC,
+                world_size=self.world_size,
+                micro_batches=MICRO_BATCHES,
+                param_dtype=BF16,
+                accum_dtype=accum,
+                device=self.device,
+            )
+            for accum in (FP32, BF16)
+        ]
         for name, g32 in refs[0].items():
             gap = float((g32 - refs[1][name]).abs().max())
-            self.assertGreater(gap, 10 * (ATOL + RTOL * float(g32.abs().max())),
-                               f"{name}: float32 and bf16 accumulation differ by only {gap:.3e}"
-                               f"; the tolerance could not tell them apart")
+            self.assertGreater(
+                gap,
+                10 * (ATOL + RTOL * float(g32.abs().max())),
+                f"{name}: float32 and bf16 accumulation differ by only {gap:.3e}"
+                f"; the tolerance could not tell them apart",
+            )
         return refs
 
     def _run(self, model, sync_micro_batch):
         """Runs the micro-batches; returns the gradient collectives of each."""
         calls_per_micro_batch = []
         for k in range(MICRO_BATCHES):
-            inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=k,
-                                              device=self.device)
-            with collective_spy.record_reductions(
-                    collective_spy.GRADIENT_REDUCTIONS) as calls, sync_micro_batch(k):
+            inputs, targets = data.rank_batch(
+                SPEC, seed=0, rank=self.rank, step=k, device=self.device
+            )
+            with (
+                collective_spy.record_reductions(collective_spy.GRADIENT_REDUCTIONS) as calls,
+                sync_micro_batch(k),
+            ):
                 (SPEC.loss_fn(model(inputs), targets) / MICRO_BATCHES).backward()
             calls_per_micro_batch.append(calls)
         return calls_per_micro_batch
@@ -91,15 +105,20 @@ class AccumulationDtypeTest(multirank.MultiRankTestCase, parameterized.TestCase)
         grads = params.full_grads(model)  # collective: before any assert
         for k, seen in enumerate(calls):
             if k < unsynced:
-                self.assertEqual(seen, [], f"{context}: collectives in unsynchronized "
-                                           f"micro-batch {k}")
+                self.assertEqual(
+                    seen, [], f"{context}: collectives in unsynchronized micro-batch {k}"
+                )
             else:
                 self.assertNotEmpty(seen, f"{context}: no reduction in micro-batch {k}")
-                self.assertEqual({d for _, d in seen}, {FP32},
-                                 f"{context}: reduction dtypes in micro-batch {k}: {seen}")
+                self.assertEqual(
+                    {d for _, d in seen},
+                    {FP32},
+                    f"{context}: reduction dtypes in micro-batch {k}: {seen}",
+                )
         self.assertEqual({g.dtype for g in grads.values()}, {FP32}, f"{context}: grad dtypes")
-        parity.assert_params_close(grads, expected, rtol=RTOL, atol=ATOL, what="gradient",
-                                   rank=self.rank, context=context)
+        parity.assert_params_close(
+            grads, expected, rtol=RTOL, atol=ATOL, what="gradient", rank=self.rank, context=context
+        )
 
     def test_no_sync_accumulates_in_reduce_dtype_fsdp2(self):
         ref32, _ = self._references()
@@ -111,28 +130,45 @@ class AccumulationDtypeTest(multirank.MultiRankTestCase, parameterized.TestCase)
             yield
 
         calls = self._run(model, sync_last)
-        self._check(model, calls, ref32, "fsdp2 no_sync accumulation vs float32-accumulated "
-                                         "reference", unsynced=MICRO_BATCHES - 1)
+        self._check(
+            model,
+            calls,
+            ref32,
+            "fsdp2 no_sync accumulation vs float32-accumulated reference",
+            unsynced=MICRO_BATCHES - 1,
+        )
 
     def test_synced_accumulation_in_reduce_dtype_fsdp1(self):
         ref32, _ = self._references()
-        model = wrapping.wrap_spec(SPEC, "fsdp1", device=self.device, mixed_precision=POLICY,
-                                   use_orig_params=True)
+        model = wrapping.wrap_spec(
+            SPEC, "fsdp1", device=self.device, mixed_precision=POLICY, use_orig_params=True
+        )
         calls = self._run(model, lambda k: contextlib.nullcontext())
-        self._check(model, calls, ref32, "fsdp1 synchronized accumulation vs "
-                                         "float32-accumulated reference", unsynced=0)
+        self._check(
+            model,
+            calls,
+            ref32,
+            "fsdp1 synchronized accumulation vs float32-accumulated reference",
+            unsynced=0,
+        )
 
     def test_no_sync_accumulates_in_reduce_dtype_fsdp1(self):
         ref32, _ = self._references()
-        model = wrapping.wrap_spec(SPEC, "fsdp1", device=self.device, mixed_precision=POLICY,
-                                   use_orig_params=True)
+        model = wrapping.wrap_spec(
+            SPEC, "fsdp1", device=self.device, mixed_precision=POLICY, use_orig_params=True
+        )
 
         def no_sync_but_last(k):
             return contextlib.nullcontext() if k == MICRO_BATCHES - 1 else model.no_sync()
 
         calls = self._run(model, no_sync_but_last)
-        self._check(model, calls, ref32, "fsdp1 no_sync accumulation vs float32-accumulated "
-                                         "reference", unsynced=MICRO_BATCHES - 1)
+        self._check(
+            model,
+            calls,
+            ref32,
+            "fsdp1 no_sync accumulation vs float32-accumulated reference",
+            unsynced=MICRO_BATCHES - 1,
+        )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,9 @@ FSDP1_CASTS = {
     "layers.2": wrapping.Precision(param_dtype=FP32, cast_forward_inputs=True),
 }
 FSDP2_ONE_UNIT = {
-    "layers.1": wrapping.Precision(param_dtype=BF16, reduce_dtype=FP32, cast_forward_inputs=True,
-                                   output_dtype=FP32),
+    "layers.1": wrapping.Precision(
+        param_dtype=BF16, reduce_dtype=FP32, cast_forward_inputs=True, output_dtype=FP32
+    ),
 }
 EVERY_UNIT = wrapping.Precision(param_dtype=BF16, reduce_dtype=FP32)
 # Only the root casts its output: a unit's float32 output would reach the root's
@@ -54,31 +55,65 @@ ROOT_OUTPUT = {"": wrapping.Precision(param_dtype=BF16, reduce_dtype=FP32, outpu
 # case name, api, mixed_precision, unit_mixed_precision,
 # expected {module: (weight, input) dtypes}, expected dtype of out's output
 _CASES = (
-    ("unit_casts_inputs_fsdp1", "fsdp1", None, FSDP1_CASTS,
-     {"layers.0.fc1": (FP32, FP32), "layers.1.fc1": (BF16, BF16),
-      "layers.2.fc1": (FP32, FP32), "out": (FP32, FP32)}, FP32),
-    ("unit_casts_inputs_and_output_fsdp2", "fsdp2", None, FSDP2_ONE_UNIT,
-     {"layers.0.fc1": (FP32, FP32), "layers.1.fc1": (BF16, BF16),
-      "layers.2.fc1": (FP32, FP32), "out": (FP32, FP32)}, FP32),
-    ("root_output_dtype_fsdp2", "fsdp2", EVERY_UNIT, ROOT_OUTPUT,
-     {name: (BF16, BF16) for name in WATCHED}, BF16),
+    (
+        "unit_casts_inputs_fsdp1",
+        "fsdp1",
+        None,
+        FSDP1_CASTS,
+        {
+            "layers.0.fc1": (FP32, FP32),
+            "layers.1.fc1": (BF16, BF16),
+            "layers.2.fc1": (FP32, FP32),
+            "out": (FP32, FP32),
+        },
+        FP32,
+    ),
+    (
+        "unit_casts_inputs_and_output_fsdp2",
+        "fsdp2",
+        None,
+        FSDP2_ONE_UNIT,
+        {
+            "layers.0.fc1": (FP32, FP32),
+            "layers.1.fc1": (BF16, BF16),
+            "layers.2.fc1": (FP32, FP32),
+            "out": (FP32, FP32),
+        },
+        FP32,
+    ),
+    (
+        "root_output_dtype_fsdp2",
+        "fsdp2",
+        EVERY_UNIT,
+        ROOT_OUTPUT,
+        {name: (BF16, BF16) for name in WATCHED},
+        BF16,
+    ),
 )
 
 
 class CastForwardInputsTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     @parameterized.named_parameters(*_CASES)
-    def test_forward_dtypes_as_configured(self, api, mixed_precision, per_unit, expected,
-                                          out_dtype):
+    def test_forward_dtypes_as_configured(
+        self, api, mixed_precision, per_unit, expected, out_dtype
+    ):
         model = SPEC.build(seed=0)
         seen, outputs, out_outputs = {}, [], set()
         for name in WATCHED:
             model.get_submodule(name).register_forward_pre_hook(
                 lambda mod, args, name=name: seen.setdefault(name, set()).add(
-                    (mod.weight.dtype, args[0].dtype)))
+                    (mod.weight.dtype, args[0].dtype)
+                )
+            )
         model.out.register_forward_hook(lambda mod, args, out: out_outputs.add(out.dtype))
-        model = wrapping.wrap(model, api, UNITS, device=self.device,
-                              mixed_precision=mixed_precision, unit_mixed_precision=per_unit)
+        model = wrapping.wrap(
+            model,
+            api,
+            UNITS,
+            device=self.device,
+            mixed_precision=mixed_precision,
+            unit_mixed_precision=per_unit,
+        )
         model.register_forward_hook(lambda mod, args, out: outputs.append(out.dtype))
         losses = training.train(model, SPEC, steps=STEPS, device=self.device)
         ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
@@ -86,16 +121,21 @@ class CastForwardInputsTest(multirank.MultiRankTestCase, parameterized.TestCase)
 
         context = f"api={api} rank={self.rank}"
         for name, dtypes in expected.items():
-            self.assertEqual(seen.get(name), {dtypes},
-                             f"{context}: (weight, input) dtypes seen by {name} in forward")
+            self.assertEqual(
+                seen.get(name),
+                {dtypes},
+                f"{context}: (weight, input) dtypes seen by {name} in forward",
+            )
         self.assertEqual(out_outputs, {out_dtype}, f"{context}: dtype 'out' returns")
         self.assertLen(outputs, STEPS, f"{context}: forward calls of the model")
         self.assertEqual(set(outputs), {FP32}, f"{context}: dtype of the model's output")
         rtol, atol = parity.tolerance(BF16)
-        parity.assert_params_close(actual, params.full_params(ref), rtol=rtol, atol=atol,
-                                   rank=self.rank, context=context)
-        parity.assert_tensors_close(losses, ref_losses, name="loss", rtol=rtol, atol=atol,
-                                    context=context)
+        parity.assert_params_close(
+            actual, params.full_params(ref), rtol=rtol, atol=atol, rank=self.rank, context=context
+        )
+        parity.assert_tensors_close(
+            losses, ref_losses, name="loss", rtol=rtol, atol=atol, context=context
+        )
 
 
 if __name__ == "__main__":

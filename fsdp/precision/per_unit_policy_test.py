@@ -36,24 +36,30 @@ UNITS = ("layers.0", "layers.1", "layers.2")
 STEPS = 2
 FP16, BF16, FP32 = torch.float16, torch.bfloat16, torch.float32
 UNIT_DTYPES = {"layers.0": FP16, "layers.1": FP32, "layers.2": BF16, "": BF16}
-POLICIES = {name: wrapping.Precision(param_dtype=dtype, cast_forward_inputs=True)
-            for name, dtype in UNIT_DTYPES.items()}
+POLICIES = {
+    name: wrapping.Precision(param_dtype=dtype, cast_forward_inputs=True)
+    for name, dtype in UNIT_DTYPES.items()
+}
 # Watched layer -> the unit whose dtype it computes in.
-WATCHED = {"inp": "", "layers.0.fc1": "layers.0", "layers.1.fc1": "layers.1",
-           "layers.2.fc1": "layers.2", "out": ""}
+WATCHED = {
+    "inp": "",
+    "layers.0.fc1": "layers.0",
+    "layers.1.fc1": "layers.1",
+    "layers.2.fc1": "layers.2",
+    "out": "",
+}
 
 
 class PerUnitPolicyTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     @parameterized.named_parameters(*cases.API_CASES)
     def test_each_unit_computes_in_its_dtype(self, api):
         model = SPEC.build(seed=0)
         seen = collections.defaultdict(set)
         for name in WATCHED:
             model.get_submodule(name).register_forward_pre_hook(
-                lambda mod, args, name=name: seen[name].add((mod.weight.dtype, args[0].dtype)))
-        model = wrapping.wrap(model, api, UNITS, device=self.device,
-                              unit_mixed_precision=POLICIES)
+                lambda mod, args, name=name: seen[name].add((mod.weight.dtype, args[0].dtype))
+            )
+        model = wrapping.wrap(model, api, UNITS, device=self.device, unit_mixed_precision=POLICIES)
         optimizer = training.default_optimizer(model.parameters())
         grad_dtypes, reductions = set(), []
 
@@ -63,8 +69,14 @@ class PerUnitPolicyTest(multirank.MultiRankTestCase, parameterized.TestCase):
         losses = []
         for step in range(STEPS):
             with collective_spy.record_reductions() as calls:
-                losses += training.train(model, SPEC, steps=[step], optimizer=optimizer,
-                                         device=self.device, before_step=record_grads)
+                losses += training.train(
+                    model,
+                    SPEC,
+                    steps=[step],
+                    optimizer=optimizer,
+                    device=self.device,
+                    before_step=record_grads,
+                )
             reductions.append(calls)
         ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
         actual = params.full_params(model)  # collective: before any assert
@@ -72,19 +84,26 @@ class PerUnitPolicyTest(multirank.MultiRankTestCase, parameterized.TestCase):
         context = f"api={api} rank={self.rank}"
         for name, unit in WATCHED.items():
             dtype = UNIT_DTYPES[unit]
-            self.assertEqual(seen[name], {(dtype, dtype)},
-                             f"{context}: (weight, input) dtypes seen by {name} "
-                             f"(unit {unit or 'root'})")
+            self.assertEqual(
+                seen[name],
+                {(dtype, dtype)},
+                f"{context}: (weight, input) dtypes seen by {name} (unit {unit or 'root'})",
+            )
         expected = collections.Counter({FP16: 1, FP32: 1, BF16: 2})
         for step, calls in enumerate(reductions):
-            self.assertEqual(collections.Counter(d for _, d in calls), expected,
-                             f"{context}: reduce-scatter dtypes at step {step}: {calls}")
+            self.assertEqual(
+                collections.Counter(d for _, d in calls),
+                expected,
+                f"{context}: reduce-scatter dtypes at step {step}: {calls}",
+            )
         self.assertEqual(grad_dtypes, {FP32}, f"{context}: gradient dtypes after backward")
         rtol, atol = parity.tolerance(BF16)
-        parity.assert_params_close(actual, params.full_params(ref), rtol=rtol, atol=atol,
-                                   rank=self.rank, context=context)
-        parity.assert_tensors_close(losses, ref_losses, name="loss", rtol=rtol, atol=atol,
-                                    context=context)
+        parity.assert_params_close(
+            actual, params.full_params(ref), rtol=rtol, atol=atol, rank=self.rank, context=context
+        )
+        parity.assert_tensors_close(
+            losses, ref_losses, name="loss", rtol=rtol, atol=atol, context=context
+        )
 
 
 if __name__ == "__main__":

@@ -54,57 +54,85 @@ def _in_unit(name):
 
 
 class UnfreezeTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     known_failures = {
         "test_unfrozen_unit_keeps_reduce_dtype_fsdp2": known_failures.TorchBug(
             "pytorch#186998",
             "FSDP2 resolves a unit's reduce dtype at its first forward from its trainable "
             "parameters; a unit frozen then gets the param dtype, and after unfreezing its "
             "backward fails (grad dtype bf16 vs float32)",
-            seen_on=("2.11", "2.13")),
+            seen_on=("2.11", "2.13"),
+        ),
     }
 
-    @parameterized.named_parameters(*cases.api_cases_with(fsdp1={"use_orig_params": True},
-                                                          fsdp2={}))
+    @parameterized.named_parameters(
+        *cases.api_cases_with(fsdp1={"use_orig_params": True}, fsdp2={})
+    )
     def test_unfrozen_unit_keeps_reduce_dtype(self, api, options):
-        model = wrapping.wrap_spec(SPEC, api, device=self.device, mixed_precision=POLICY,
-                                   **options)
+        model = wrapping.wrap_spec(SPEC, api, device=self.device, mixed_precision=POLICY, **options)
         optimizer = training.default_optimizer(model.parameters())
         grads_seen = {}
 
         def record_grads(m, step):
             # Full gradients: an FSDP1 rank holds no .grad for a parameter outside its shard.
-            grads_seen[step] = {n: g.dtype for n, g in params.full_grads(m).items()
-                                if g is not None}
+            grads_seen[step] = {
+                n: g.dtype for n, g in params.full_grads(m).items() if g is not None
+            }
 
         losses, reductions = [], {}
         for step in range(STEPS):
             _set_frozen(model, step)
             with collective_spy.record_reductions() as calls:
-                losses += training.train(model, SPEC, steps=[step], optimizer=optimizer,
-                                         device=self.device, before_step=record_grads)
+                losses += training.train(
+                    model,
+                    SPEC,
+                    steps=[step],
+                    optimizer=optimizer,
+                    device=self.device,
+                    before_step=record_grads,
+                )
             reductions[step] = calls
         ref, ref_losses = mp_reference.train(
-            SPEC, steps=STEPS, world_size=self.world_size, param_dtype=torch.bfloat16,
-            device=self.device, optim_fn=training.default_optimizer,
-            before_forward=_set_frozen)
+            SPEC,
+            steps=STEPS,
+            world_size=self.world_size,
+            param_dtype=torch.bfloat16,
+            device=self.device,
+            optim_fn=training.default_optimizer,
+            before_forward=_set_frozen,
+        )
         actual = params.full_params(model)  # collective: before any assert
 
         names = [params.clean_name(n) for n, _ in ref.named_parameters()]
         for step in range(STEPS):
             context = f"api={api} step {step} ({UNIT} {'frozen' if step == 0 else 'unfrozen'})"
             self.assertNotEmpty(reductions[step], f"{context}: no reduce-scatter intercepted")
-            self.assertEqual({d for _, d in reductions[step]}, {FP32},
-                             f"{context}: reduce-scatter input dtypes {reductions[step]}")
+            self.assertEqual(
+                {d for _, d in reductions[step]},
+                {FP32},
+                f"{context}: reduce-scatter input dtypes {reductions[step]}",
+            )
             expected_names = [n for n in names if step != 0 or not _in_unit(n)]
-            self.assertEqual(sorted(grads_seen[step]), sorted(expected_names),
-                             f"{context}: parameters with a gradient")
-            self.assertEqual(set(grads_seen[step].values()), {FP32},
-                             f"{context}: gradient dtypes {grads_seen[step]}")
-        parity.assert_params_close(actual, params.full_params(ref), rtol=RTOL, atol=ATOL,
-                                   rank=self.rank, context=f"api={api} after {STEPS} steps")
-        parity.assert_tensors_close(losses, ref_losses, name="loss", rtol=RTOL, atol=ATOL,
-                                    context=f"api={api}")
+            self.assertEqual(
+                sorted(grads_seen[step]),
+                sorted(expected_names),
+                f"{context}: parameters with a gradient",
+            )
+            self.assertEqual(
+                set(grads_seen[step].values()),
+                {FP32},
+                f"{context}: gradient dtypes {grads_seen[step]}",
+            )
+        parity.assert_params_close(
+            actual,
+            params.full_params(ref),
+            rtol=RTOL,
+            atol=ATOL,
+            rank=self.rank,
+            context=f"api={api} after {STEPS} steps",
+        )
+        parity.assert_tensors_close(
+            losses, ref_losses, name="loss", rtol=RTOL, atol=ATOL, context=f"api={api}"
+        )
 
 
 if __name__ == "__main__":

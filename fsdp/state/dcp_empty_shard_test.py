@@ -35,19 +35,22 @@ def _adamw(parameters):
 def _full_optim_state(model, opt):
     """``{"<param>/<state key>": CPU tensor}``, gathered (a collective)."""
     state = dsd.get_optimizer_state_dict(model, opt, options=FULL)["state"]
-    return {f"{params.clean_name(str(name))}/{key}": torch.as_tensor(value).detach().cpu()
-            for name, entries in state.items() for key, value in entries.items()}
+    return {
+        f"{params.clean_name(str(name))}/{key}": torch.as_tensor(value).detach().cpu()
+        for name, entries in state.items()
+        for key, value in entries.items()
+    }
 
 
 class DcpEmptyShardTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     known_failures = {
         "test_dcp_round_trip_with_empty_shards_fsdp1": known_failures.TorchBug(
             "FSDP1 DCP optimizer state with empty shards",
             "a rank holding no rows of a parameter writes no optimizer keys for it, so "
             "DCP loads the checkpoint as the pre-2.4 format: 'Missing key in checkpoint "
             "state_dict: optim.param_groups'",
-            seen_on=("2.11", "2.13")),
+            seen_on=("2.11", "2.13"),
+        ),
     }
 
     @parameterized.named_parameters(*cases.API_CASES)
@@ -68,20 +71,31 @@ class DcpEmptyShardTest(multirank.MultiRankTestCase, parameterized.TestCase):
             model_state, optim_state = dsd.get_state_dict(fresh, fresh_opt)
             state = {"model": model_state, "optim": optim_state}
             dcp.load(state, checkpoint_id=path)
-            dsd.set_state_dict(fresh, fresh_opt, model_state_dict=state["model"],
-                               optim_state_dict=state["optim"])
+            dsd.set_state_dict(
+                fresh, fresh_opt, model_state_dict=state["model"], optim_state_dict=state["optim"]
+            )
         actual_params = params.full_params(fresh)  # collectives: before any assert
         actual_optim = _full_optim_state(fresh, fresh_opt)
-        parity.assert_params_close(actual_params, expected_params, rtol=0, atol=0,
-                                   context=f"{what}: after load")
-        parity.assert_params_close(actual_optim, expected_optim, rtol=0, atol=0,
-                                   what="optimizer state", context=f"{what}: after load")
+        parity.assert_params_close(
+            actual_params, expected_params, rtol=0, atol=0, context=f"{what}: after load"
+        )
+        parity.assert_params_close(
+            actual_optim,
+            expected_optim,
+            rtol=0,
+            atol=0,
+            what="optimizer state",
+            context=f"{what}: after load",
+        )
 
         training.train(model, SPEC, steps=range(2, 4), optimizer=opt)
         training.train(fresh, SPEC, steps=range(2, 4), optimizer=fresh_opt)
         uninterrupted = params.full_params(model)
-        parity.assert_params_close(params.full_params(fresh), uninterrupted,
-                                   context=f"{what}: resumed vs uninterrupted run")
+        parity.assert_params_close(
+            params.full_params(fresh),
+            uninterrupted,
+            context=f"{what}: resumed vs uninterrupted run",
+        )
 
 
 if __name__ == "__main__":

@@ -21,10 +21,10 @@ SPEC = models.get("tied_transformer")
 
 
 class EvalTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     def _inputs(self):
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP,
-                                    device=self.device)
+        inputs, _ = data.rank_batch(
+            SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP, device=self.device
+        )
         return inputs
 
     @parameterized.named_parameters(*cases.API_CASES)
@@ -41,10 +41,16 @@ class EvalTest(multirank.MultiRankTestCase, parameterized.TestCase):
             for attempt in range(2):
                 out = model(inputs)
                 self.assertFalse(out.requires_grad, "no_grad output requires grad")
-                parity.assert_tensors_close(out, expected,
-                                            name=f"eval no_grad output #{attempt} api={api}")
-        parity.assert_params_close(params.full_params(model), trained, rtol=0, atol=0,
-                                   context=f"inference changed parameters api={api}")
+                parity.assert_tensors_close(
+                    out, expected, name=f"eval no_grad output #{attempt} api={api}"
+                )
+        parity.assert_params_close(
+            params.full_params(model),
+            trained,
+            rtol=0,
+            atol=0,
+            context=f"inference changed parameters api={api}",
+        )
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_forward_without_backward_between_steps_matches_reference(self, api):
@@ -59,8 +65,11 @@ class EvalTest(multirank.MultiRankTestCase, parameterized.TestCase):
         model.train()
         training.train(model, SPEC, steps=[1, 2], optimizer=opt, device=self.device)
         reference, _ = training.reference_train(SPEC, steps=3, seed=0, device=self.device)
-        parity.assert_params_close(params.full_params(model), params.full_params(reference),
-                                   context=f"3 steps with dropped eval forwards, api={api}")
+        parity.assert_params_close(
+            params.full_params(model),
+            params.full_params(reference),
+            context=f"3 steps with dropped eval forwards, api={api}",
+        )
 
 
 if __name__ == "__main__":

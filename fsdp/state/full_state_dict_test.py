@@ -57,7 +57,6 @@ def _from_rank0(obj):
 
 
 class FullStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     def _trained(self, api):
         model = wrapping.wrap_spec(SPEC, api, device=self.device)
         training.train(model, SPEC, steps=2, seed=0, device=self.device)
@@ -72,20 +71,28 @@ class FullStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
             for name, tensor in state.items():
                 self.assertEqual(tensor.device.type, "cpu", f"{name} not offloaded to CPU")
                 self.assertFalse(compat.is_dtensor(tensor), f"{name} is still sharded")
-            parity.assert_params_close(dict(state), expected, rtol=0, atol=0,
-                                       context=f"saved full state dict api={api}")
+            parity.assert_params_close(
+                dict(state), expected, rtol=0, atol=0, context=f"saved full state dict api={api}"
+            )
         else:
             self.assertEqual(dict(state), {}, "rank0_only: non-zero ranks get nothing")
         return _from_rank0(dict(state)), expected
 
     def _assert_restored(self, loaded, trained, expected, api):
-        parity.assert_params_close(params.full_params(loaded), expected, rtol=0, atol=0,
-                                   context=f"loaded model api={api}")
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP,
-                                    device=self.device)
+        parity.assert_params_close(
+            params.full_params(loaded), expected, rtol=0, atol=0, context=f"loaded model api={api}"
+        )
+        inputs, _ = data.rank_batch(
+            SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP, device=self.device
+        )
         with torch.no_grad():
-            parity.assert_tensors_close(loaded(inputs), trained(inputs), rtol=0, atol=0,
-                                        name=f"loaded vs trained output api={api}")
+            parity.assert_tensors_close(
+                loaded(inputs),
+                trained(inputs),
+                rtol=0,
+                atol=0,
+                name=f"loaded vs trained output api={api}",
+            )
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_full_state_dict_round_trip_into_sharded_model(self, api):

@@ -24,10 +24,12 @@ ACTIVATION_SLACK = 256 * 1024
 
 
 class MemoryCudaTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     @parameterized.named_parameters(
-        ("full_shard_fsdp1", "fsdp1", True), ("shard_grad_op_fsdp1", "fsdp1", False),
-        ("reshard_fsdp2", "fsdp2", True), ("no_reshard_fsdp2", "fsdp2", False))
+        ("full_shard_fsdp1", "fsdp1", True),
+        ("shard_grad_op_fsdp1", "fsdp1", False),
+        ("reshard_fsdp2", "fsdp2", True),
+        ("no_reshard_fsdp2", "fsdp2", False),
+    )
     def test_forward_peak_allocated_memory_bounded(self, api, reshard):
         self.assertEqual(self.device.type, "cuda", "needs the CUDA caching allocator")
         model = unit_stack.wrap(api, reshard, device=self.device)
@@ -43,11 +45,13 @@ class MemoryCudaTest(multirank.MultiRankTestCase, parameterized.TestCase):
         peak = torch.cuda.max_memory_allocated(self.device) - base
         unit = unit_stack.unit_bytes(self.world_size)
         if reshard:
-            self.assertLessEqual(peak, 4 * unit + ACTIVATION_SLACK,
-                                 f"forward peak {peak} B; one unit is {unit} B")
+            self.assertLessEqual(
+                peak, 4 * unit + ACTIVATION_SLACK, f"forward peak {peak} B; one unit is {unit} B"
+            )
         else:
-            self.assertGreaterEqual(peak, (N_UNITS - 1) * unit,
-                                    f"forward peak {peak} B; one unit is {unit} B")
+            self.assertGreaterEqual(
+                peak, (N_UNITS - 1) * unit, f"forward peak {peak} B; one unit is {unit} B"
+            )
 
 
 if __name__ == "__main__":

@@ -46,20 +46,26 @@ def unsharded_bytes(model, api):
                 group = module._get_fsdp_state()._fsdp_param_group
                 if group is None:
                     continue
-                out[name] = sum(p._unsharded_param.untyped_storage().nbytes()
-                                for p in group.fsdp_params if hasattr(p, "_unsharded_param"))
+                out[name] = sum(
+                    p._unsharded_param.untyped_storage().nbytes()
+                    for p in group.fsdp_params
+                    if hasattr(p, "_unsharded_param")
+                )
     except AttributeError as e:
-        raise AssertionError(f"this torch's FSDP internals changed; cannot find the "
-                             f"unsharded parameter storage: {e}") from e
+        raise AssertionError(
+            f"this torch's FSDP internals changed; cannot find the unsharded parameter storage: {e}"
+        ) from e
     return out
 
 
 class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     def _inner_units(self, model):
         """The Linear of every unit (its hooks run while the unit is unsharded)."""
-        return [m for m in model.modules()
-                if isinstance(m, nn.Linear) and not isinstance(m, compat.FSDP)]
+        return [
+            m
+            for m in model.modules()
+            if isinstance(m, nn.Linear) and not isinstance(m, compat.FSDP)
+        ]
 
     def _step_with_samples(self, model, api):
         """Warm-up step, then one step sampling live unsharded bytes in every unit.
@@ -94,16 +100,23 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
         model = unit_stack.wrap(api, reshard=True, device=self.device)
         after_forward, after_backward, peak = self._step_with_samples(model, api)
         self.assertLen(after_forward, N_UNITS, f"units found: {sorted(after_forward)}")
-        self.assertEqual(after_forward, dict.fromkeys(after_forward, 0),
-                         "unsharded parameter bytes between forward and backward")
-        self.assertEqual(after_backward, dict.fromkeys(after_backward, 0),
-                         "unsharded parameter bytes after backward")
+        self.assertEqual(
+            after_forward,
+            dict.fromkeys(after_forward, 0),
+            "unsharded parameter bytes between forward and backward",
+        )
+        self.assertEqual(
+            after_backward,
+            dict.fromkeys(after_backward, 0),
+            "unsharded parameter bytes after backward",
+        )
         if api == "fsdp2":
             for name, p in model.named_parameters():
                 self.assertTrue(compat.is_dtensor(p), f"{name} not resharded after forward")
         unit = unit_stack.unit_bytes(self.world_size)
-        self.assertLessEqual(peak, 3 * unit,
-                             f"peak live unsharded bytes {peak} > 3 units ({unit} B each)")
+        self.assertLessEqual(
+            peak, 3 * unit, f"peak live unsharded bytes {peak} > 3 units ({unit} B each)"
+        )
 
     @parameterized.named_parameters(("shard_grad_op_fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
     def test_without_reshard_unsharded_params_stay_allocated(self, api):
@@ -111,8 +124,11 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
         after_forward, _, peak = self._step_with_samples(model, api)
         unit = unit_stack.unit_bytes(self.world_size)
         self.assertLen(after_forward, N_UNITS, f"units found: {sorted(after_forward)}")
-        self.assertEqual(after_forward, dict.fromkeys(after_forward, unit),
-                         "unsharded parameter bytes between forward and backward")
+        self.assertEqual(
+            after_forward,
+            dict.fromkeys(after_forward, unit),
+            "unsharded parameter bytes between forward and backward",
+        )
         self.assertGreaterEqual(peak, (N_UNITS - 1) * unit)
 
 

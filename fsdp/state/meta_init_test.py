@@ -53,8 +53,9 @@ class _SeededMLP(nn.Module):
     def __init__(self):
         super().__init__()
         self.inp = _SeededLinear(8, 16, init_seed=11)
-        self.layers = nn.Sequential(_SeededLinear(16, 16, init_seed=12),
-                                    _SeededLinear(16, 16, init_seed=13))
+        self.layers = nn.Sequential(
+            _SeededLinear(16, 16, init_seed=12), _SeededLinear(16, 16, init_seed=13)
+        )
         self.out = _SeededLinear(16, 4, init_seed=14)
 
     def forward(self, x):
@@ -65,39 +66,52 @@ class _SeededMLP(nn.Module):
 
 
 # Batches and loss of nested_mlp (8 inputs, 4 outputs); model and units our own.
-SPEC = dataclasses.replace(models.get("nested_mlp"), name="seeded_mlp",
-                           factory=_SeededMLP, units=UNITS)
+SPEC = dataclasses.replace(
+    models.get("nested_mlp"), name="seeded_mlp", factory=_SeededMLP, units=UNITS
+)
 
 
 def _materialize_and_reset(device):
     """An FSDP1 param_init_fn: storage on ``device`` for one module, then its init."""
+
     def init(module):
         module.to_empty(device=device, recurse=False)
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
+
     return init
 
 
 class MetaInitTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     def _assert_like_eager(self, model, api, what):
         for name, p in model.named_parameters():
             self.assertFalse(p.is_meta, f"{name} is still on the meta device ({what})")
         eager = wrapping.wrap_spec(SPEC, api, init_device=self.device, device=self.device)
-        parity.assert_params_close(params.full_params(model), params.full_params(eager),
-                                   rtol=0, atol=0, context=f"after init, {what}")
+        parity.assert_params_close(
+            params.full_params(model),
+            params.full_params(eager),
+            rtol=0,
+            atol=0,
+            context=f"after init, {what}",
+        )
         training.train(model, SPEC, steps=2, seed=0, device=self.device)
         training.train(eager, SPEC, steps=2, seed=0, device=self.device)
-        parity.assert_params_close(params.full_params(model), params.full_params(eager),
-                                   context=f"after 2 steps, {what}")
+        parity.assert_params_close(
+            params.full_params(model), params.full_params(eager), context=f"after 2 steps, {what}"
+        )
 
     def test_meta_init_reset_parameters_matches_eager_fsdp1(self):
         model = wrapping.wrap_spec(SPEC, "fsdp1", init_device="meta", device=self.device)
         self._assert_like_eager(model, "fsdp1", "FSDP1 default materialization")
 
     def test_meta_init_param_init_fn_matches_eager_fsdp1(self):
-        model = wrapping.wrap_spec(SPEC, "fsdp1", init_device="meta", device=self.device,
-                                   extra={"param_init_fn": _materialize_and_reset(self.device)})
+        model = wrapping.wrap_spec(
+            SPEC,
+            "fsdp1",
+            init_device="meta",
+            device=self.device,
+            extra={"param_init_fn": _materialize_and_reset(self.device)},
+        )
         self._assert_like_eager(model, "fsdp1", "FSDP1 param_init_fn")
 
     def test_meta_init_to_empty_and_full_state_dict_matches_eager_fsdp2(self):
@@ -105,7 +119,8 @@ class MetaInitTest(multirank.MultiRankTestCase, parameterized.TestCase):
         with torch.device(self.device):
             reference = SPEC.build(seed=0).state_dict()  # same on every rank (seeded)
         dcp_state_dict.set_model_state_dict(
-            model, reference, options=dcp_state_dict.StateDictOptions(full_state_dict=True))
+            model, reference, options=dcp_state_dict.StateDictOptions(full_state_dict=True)
+        )
         for name, p in model.named_parameters():
             self.assertTrue(compat.is_dtensor(p), f"{name} is no longer sharded")
             self.assertEqual(p.to_local().device.type, self.device.type, name)

@@ -16,9 +16,13 @@ import copy
 import torch
 from absl.testing import parameterized
 from torch.distributed.checkpoint import state_dict as dcp_state_dict
-from torch.distributed.fsdp import (FullOptimStateDictConfig, FullStateDictConfig,
-                                    ShardedOptimStateDictConfig, ShardedStateDictConfig,
-                                    StateDictType)
+from torch.distributed.fsdp import (
+    FullOptimStateDictConfig,
+    FullStateDictConfig,
+    ShardedOptimStateDictConfig,
+    ShardedStateDictConfig,
+    StateDictType,
+)
 
 from testing import multirank
 from testing.fsdp import compat, models, params, parity, training, wrapping
@@ -33,11 +37,17 @@ def _adam(model):
 def _fsdp1_context(model, full):
     if full:
         return compat.FSDP.state_dict_type(
-            model, StateDictType.FULL_STATE_DICT,
-            FullStateDictConfig(rank0_only=False), FullOptimStateDictConfig(rank0_only=False))
+            model,
+            StateDictType.FULL_STATE_DICT,
+            FullStateDictConfig(rank0_only=False),
+            FullOptimStateDictConfig(rank0_only=False),
+        )
     return compat.FSDP.state_dict_type(
-        model, StateDictType.SHARDED_STATE_DICT,
-        ShardedStateDictConfig(), ShardedOptimStateDictConfig())
+        model,
+        StateDictType.SHARDED_STATE_DICT,
+        ShardedStateDictConfig(),
+        ShardedOptimStateDictConfig(),
+    )
 
 
 def save_state(model, opt, api, full):
@@ -57,8 +67,9 @@ def load_state(model, opt, api, full, model_state, optim_state):
             opt.load_state_dict(compat.FSDP.optim_state_dict_to_load(model, opt, optim_state))
         return
     options = dcp_state_dict.StateDictOptions(full_state_dict=full)
-    dcp_state_dict.set_state_dict(model, opt, model_state_dict=model_state,
-                                  optim_state_dict=optim_state, options=options)
+    dcp_state_dict.set_state_dict(
+        model, opt, model_state_dict=model_state, optim_state_dict=optim_state, options=options
+    )
 
 
 def full_optim_state(model, opt, api):
@@ -73,10 +84,12 @@ def full_optim_state(model, opt, api):
 
 
 class OptimStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     @parameterized.named_parameters(
-        ("full_fsdp1", "fsdp1", True), ("sharded_fsdp1", "fsdp1", False),
-        ("full_fsdp2", "fsdp2", True), ("sharded_fsdp2", "fsdp2", False))
+        ("full_fsdp1", "fsdp1", True),
+        ("sharded_fsdp1", "fsdp1", False),
+        ("full_fsdp2", "fsdp2", True),
+        ("sharded_fsdp2", "fsdp2", False),
+    )
     def test_optim_state_dict_round_trip_continues_training(self, api, full):
         what = f"api={api} {'full' if full else 'sharded'} state dicts"
         model = wrapping.wrap_spec(SPEC, api, device=self.device)
@@ -92,17 +105,28 @@ class OptimStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
         fresh_opt = _adam(fresh)
         load_state(fresh, fresh_opt, api, full, model_state, optim_state)
         expected_state = full_optim_state(model, opt, api)
-        self.assertLen(expected_state, 3 * len(params.full_params(model)),
-                       "Adam keeps step, exp_avg and exp_avg_sq per parameter")
-        parity.assert_params_close(full_optim_state(fresh, fresh_opt, api), expected_state,
-                                   rtol=0, atol=0, what="optimizer state",
-                                   context=f"after load, {what}")
+        self.assertLen(
+            expected_state,
+            3 * len(params.full_params(model)),
+            "Adam keeps step, exp_avg and exp_avg_sq per parameter",
+        )
+        parity.assert_params_close(
+            full_optim_state(fresh, fresh_opt, api),
+            expected_state,
+            rtol=0,
+            atol=0,
+            what="optimizer state",
+            context=f"after load, {what}",
+        )
 
         # The uninterrupted run, then the reloaded one.
         training.train(model, SPEC, steps=[2, 3], optimizer=opt, device=self.device)
         training.train(fresh, SPEC, steps=[2, 3], optimizer=fresh_opt, device=self.device)
-        parity.assert_params_close(params.full_params(fresh), params.full_params(model),
-                                   context=f"two steps after reload vs uninterrupted, {what}")
+        parity.assert_params_close(
+            params.full_params(fresh),
+            params.full_params(model),
+            context=f"two steps after reload vs uninterrupted, {what}",
+        )
 
 
 if __name__ == "__main__":

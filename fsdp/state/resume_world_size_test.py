@@ -61,8 +61,9 @@ def _train_in_group(model, opt, steps, device):
     """Training steps on a subgroup of the first ranks (``training.train`` averages
     losses over the whole world): this rank's batches, as in ``train``."""
     for step in steps:
-        inputs, targets = data.rank_batch(SPEC, seed=0, rank=dist.get_rank(), step=step,
-                                          device=device)
+        inputs, targets = data.rank_batch(
+            SPEC, seed=0, rank=dist.get_rank(), step=step, device=device
+        )
         SPEC.loss_fn(model(inputs), targets).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -71,8 +72,11 @@ def _train_in_group(model, opt, steps, device):
 def _full_optim_state(model, opt):
     """``{"<param>/<state key>": CPU tensor}``, gathered (a collective on the model's ranks)."""
     state = dsd.get_optimizer_state_dict(model, opt, options=FULL)["state"]
-    return {f"{params.clean_name(str(name))}/{key}": torch.as_tensor(value).detach().cpu()
-            for name, entries in state.items() for key, value in entries.items()}
+    return {
+        f"{params.clean_name(str(name))}/{key}": torch.as_tensor(value).detach().cpu()
+        for name, entries in state.items()
+        for key, value in entries.items()
+    }
 
 
 def _from_rank0(obj):
@@ -85,11 +89,11 @@ _FSDP1_SUBGROUP_OPTIM = known_failures.TorchBug(
     "FSDP1 optimizer state dict on a subgroup",
     "the optimizer state dict of an FSDP1 model sharded on a subgroup issues a collective "
     "on the default group, so ranks outside the subgroup deadlock or receive its data",
-    seen_on=("2.11",))
+    seen_on=("2.11",),
+)
 
 
 class ResumeWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     # Seen on 2x H200 (torch 2.11, NCCL; 1 saving rank, 2 loading): the saver hangs
     # in FSDP1's _check_missing_keys_on_rank while rank 1 receives its collective
     # in broadcast_object_list. torch 2.13 (CPU, gloo) passes.
@@ -101,12 +105,22 @@ class ResumeWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def _assert_state(self, model, opt, expected_params, expected_optim, what):
         actual_params = params.full_params(model)  # collectives: before any assert
         actual_optim = _full_optim_state(model, opt)
-        self.assertLen(expected_optim, 3 * len(expected_params),
-                       f"{what}: AdamW keeps step, exp_avg and exp_avg_sq per parameter")
-        parity.assert_params_close(actual_params, expected_params, rtol=0, atol=0,
-                                   context=f"{what}: after load")
-        parity.assert_params_close(actual_optim, expected_optim, rtol=0, atol=0,
-                                   what="optimizer state", context=f"{what}: after load")
+        self.assertLen(
+            expected_optim,
+            3 * len(expected_params),
+            f"{what}: AdamW keeps step, exp_avg and exp_avg_sq per parameter",
+        )
+        parity.assert_params_close(
+            actual_params, expected_params, rtol=0, atol=0, context=f"{what}: after load"
+        )
+        parity.assert_params_close(
+            actual_optim,
+            expected_optim,
+            rtol=0,
+            atol=0,
+            what="optimizer state",
+            context=f"{what}: after load",
+        )
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_resume_at_same_world_size(self, api):
@@ -130,14 +144,18 @@ class ResumeWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
         training.train(model, SPEC, steps=range(SAVED_AT, SAVED_AT + 2), optimizer=opt)
         training.train(fresh, SPEC, steps=range(SAVED_AT, SAVED_AT + 2), optimizer=fresh_opt)
         uninterrupted = params.full_params(model)
-        parity.assert_params_close(params.full_params(fresh), uninterrupted,
-                                   context=f"{what}: resumed vs uninterrupted run")
+        parity.assert_params_close(
+            params.full_params(fresh),
+            uninterrupted,
+            context=f"{what}: resumed vs uninterrupted run",
+        )
 
     # A bounded wait: where the known bug above deadlocks, the harness reports the
     # hang after 30 s instead of the default 120 s (a case takes 2-11 s when it works).
     @multirank.timeout(30)
     @parameterized.named_parameters(
-        (f"{how}_{api}", api, how) for api in ("fsdp1", "fsdp2") for how in ("dcp", "full"))
+        (f"{how}_{api}", api, how) for api in ("fsdp1", "fsdp2") for how in ("dcp", "full")
+    )
     def test_resume_on_more_ranks(self, api, how):
         savers = list(range(self.world_size // 2))
         self.assertNotEqual(savers, [], "needs at least 2 ranks")
@@ -152,15 +170,21 @@ class ResumeWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 saved = (params.full_params(model), _full_optim_state(model, opt))
                 if how == "dcp":
                     model_state, optim_state = dsd.get_state_dict(model, opt)
-                    dcp.save({"model": model_state, "optim": optim_state},
-                             checkpoint_id=path, process_group=group)
+                    dcp.save(
+                        {"model": model_state, "optim": optim_state},
+                        checkpoint_id=path,
+                        process_group=group,
+                    )
                 else:
                     # FSDP1 cannot offload from a CPU device (torch 2.13 frees the
                     # gathered tensors: "setStorage ... of size 0").
-                    options = dsd.StateDictOptions(full_state_dict=True,
-                                                   cpu_offload=self.device.type != "cpu")
-                    full = (dsd.get_model_state_dict(model, options=options),
-                            dsd.get_optimizer_state_dict(model, opt, options=options))
+                    options = dsd.StateDictOptions(
+                        full_state_dict=True, cpu_offload=self.device.type != "cpu"
+                    )
+                    full = (
+                        dsd.get_model_state_dict(model, options=options),
+                        dsd.get_optimizer_state_dict(model, opt, options=options),
+                    )
                     saved = saved + (full,)
             expected_params, expected_optim, *full = _from_rank0(saved)
 
@@ -172,8 +196,12 @@ class ResumeWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 model_state, optim_state = dsd.get_state_dict(fresh, fresh_opt)
                 state = {"model": model_state, "optim": optim_state}
                 dcp.load(state, checkpoint_id=path)
-                dsd.set_state_dict(fresh, fresh_opt, model_state_dict=state["model"],
-                                   optim_state_dict=state["optim"])
+                dsd.set_state_dict(
+                    fresh,
+                    fresh_opt,
+                    model_state_dict=state["model"],
+                    optim_state_dict=state["optim"],
+                )
             else:
                 model_state, optim_state = full[0]
                 dsd.set_model_state_dict(fresh, model_state, options=FULL)
@@ -183,12 +211,27 @@ class ResumeWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
         training.train(fresh, SPEC, steps=[SAVED_AT], optimizer=fresh_opt)
         ref = SPEC.build(seed=0).to(self.device)
         ref_opt = _adamw(ref.parameters())
-        training.reference_train(SPEC, steps=range(SAVED_AT), world_size=len(savers),
-                                 device=self.device, model=ref, optimizer=ref_opt)
-        training.reference_train(SPEC, steps=[SAVED_AT], world_size=self.world_size,
-                                 device=self.device, model=ref, optimizer=ref_opt)
-        parity.assert_params_close(params.full_params(fresh), params.full_params(ref),
-                                   context=f"{what}: one step after load vs reference")
+        training.reference_train(
+            SPEC,
+            steps=range(SAVED_AT),
+            world_size=len(savers),
+            device=self.device,
+            model=ref,
+            optimizer=ref_opt,
+        )
+        training.reference_train(
+            SPEC,
+            steps=[SAVED_AT],
+            world_size=self.world_size,
+            device=self.device,
+            model=ref,
+            optimizer=ref_opt,
+        )
+        parity.assert_params_close(
+            params.full_params(fresh),
+            params.full_params(ref),
+            context=f"{what}: one step after load vs reference",
+        )
         # The subgroup is not destroyed: with torch 2.13, a later test's
         # DeviceMesh.from_group on a new group of the same ranks then failed with
         # "Could not resolve the process group registered under the name 1".

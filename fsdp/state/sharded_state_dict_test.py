@@ -16,8 +16,17 @@ import torch.distributed.checkpoint as dcp
 from absl.testing import parameterized
 
 from testing import dist_helpers, multirank
-from testing.fsdp import (cases, compat, data, models, params, parity, state_dicts, training,
-                           wrapping)
+from testing.fsdp import (
+    cases,
+    compat,
+    data,
+    models,
+    params,
+    parity,
+    state_dicts,
+    training,
+    wrapping,
+)
 
 SPEC = models.get("nested_mlp")
 
@@ -30,24 +39,24 @@ def _local_numel(tensor) -> int:
 
 
 class ShardedStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     def _trained(self, api, **wrap_options):
         model = wrapping.wrap_spec(SPEC, api, device=self.device, **wrap_options)
         training.train(model, SPEC, steps=2, seed=0, device=self.device)
         return model
 
     def _inputs(self):
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP,
-                                    device=self.device)
+        inputs, _ = data.rank_batch(
+            SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP, device=self.device
+        )
         return inputs
 
     def _assert_restored(self, loaded, expected_params, expected_out, what):
-        parity.assert_params_close(params.full_params(loaded), expected_params, rtol=0,
-                                   atol=0, context=what)
+        parity.assert_params_close(
+            params.full_params(loaded), expected_params, rtol=0, atol=0, context=what
+        )
         with torch.no_grad():
             out = loaded(self._inputs())
-        parity.assert_tensors_close(out, expected_out, rtol=0, atol=0,
-                                    name=f"output, {what}")
+        parity.assert_tensors_close(out, expected_out, rtol=0, atol=0, name=f"output, {what}")
 
     def _expected(self, trained):
         expected_params = params.full_params(trained)
@@ -63,14 +72,20 @@ class ShardedStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
         full_numel = {name: t.numel() for name, t in expected_params.items()}
         self.assertEqual(sorted(state), sorted(full_numel), "sharded state dict keys")
         for name, tensor in state.items():
-            self.assertTrue(compat.is_dtensor(tensor) or hasattr(tensor, "local_shards"),
-                            f"{name} is a {type(tensor).__name__}, not a sharded tensor")
-            self.assertLess(_local_numel(tensor), full_numel[name],
-                            f"{name}: rank {self.rank} holds the whole tensor")
+            self.assertTrue(
+                compat.is_dtensor(tensor) or hasattr(tensor, "local_shards"),
+                f"{name} is a {type(tensor).__name__}, not a sharded tensor",
+            )
+            self.assertLess(
+                _local_numel(tensor),
+                full_numel[name],
+                f"{name}: rank {self.rank} holds the whole tensor",
+            )
         fresh = wrapping.wrap_spec(SPEC, api, seed=1, device=self.device)
         state_dicts.load_sharded_state_dict(fresh, api, state)
-        self._assert_restored(fresh, expected_params, expected_out,
-                              f"in-memory sharded load api={api}")
+        self._assert_restored(
+            fresh, expected_params, expected_out, f"in-memory sharded load api={api}"
+        )
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_dcp_save_load_round_trip(self, api):
@@ -80,8 +95,9 @@ class ShardedStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
             dcp.save(state_dicts.sharded_state_dict(trained, api), checkpoint_id=path)
             fresh = wrapping.wrap_spec(SPEC, api, seed=1, device=self.device)
             state_dicts.dcp_load(fresh, api, path)
-            self._assert_restored(fresh, expected_params, expected_out,
-                                  f"dcp.save/dcp.load api={api}")
+            self._assert_restored(
+                fresh, expected_params, expected_out, f"dcp.save/dcp.load api={api}"
+            )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ def _rewrite(tensor):
 
 
 class SummonFullParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     def _trained(self, api, **options):
         model = wrapping.wrap_spec(SPEC, api, device=self.device, **options)
         training.train(model, SPEC, steps=2, seed=0, device=self.device)
@@ -44,11 +43,13 @@ class SummonFullParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         parity.assert_same_across_ranks(written, name=f"full parameters, {what}")
         plain = SPEC.build(seed=1).to(self.device)
         plain.load_state_dict(expected)
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP,
-                                    device=self.device)
+        inputs, _ = data.rank_batch(
+            SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP, device=self.device
+        )
         with torch.no_grad():
-            parity.assert_tensors_close(model(inputs), plain(inputs),
-                                        name=f"output vs plain model with the write, {what}")
+            parity.assert_tensors_close(
+                model(inputs), plain(inputs), name=f"output vs plain model with the write, {what}"
+            )
 
     @parameterized.named_parameters(("fsdp1", False), ("use_orig_params_fsdp1", True))
     def test_summon_full_params_writeback_visible_after_reshard(self, use_orig_params):
@@ -57,8 +58,9 @@ class SummonFullParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
             with torch.no_grad():
                 for name, p in model.named_parameters():
                     full_shape = tuple(expected[params.clean_name(name)].shape)
-                    self.assertEqual(tuple(p.shape), full_shape,
-                                     f"{name} is not full inside summon_full_params")
+                    self.assertEqual(
+                        tuple(p.shape), full_shape, f"{name} is not full inside summon_full_params"
+                    )
                     _rewrite(p)
         self._assert_written(model, expected, f"use_orig_params={use_orig_params}")
 
@@ -71,8 +73,10 @@ class SummonFullParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         for module in fsdp_modules:
             module.unshard()
         try:
-            seen = {params.clean_name(n): p.detach().to("cpu", copy=True)
-                    for n, p in model.named_parameters()}
+            seen = {
+                params.clean_name(n): p.detach().to("cpu", copy=True)
+                for n, p in model.named_parameters()
+            }
             for name, p in model.named_parameters():
                 self.assertFalse(compat.is_dtensor(p), f"{name} still sharded after unshard()")
             parity.assert_params_close(seen, expected, context="unsharded after the write")

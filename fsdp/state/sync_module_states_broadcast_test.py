@@ -28,25 +28,35 @@ SPEC = models.get("batchnorm_mlp")  # buffers: BatchNorm running statistics
 
 
 class SyncModuleStatesBroadcastTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     def _assert_synced_and_trains(self, model, what):
         parity.assert_params_close(
             params.full_params(model, buffers=True),
             params.full_params(models.rank_distinct_model(SPEC, 0), buffers=True),
-            rtol=0, atol=0, context=f"after sync: rank 0's init ({what})")
+            rtol=0,
+            atol=0,
+            context=f"after sync: rank 0's init ({what})",
+        )
         training.train(model, SPEC, steps=2, seed=0, device=self.device)
         reference, _ = training.reference_train(SPEC, steps=2, seed=0, device=self.device)
-        parity.assert_params_close(params.full_params(model), params.full_params(reference),
-                                   context=f"after 2 steps vs reference ({what})")
+        parity.assert_params_close(
+            params.full_params(model),
+            params.full_params(reference),
+            context=f"after 2 steps vs reference ({what})",
+        )
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_broadcast_from_rank0_full_state_dict_makes_ranks_identical(self, api):
-        model = wrapping.wrap(models.rank_distinct_model(SPEC, self.rank), api, SPEC.units,
-                              device=self.device)
+        model = wrapping.wrap(
+            models.rank_distinct_model(SPEC, self.rank), api, SPEC.units, device=self.device
+        )
         state = models.rank_distinct_model(SPEC, 0).state_dict() if self.rank == 0 else {}
         dcp_state_dict.set_model_state_dict(
-            model, state, options=dcp_state_dict.StateDictOptions(
-                full_state_dict=True, broadcast_from_rank0=True))
+            model,
+            state,
+            options=dcp_state_dict.StateDictOptions(
+                full_state_dict=True, broadcast_from_rank0=True
+            ),
+        )
         self._assert_synced_and_trains(model, f"set_model_state_dict broadcast api={api}")
 
     def test_broadcast_before_fully_shard_makes_ranks_identical_fsdp2(self):

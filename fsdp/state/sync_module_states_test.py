@@ -20,18 +20,26 @@ SPEC = models.get("batchnorm_mlp")  # buffers: BatchNorm running statistics
 
 
 class SyncModuleStatesTest(multirank.MultiRankTestCase):
-
     def test_sync_module_states_makes_ranks_identical_fsdp1(self):
-        model = wrapping.wrap(models.rank_distinct_model(SPEC, self.rank), "fsdp1", SPEC.units,
-                              device=self.device, extra={"sync_module_states": True})
+        model = wrapping.wrap(
+            models.rank_distinct_model(SPEC, self.rank),
+            "fsdp1",
+            SPEC.units,
+            device=self.device,
+            extra={"sync_module_states": True},
+        )
         synced = params.full_params(model, buffers=True)
         rank0_init = params.full_params(models.rank_distinct_model(SPEC, 0), buffers=True)
-        parity.assert_params_close(synced, rank0_init,
-                                   rtol=0, atol=0, context="after wrap: rank 0's init")
+        parity.assert_params_close(
+            synced, rank0_init, rtol=0, atol=0, context="after wrap: rank 0's init"
+        )
         training.train(model, SPEC, steps=2, seed=0, device=self.device)
         reference, _ = training.reference_train(SPEC, steps=2, seed=0, device=self.device)
-        parity.assert_params_close(params.full_params(model), params.full_params(reference),
-                                   context="after 2 steps vs reference from rank 0's init")
+        parity.assert_params_close(
+            params.full_params(model),
+            params.full_params(reference),
+            context="after 2 steps vs reference from rank 0's init",
+        )
 
 
 if __name__ == "__main__":

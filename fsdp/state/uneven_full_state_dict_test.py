@@ -48,10 +48,10 @@ def _load(model, api, how, state):
         options = dcp_state_dict.StateDictOptions(full_state_dict=True)
         dcp_state_dict.set_model_state_dict(model, state, options=options)
     elif how == "broadcast_from_rank0":
-        options = dcp_state_dict.StateDictOptions(full_state_dict=True,
-                                                  broadcast_from_rank0=True)
-        dcp_state_dict.set_model_state_dict(model, state if dist.get_rank() == 0 else {},
-                                            options=options)
+        options = dcp_state_dict.StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        dcp_state_dict.set_model_state_dict(
+            model, state if dist.get_rank() == 0 else {}, options=options
+        )
     elif api == "fsdp1":
         with compat.FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT):
             model.load_state_dict(state)
@@ -66,10 +66,11 @@ def _load(model, api, how, state):
 
 
 class UnevenFullStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     @parameterized.named_parameters(
-        (f"{how}_{api}", api, how) for api in ("fsdp1", "fsdp2")
-        for how in ("set_model_state_dict", "broadcast_from_rank0", "load_state_dict"))
+        (f"{how}_{api}", api, how)
+        for api in ("fsdp1", "fsdp2")
+        for how in ("set_model_state_dict", "broadcast_from_rank0", "load_state_dict")
+    )
     def test_full_state_dict_loads_right_rows(self, api, how):
         source = SPEC.build(seed=CHECKPOINT_SEED).to(self.device)
         checkpoint = {k: v.detach().clone() for k, v in source.state_dict().items()}
@@ -85,15 +86,23 @@ class UnevenFullStateDictTest(multirank.MultiRankTestCase, parameterized.TestCas
                 local[name] = p.to_local()
                 expected[name] = _expected_local(checkpoint[name], self.rank, self.world_size)
         full = params.full_params(model)  # collective: before any assert
-        parity.assert_params_close(local, expected, rtol=0, atol=0, what="local shard",
-                                   context=what)
-        parity.assert_params_close(full, {k: v.cpu() for k, v in checkpoint.items()},
-                                   rtol=0, atol=0, context=f"{what}: full parameters")
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP,
-                                    device=self.device)
+        parity.assert_params_close(
+            local, expected, rtol=0, atol=0, what="local shard", context=what
+        )
+        parity.assert_params_close(
+            full,
+            {k: v.cpu() for k, v in checkpoint.items()},
+            rtol=0,
+            atol=0,
+            context=f"{what}: full parameters",
+        )
+        inputs, _ = data.rank_batch(
+            SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP, device=self.device
+        )
         with torch.no_grad():
-            parity.assert_tensors_close(model(inputs), source(inputs),
-                                        name="output vs checkpoint model", context=what)
+            parity.assert_tensors_close(
+                model(inputs), source(inputs), name="output vs checkpoint model", context=what
+            )
 
 
 if __name__ == "__main__":

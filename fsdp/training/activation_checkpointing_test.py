@@ -48,17 +48,21 @@ def _checkpointed_model(api, placement, device):
 
 
 class ActivationCheckpointingTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     @parameterized.named_parameters(
         (f"{placement}_units_{api}", api, placement)
-        for api in ("fsdp1", "fsdp2") for placement in ("inside", "around"))
+        for api in ("fsdp1", "fsdp2")
+        for placement in ("inside", "around")
+    )
     def test_checkpointed_blocks_match_reference(self, api, placement):
         model, calls = _checkpointed_model(api, placement, self.device)
         losses = training.train(model, SPEC, steps=STEPS, device=self.device)
         ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
         actual = params.full_params(model)
-        self.assertEqual(calls, [2 * STEPS] * len(calls),
-                         "forward calls per block (forward + recomputation per step)")
+        self.assertEqual(
+            calls,
+            [2 * STEPS] * len(calls),
+            "forward calls per block (forward + recomputation per step)",
+        )
         context = f"api={api} checkpoint {placement} units"
         parity.assert_params_close(actual, params.full_params(ref), context=context)
         parity.assert_tensors_close(losses, ref_losses, name="loss", context=context)

@@ -36,33 +36,39 @@ def _clip(model, api, norm_type):
     return total.detach().to("cpu", torch.float64)
 
 
-_CASES = [(f"{name}_{api}", api, norm_type)
-          for api in ("fsdp1", "fsdp2") for name, norm_type in (("l2", 2.0), ("inf", math.inf))]
+_CASES = [
+    (f"{name}_{api}", api, norm_type)
+    for api in ("fsdp1", "fsdp2")
+    for name, norm_type in (("l2", 2.0), ("inf", math.inf))
+]
 
 
 class ClipGradNormTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     @parameterized.named_parameters(*_CASES)
     def test_clip_grad_norm_matches_unsharded(self, api, norm_type):
         options = {"use_orig_params": True} if api == "fsdp1" else {}
         model = wrapping.wrap_spec(SPEC, api, device=self.device, **options)
-        inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0,
-                                          device=self.device)
+        inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0, device=self.device)
         SPEC.loss_fn(model(inputs), targets).backward()
         total = _clip(model, api, norm_type)
         grads = params.full_grads(model)
 
         ref = SPEC.build(seed=0).to(self.device)
-        inputs, targets = data.global_batch(SPEC, seed=0, world_size=self.world_size, step=0,
-                                            device=self.device)
+        inputs, targets = data.global_batch(
+            SPEC, seed=0, world_size=self.world_size, step=0, device=self.device
+        )
         SPEC.loss_fn(ref(inputs), targets).backward()
         ref_total = torch.nn.utils.clip_grad_norm_(ref.parameters(), MAX_NORM, norm_type)
         ref_total = ref_total.detach().to("cpu", torch.float64)
 
         self.assertGreater(float(ref_total), 2 * MAX_NORM, "the reference must be clipped")
         parity.assert_tensors_close(total, ref_total, name=f"total grad norm ({norm_type})")
-        parity.assert_params_close(grads, params.full_grads(ref), what="clipped gradient",
-                                   context=f"api={api} norm_type={norm_type}")
+        parity.assert_params_close(
+            grads,
+            params.full_grads(ref),
+            what="clipped gradient",
+            context=f"api={api} norm_type={norm_type}",
+        )
 
 
 if __name__ == "__main__":

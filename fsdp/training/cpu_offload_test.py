@@ -38,13 +38,13 @@ def _local_devices(model, grads=False):
 
 
 class CpuOffloadTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     @parameterized.named_parameters(*cases.API_CASES)
     def test_offloaded_params_match_reference(self, api):
         model = SPEC.build(seed=0)
         compute_devices = []
         model.layers[1].fc1.register_forward_pre_hook(
-            lambda m, args: compute_devices.append((m.weight.device.type, args[0].device.type)))
+            lambda m, args: compute_devices.append((m.weight.device.type, args[0].device.type))
+        )
         model = wrapping.wrap(model, api, SPEC.units, device=self.device, cpu_offload=True)
         between_steps = [_local_devices(model)]
 
@@ -52,18 +52,21 @@ class CpuOffloadTest(multirank.MultiRankTestCase, parameterized.TestCase):
             between_steps.append(_local_devices(m))
             grads = _local_devices(m, grads=True)
             self.assertNotEmpty(grads, f"no sharded gradients at step {step}")
-            self.assertEqual(set(grads.values()), {"cpu"},
-                             f"sharded gradient devices at step {step}: {grads}")
+            self.assertEqual(
+                set(grads.values()), {"cpu"}, f"sharded gradient devices at step {step}: {grads}"
+            )
 
-        losses = training.train(model, SPEC, steps=STEPS, device=self.device,
-                                before_step=on_cpu_after_backward)
+        losses = training.train(
+            model, SPEC, steps=STEPS, device=self.device, before_step=on_cpu_after_backward
+        )
         between_steps.append(_local_devices(model))
         ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
         actual = params.full_params(model)
 
         for i, placed in enumerate(between_steps):
-            self.assertEqual(set(placed.values()), {"cpu"},
-                             f"sharded parameter devices (snapshot {i}): {placed}")
+            self.assertEqual(
+                set(placed.values()), {"cpu"}, f"sharded parameter devices (snapshot {i}): {placed}"
+            )
         expected = [(self.device.type, self.device.type)] * STEPS
         self.assertEqual(compute_devices, expected, "(weight, input) devices in forward")
         parity.assert_params_close(actual, params.full_params(ref), context=f"api={api}")

@@ -68,8 +68,14 @@ SPEC = models.ModelSpec(
     loss_fn=lambda out, target: nn.functional.mse_loss(out.float(), target.float()),
     description="frozen unit, frozen params inside a trained unit, frozen root param",
 )
-FROZEN = ("block.fc2.weight", "block.norm.bias", "block.norm.weight", "embed.0.bias",
-          "embed.0.weight", "temperature")
+FROZEN = (
+    "block.fc2.weight",
+    "block.norm.bias",
+    "block.norm.weight",
+    "embed.0.bias",
+    "embed.0.weight",
+    "temperature",
+)
 STEPS = 3
 
 
@@ -78,39 +84,51 @@ def _adamw(parameters):
 
 
 class FrozenParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
-    @parameterized.named_parameters(("orig_params_fsdp1", "fsdp1", {"use_orig_params": True}),
-                                    ("fsdp2", "fsdp2", {}))
+    @parameterized.named_parameters(
+        ("orig_params_fsdp1", "fsdp1", {"use_orig_params": True}), ("fsdp2", "fsdp2", {})
+    )
     def test_frozen_unchanged_under_adamw_trainable_match_reference(self, api, options):
         initial = params.full_params(SPEC.build(seed=0))
         model = wrapping.wrap_spec(SPEC, api, device=self.device, **options)
-        frozen = sorted(params.clean_name(n) for n, p in model.named_parameters()
-                        if not p.requires_grad)
+        frozen = sorted(
+            params.clean_name(n) for n, p in model.named_parameters() if not p.requires_grad
+        )
         self.assertEqual(frozen, sorted(FROZEN), "frozen parameters after wrapping")
         what = f"api={api} AdamW weight_decay=0.1"
 
         def no_frozen_grads(m, step):
-            with_grad = [params.clean_name(n) for n, p in m.named_parameters()
-                         if not p.requires_grad and p.grad is not None]
-            self.assertEqual(with_grad, [], f"{what}: frozen parameters with a gradient "
-                                            f"after backward of step {step}")
+            with_grad = [
+                params.clean_name(n)
+                for n, p in m.named_parameters()
+                if not p.requires_grad and p.grad is not None
+            ]
+            self.assertEqual(
+                with_grad,
+                [],
+                f"{what}: frozen parameters with a gradient after backward of step {step}",
+            )
 
         # Over all parameters, frozen ones included: only a None gradient keeps
         # AdamW's weight decay off them.
         opt = _adamw(list(model.parameters()))
-        losses = training.train(model, SPEC, steps=STEPS, optimizer=opt, device=self.device,
-                                before_step=no_frozen_grads)
-        ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device,
-                                                   optim_fn=_adamw)
+        losses = training.train(
+            model, SPEC, steps=STEPS, optimizer=opt, device=self.device, before_step=no_frozen_grads
+        )
+        ref, ref_losses = training.reference_train(
+            SPEC, steps=STEPS, device=self.device, optim_fn=_adamw
+        )
         actual = params.full_params(model)  # collective: before any assert
-        parity.assert_params_close({n: actual[n] for n in FROZEN},
-                                   {n: initial[n] for n in FROZEN}, rtol=0, atol=0,
-                                   context=f"{what}: frozen parameters vs initial")
+        parity.assert_params_close(
+            {n: actual[n] for n in FROZEN},
+            {n: initial[n] for n in FROZEN},
+            rtol=0,
+            atol=0,
+            context=f"{what}: frozen parameters vs initial",
+        )
         trained = [n for n in actual if n not in FROZEN]
         unmoved = [n for n in trained if torch.equal(actual[n], initial[n])]
         self.assertEqual(unmoved, [], f"{what}: trainable parameters that did not move")
-        parity.assert_params_close(actual, params.full_params(ref),
-                                   context=f"{what}: vs reference")
+        parity.assert_params_close(actual, params.full_params(ref), context=f"{what}: vs reference")
         parity.assert_tensors_close(losses, ref_losses, name="loss", context=what)
 
     def test_flat_params_refuse_unit_mixing_frozen_and_trainable_fsdp1(self):

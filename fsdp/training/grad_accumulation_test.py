@@ -54,7 +54,6 @@ def _grads(model):
 
 
 class GradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     def _accumulate(self, model, api):
         """Runs the unsynchronized micro-batches, checking after each; returns nothing."""
         for index in range(MICRO_BATCHES - 1):
@@ -66,23 +65,32 @@ class GradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 else:
                     model.set_requires_gradient_sync(False)
                     (SPEC.loss_fn(model(inputs), targets) / MICRO_BATCHES).backward()
-            self.assertEqual(calls, [], f"gradient collectives during unsynchronized "
-                                        f"micro-batch {index}")
+            self.assertEqual(
+                calls, [], f"gradient collectives during unsynchronized micro-batch {index}"
+            )
             if api == "fsdp1":
                 local = _reference_grads([self.rank], index + 1, self.device)
-                parity.assert_params_close(_grads(model), _grads(local), what="local gradient",
-                                           context=f"no_sync micro-batch {index}")
+                parity.assert_params_close(
+                    _grads(model),
+                    _grads(local),
+                    what="local gradient",
+                    context=f"no_sync micro-batch {index}",
+                )
                 norm = torch.stack([p.grad.norm() for p in model.parameters()]).norm()
                 norms = [None] * self.world_size
                 dist.all_gather_object(norms, float(norm))
-                self.assertLen(set(norms), self.world_size,
-                               f"accumulated local gradient norms per rank: {norms}")
+                self.assertLen(
+                    set(norms),
+                    self.world_size,
+                    f"accumulated local gradient norms per rank: {norms}",
+                )
             else:
                 sharded = [n for n, p in model.named_parameters() if p.grad is not None]
                 self.assertEqual(sharded, [], "sharded gradients set before synchronization")
 
-    @parameterized.named_parameters(*cases.api_cases_with(fsdp1={"use_orig_params": True},
-                                                          fsdp2={}))
+    @parameterized.named_parameters(
+        *cases.api_cases_with(fsdp1={"use_orig_params": True}, fsdp2={})
+    )
     def test_grad_accumulation_matches_large_batch(self, api, options):
         model = wrapping.wrap_spec(SPEC, api, device=self.device, **options)
         optimizer = training.default_optimizer(model.parameters())
@@ -101,10 +109,15 @@ class GradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCase):
         ref_grads = _grads(ref)
         training.default_optimizer(ref.parameters()).step()
         self.assertNotEmpty(calls, "no gradient collective in the synchronized micro-batch")
-        parity.assert_params_close(grads, ref_grads, what="gradient",
-                                   context=f"api={api} after the synchronized micro-batch")
-        parity.assert_params_close(actual, params.full_params(ref),
-                                   context=f"api={api} after the optimizer step")
+        parity.assert_params_close(
+            grads,
+            ref_grads,
+            what="gradient",
+            context=f"api={api} after the synchronized micro-batch",
+        )
+        parity.assert_params_close(
+            actual, params.full_params(ref), context=f"api={api} after the optimizer step"
+        )
 
 
 if __name__ == "__main__":

@@ -46,23 +46,29 @@ def _reference_grads(inputs, targets, device):
 
 
 class IgnoredModulesTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
-    @parameterized.named_parameters(("ignored_modules_fsdp1", "fsdp1", "modules"),
-                                    ("ignored_states_fsdp1", "fsdp1", "states"),
-                                    ("ignored_params_fsdp2", "fsdp2", "params"))
+    @parameterized.named_parameters(
+        ("ignored_modules_fsdp1", "fsdp1", "modules"),
+        ("ignored_states_fsdp1", "fsdp1", "states"),
+        ("ignored_params_fsdp2", "fsdp2", "params"),
+    )
     def test_ignored_stay_unsharded_and_unreduced(self, api, how):
         model = SPEC.build(seed=0)
         ignored = model.get_submodule(IGNORED)
         shapes = {n: p.shape for n, p in ignored.named_parameters()}
         options = {"use_orig_params": True} if api == "fsdp1" else {}
-        model = wrapping.wrap(model, api, SPEC.units, device=self.device,
-                              extra=_ignore_option(api, how, ignored), **options)
+        model = wrapping.wrap(
+            model,
+            api,
+            SPEC.units,
+            device=self.device,
+            extra=_ignore_option(api, how, ignored),
+            **options,
+        )
         for name, p in ignored.named_parameters():
             self.assertFalse(compat.is_dtensor(p), f"{IGNORED}.{name} was sharded (DTensor)")
             self.assertEqual(p.shape, shapes[name], f"{IGNORED}.{name} shape on this rank")
 
-        inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0,
-                                          device=self.device)
+        inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0, device=self.device)
         SPEC.loss_fn(model(inputs), targets).backward()
         local_grads = {f"{IGNORED}.{n}": p.grad for n, p in ignored.named_parameters()}
         grads = params.full_grads(model)
@@ -70,17 +76,31 @@ class IgnoredModulesTest(multirank.MultiRankTestCase, parameterized.TestCase):
         dist.all_gather_object(norms, [float(g.norm()) for g in local_grads.values()])
 
         local_ref = _reference_grads(inputs, targets, self.device)
-        global_ref = _reference_grads(*data.global_batch(
-            SPEC, seed=0, world_size=self.world_size, step=0, device=self.device), self.device)
-        parity.assert_params_close(local_grads, {n: local_ref[n] for n in local_grads},
-                                   what="ignored gradient",
-                                   context=f"api={api}: expected this rank's own gradient")
-        self.assertLen({tuple(n) for n in norms}, self.world_size,
-                       f"ignored gradient norms per rank (should differ): {norms}")
+        global_ref = _reference_grads(
+            *data.global_batch(
+                SPEC, seed=0, world_size=self.world_size, step=0, device=self.device
+            ),
+            self.device,
+        )
+        parity.assert_params_close(
+            local_grads,
+            {n: local_ref[n] for n in local_grads},
+            what="ignored gradient",
+            context=f"api={api}: expected this rank's own gradient",
+        )
+        self.assertLen(
+            {tuple(n) for n in norms},
+            self.world_size,
+            f"ignored gradient norms per rank (should differ): {norms}",
+        )
         sharded = {n: g for n, g in grads.items() if not n.startswith(IGNORED + ".")}
         self.assertLen(sharded, len(global_ref) - len(local_grads))
-        parity.assert_params_close(sharded, {n: global_ref[n] for n in sharded},
-                                   what="gradient", context=f"api={api} sharded parameters")
+        parity.assert_params_close(
+            sharded,
+            {n: global_ref[n] for n in sharded},
+            what="gradient",
+            context=f"api={api} sharded parameters",
+        )
 
 
 if __name__ == "__main__":

@@ -29,18 +29,24 @@ STEPS = 2
 
 def _record_forward_dtypes(module, seen, label):
     """Records ``(label, weight dtype, input dtype)`` each time ``module`` runs forward."""
+
     def hook(mod, args):
         seen.append((label, mod.weight.dtype, args[0].dtype))
+
     return module.register_forward_pre_hook(hook)
 
 
 def _policy(api, param_dtype, reduce_dtype):
     """The API's mixed-precision option as an ``extra`` dict for ``wrapping.wrap``."""
     if api == "fsdp1":
-        return {"mixed_precision": compat.MixedPrecision(
-            param_dtype=param_dtype, reduce_dtype=reduce_dtype, buffer_dtype=param_dtype)}
-    return {"mp_policy": compat.MixedPrecisionPolicy(param_dtype=param_dtype,
-                                                     reduce_dtype=reduce_dtype)}
+        return {
+            "mixed_precision": compat.MixedPrecision(
+                param_dtype=param_dtype, reduce_dtype=reduce_dtype, buffer_dtype=param_dtype
+            )
+        }
+    return {
+        "mp_policy": compat.MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    }
 
 
 _CASES = []
@@ -51,47 +57,65 @@ for _api in ("fsdp1", "fsdp2"):
 
 
 class MixedPrecisionTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     @parameterized.named_parameters(*_CASES)
     def test_forward_and_reduction_use_configured_dtypes(self, api, param_dtype, reduce_dtype):
         model = SPEC.build(seed=0)
         forward_seen, grad_dtypes = [], set()
         _record_forward_dtypes(model.inp, forward_seen, "root layer inp")
         _record_forward_dtypes(model.layers[1].fc1, forward_seen, "unit layer layers.1.fc1")
-        model = wrapping.wrap(model, api, SPEC.units, device=self.device,
-                              extra=_policy(api, param_dtype, reduce_dtype))
+        model = wrapping.wrap(
+            model,
+            api,
+            SPEC.units,
+            device=self.device,
+            extra=_policy(api, param_dtype, reduce_dtype),
+        )
 
         def grads_after_backward(m, step):
             grad_dtypes.update(p.grad.dtype for p in m.parameters() if p.grad is not None)
 
         with collective_spy.record_reductions(collective_spy.REDUCE_SCATTERS) as reduce_seen:
-            losses = training.train(model, SPEC, steps=STEPS, device=self.device,
-                                    before_step=grads_after_backward)
+            losses = training.train(
+                model, SPEC, steps=STEPS, device=self.device, before_step=grads_after_backward
+            )
         ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
         actual = params.full_params(model)  # collective: before any assert
 
         self.assertLen(forward_seen, 2 * STEPS)
         for label, weight_dtype, input_dtype in forward_seen:
-            self.assertEqual((weight_dtype, input_dtype), (param_dtype, param_dtype),
-                             f"{label}: (weight, input) dtype in forward")
+            self.assertEqual(
+                (weight_dtype, input_dtype),
+                (param_dtype, param_dtype),
+                f"{label}: (weight, input) dtype in forward",
+            )
         self.assertNotEmpty(reduce_seen, "no reduce-scatter was intercepted")
-        self.assertEqual({d for _, d in reduce_seen}, {reduce_dtype},
-                         f"dtypes given to reduce-scatter: {reduce_seen}")
+        self.assertEqual(
+            {d for _, d in reduce_seen},
+            {reduce_dtype},
+            f"dtypes given to reduce-scatter: {reduce_seen}",
+        )
         self.assertEqual(grad_dtypes, {torch.float32}, "sharded gradient dtypes after backward")
-        parity.assert_params_close(actual, params.full_params(ref), dtype=param_dtype,
-                                   context=f"api={api} param_dtype={param_dtype}")
+        parity.assert_params_close(
+            actual,
+            params.full_params(ref),
+            dtype=param_dtype,
+            context=f"api={api} param_dtype={param_dtype}",
+        )
         parity.assert_tensors_close(losses, ref_losses, name="loss", dtype=param_dtype)
 
-    @parameterized.named_parameters(("bf16_buffers_fsdp1", torch.bfloat16),
-                                    ("fp32_buffers_fsdp1", torch.float32))
+    @parameterized.named_parameters(
+        ("bf16_buffers_fsdp1", torch.bfloat16), ("fp32_buffers_fsdp1", torch.float32)
+    )
     def test_buffers_cast_to_buffer_dtype(self, buffer_dtype):
         model = TIED.build(seed=0)
         seen = []
         model.register_forward_pre_hook(lambda m, args: seen.append(m.pos.dtype))
-        policy = compat.MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16,
-                                       buffer_dtype=buffer_dtype)
-        model = wrapping.wrap(model, "fsdp1", TIED.units, device=self.device,
-                              extra={"mixed_precision": policy})
+        policy = compat.MixedPrecision(
+            param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16, buffer_dtype=buffer_dtype
+        )
+        model = wrapping.wrap(
+            model, "fsdp1", TIED.units, device=self.device, extra={"mixed_precision": policy}
+        )
         losses = training.train(model, TIED, steps=STEPS, device=self.device)
         ref, ref_losses = training.reference_train(TIED, steps=STEPS, device=self.device)
         actual = params.full_params(model)

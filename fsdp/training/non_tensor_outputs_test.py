@@ -20,18 +20,20 @@ SPEC = models.get("dict_outputs")
 
 
 class NonTensorOutputsTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     @parameterized.named_parameters(*cases.API_CASES)
     def test_dict_outputs_with_none_train_like_reference(self, api):
         result = training.check_against_reference(SPEC, api, steps=3, device=self.device)
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP,
-                                    device=self.device)
+        inputs, _ = data.rank_batch(
+            SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP, device=self.device
+        )
         out = result["model"](inputs)
-        self.assertEqual(sorted(out), ["aux", "count", "pair", "tag", "y"],
-                         f"api={api}: output keys")
+        self.assertEqual(
+            sorted(out), ["aux", "count", "pair", "tag", "y"], f"api={api}: output keys"
+        )
         self.assertIsNone(out["aux"], f"api={api}: None output")
-        self.assertEqual((out["count"], out["tag"]), (inputs.shape[0], "tanh"),
-                         f"api={api}: int and str outputs")
+        self.assertEqual(
+            (out["count"], out["tag"]), (inputs.shape[0], "tanh"), f"api={api}: int and str outputs"
+        )
         self.assertIsInstance(out["pair"], tuple, f"api={api}: tuple output")
         self.assertIsNone(out["pair"][1], f"api={api}: None inside a tuple output")
         self.assertEqual(tuple(out["pair"][0].shape), (inputs.shape[0],), f"api={api}")

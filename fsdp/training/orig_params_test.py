@@ -38,8 +38,11 @@ def _grouped_sgd(model=None):
     Names come from ``model.named_parameters()``; without a model (the reference,
     which ``training.reference_train`` builds itself) from the unwrapped model's order.
     """
-    named = None if model is None else {id(p): params.clean_name(n)
-                                        for n, p in model.named_parameters()}
+    named = (
+        None
+        if model is None
+        else {id(p): params.clean_name(n) for n, p in model.named_parameters()}
+    )
 
     def make(parameters):
         parameters = list(parameters)
@@ -50,13 +53,14 @@ def _grouped_sgd(model=None):
         layers = [p for n, p in zip(names, parameters) if n.startswith("layers.")]
         rest = [p for n, p in zip(names, parameters) if not n.startswith("layers.")]
         assert layers and rest, f"grouping by name failed: {names}"
-        return torch.optim.SGD([{"params": layers, "lr": 0.2}, {"params": rest}],
-                               lr=0.02, momentum=0.9)
+        return torch.optim.SGD(
+            [{"params": layers, "lr": 0.2}, {"params": rest}], lr=0.02, momentum=0.9
+        )
+
     return make
 
 
 class OrigParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     @parameterized.named_parameters(*cases.API_CASES)
     def test_params_and_grads_keep_original_names_and_shapes(self, api):
         model = _wrap(SPEC, api, self.device)
@@ -71,8 +75,7 @@ class OrigParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
             self.assertTrue(all(compat.is_dtensor(p) for p in model.parameters()))
         self.assertEqual(shapes, {n: p.shape for n, p in original.items()})
 
-        inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0,
-                                          device=self.device)
+        inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0, device=self.device)
         SPEC.loss_fn(model(inputs), targets).backward()
         for name, p in model.named_parameters():
             if p.numel() > 0:  # FSDP1: a rank may hold no piece of a parameter
@@ -80,19 +83,23 @@ class OrigParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 self.assertEqual(p.grad.shape, p.shape, name)
         grads = params.full_grads(model)
         ref = SPEC.build(seed=0).to(self.device)
-        inputs, targets = data.global_batch(SPEC, seed=0, world_size=self.world_size, step=0,
-                                            device=self.device)
+        inputs, targets = data.global_batch(
+            SPEC, seed=0, world_size=self.world_size, step=0, device=self.device
+        )
         SPEC.loss_fn(ref(inputs), targets).backward()
-        parity.assert_params_close(grads, params.full_grads(ref), what="gradient",
-                                   context=f"api={api}")
+        parity.assert_params_close(
+            grads, params.full_grads(ref), what="gradient", context=f"api={api}"
+        )
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_param_groups_with_different_lr_match_reference(self, api):
         model = _wrap(SPEC, api, self.device)
-        losses = training.train(model, SPEC, steps=3, device=self.device,
-                                optim_fn=_grouped_sgd(model))
-        ref, ref_losses = training.reference_train(SPEC, steps=3, device=self.device,
-                                                   optim_fn=_grouped_sgd())
+        losses = training.train(
+            model, SPEC, steps=3, device=self.device, optim_fn=_grouped_sgd(model)
+        )
+        ref, ref_losses = training.reference_train(
+            SPEC, steps=3, device=self.device, optim_fn=_grouped_sgd()
+        )
         actual = params.full_params(model)
         parity.assert_params_close(actual, params.full_params(ref), context=f"api={api}")
         parity.assert_tensors_close(losses, ref_losses, name="loss")
@@ -102,22 +109,27 @@ class OrigParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         # Root only: the frozen backbone and the trainable head share one unit.
         model = _wrap(FROZEN, api, self.device, units=())
         initial = params.full_params(FROZEN.build(seed=0))
-        frozen = [params.clean_name(n) for n, p in model.named_parameters()
-                  if not p.requires_grad]
+        frozen = [params.clean_name(n) for n, p in model.named_parameters() if not p.requires_grad]
         self.assertEqual(frozen, [n for n in initial if n.startswith("backbone.")])
 
         def no_frozen_grads(m, step):
-            with_grad = [n for n, p in m.named_parameters()
-                         if not p.requires_grad and p.grad is not None]
+            with_grad = [
+                n for n, p in m.named_parameters() if not p.requires_grad and p.grad is not None
+            ]
             self.assertEqual(with_grad, [], f"frozen parameters with a gradient at step {step}")
 
-        losses = training.train(model, FROZEN, steps=3, device=self.device,
-                                before_step=no_frozen_grads)
+        losses = training.train(
+            model, FROZEN, steps=3, device=self.device, before_step=no_frozen_grads
+        )
         ref, ref_losses = training.reference_train(FROZEN, steps=3, device=self.device)
         actual = params.full_params(model)
-        parity.assert_params_close({n: actual[n] for n in frozen},
-                                   {n: initial[n] for n in frozen}, rtol=0, atol=0,
-                                   context=f"api={api} frozen parameters vs initial")
+        parity.assert_params_close(
+            {n: actual[n] for n in frozen},
+            {n: initial[n] for n in frozen},
+            rtol=0,
+            atol=0,
+            context=f"api={api} frozen parameters vs initial",
+        )
         parity.assert_params_close(actual, params.full_params(ref), context=f"api={api}")
         parity.assert_tensors_close(losses, ref_losses, name="loss")
 

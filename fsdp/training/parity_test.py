@@ -20,19 +20,31 @@ SPEC = models.get("nested_mlp")
 _CASES = []
 for _wrapping, _units in (("nested", None), ("flat", ())):
     for _strategy in ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD"):
-        _CASES.append((f"{_strategy.lower()}_{_wrapping}_fsdp1", "fsdp1", _units,
-                       {"sharding_strategy": _strategy}))
+        _CASES.append(
+            (
+                f"{_strategy.lower()}_{_wrapping}_fsdp1",
+                "fsdp1",
+                _units,
+                {"sharding_strategy": _strategy},
+            )
+        )
     for _reshard in (True, False):
-        _CASES.append((f"reshard_after_forward_{str(_reshard).lower()}_{_wrapping}_fsdp2",
-                       "fsdp2", _units, {"reshard_after_forward": _reshard}))
+        _CASES.append(
+            (
+                f"reshard_after_forward_{str(_reshard).lower()}_{_wrapping}_fsdp2",
+                "fsdp2",
+                _units,
+                {"reshard_after_forward": _reshard},
+            )
+        )
 
 
 class ParityTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     @parameterized.named_parameters(*_CASES)
     def test_matches_unsharded_training(self, api, units, options):
-        training.check_against_reference(SPEC, api, units=units, steps=3,
-                                         device=self.device, **options)
+        training.check_against_reference(
+            SPEC, api, units=units, steps=3, device=self.device, **options
+        )
 
 
 if __name__ == "__main__":

@@ -39,15 +39,17 @@ def adamw(parameters) -> torch.optim.Optimizer:
 
 
 class RealisticTrainingTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     @parameterized.named_parameters(*cases.API_CASES)
     def test_odd_transformer_adamw_matches_reference(self, api):
         result = training.check_against_reference(
-            SPEC, api, steps=STEPS, device=self.device, optim_fn=adamw,
-            rtol=RTOL, atol=ATOL)
+            SPEC, api, steps=STEPS, device=self.device, optim_fn=adamw, rtol=RTOL, atol=ATOL
+        )
         losses = result["reference_losses"]
-        self.assertLess(sum(losses[-2:]) / 2, losses[0] - 0.1,
-                        f"reference loss did not fall over {STEPS} AdamW steps: {losses}")
+        self.assertLess(
+            sum(losses[-2:]) / 2,
+            losses[0] - 0.1,
+            f"reference loss did not fall over {STEPS} AdamW steps: {losses}",
+        )
 
 
 if __name__ == "__main__":

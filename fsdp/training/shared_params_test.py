@@ -43,13 +43,13 @@ def _shard_fsdp2(model, groups, device):
 
 
 class SharedParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     known_failures = {
         "test_tied_modules_in_separate_units_refused_or_correct_fsdp2": known_failures.TorchBug(
             "FSDP2 tied weight split across units",
             "fully_shard(embed) and fully_shard(lm_head) sharing one weight are accepted and "
             "train wrongly (torch 2.13 refuses them with an error)",
-            seen_on=("2.11",)),
+            seen_on=("2.11",),
+        ),
     }
 
     def _check_trains_like_reference(self, model, context):
@@ -57,13 +57,14 @@ class SharedParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         losses = training.train(model, SPEC, steps=STEPS, device=self.device)
         ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
         actual = params.full_params(model, buffers=True)  # tied weight once, as in ref
-        parity.assert_params_close(actual, params.full_params(ref, buffers=True),
-                                   context=context)
+        parity.assert_params_close(actual, params.full_params(ref, buffers=True), context=context)
         parity.assert_tensors_close(losses, ref_losses, name="loss", context=context)
 
-    @parameterized.named_parameters(("fsdp1", "fsdp1", {}),
-                                    ("orig_params_fsdp1", "fsdp1", {"use_orig_params": True}),
-                                    ("fsdp2", "fsdp2", {}))
+    @parameterized.named_parameters(
+        ("fsdp1", "fsdp1", {}),
+        ("orig_params_fsdp1", "fsdp1", {"use_orig_params": True}),
+        ("fsdp2", "fsdp2", {}),
+    )
     def test_tied_params_in_root_match_reference(self, api, options):
         model = wrapping.wrap_spec(SPEC, api, device=self.device, **options)
         inner = model.module if api == "fsdp1" else model
@@ -72,8 +73,7 @@ class SharedParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
         actual = params.full_params(model, buffers=True)
         context = f"api={api} {options}"
-        parity.assert_params_close(actual, params.full_params(ref, buffers=True),
-                                   context=context)
+        parity.assert_params_close(actual, params.full_params(ref, buffers=True), context=context)
         parity.assert_tensors_close(losses, ref_losses, name="loss", context=context)
 
     def test_tied_modules_grouped_in_one_unit_match_reference_fsdp2(self):
@@ -91,8 +91,7 @@ class SharedParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
         actual = params.full_params(model, buffers=True)
         context = "accepted fully_shard(embed); fully_shard(lm_head)"
-        parity.assert_params_close(actual, params.full_params(ref, buffers=True),
-                                   context=context)
+        parity.assert_params_close(actual, params.full_params(ref, buffers=True), context=context)
         parity.assert_tensors_close(losses, ref_losses, name="loss", context=context)
 
 

@@ -26,17 +26,17 @@ ONE_ELEMENT = ("gain.value", "head.bias", "offset")
 
 
 class TinyParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
-    @parameterized.named_parameters(*cases.api_cases_with(fsdp1={"use_orig_params": True},
-                                                          fsdp2={}))
+    @parameterized.named_parameters(
+        *cases.api_cases_with(fsdp1={"use_orig_params": True}, fsdp2={})
+    )
     def test_one_element_params_get_reference_grads(self, api, options):
         model = wrapping.wrap_spec(SPEC, api, device=self.device, **options)
-        inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0,
-                                          device=self.device)
+        inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0, device=self.device)
         SPEC.loss_fn(model(inputs), targets).backward()
         ref = SPEC.build(seed=0).to(self.device)
-        inputs, targets = data.global_batch(SPEC, seed=0, world_size=self.world_size, step=0,
-                                            device=self.device)
+        inputs, targets = data.global_batch(
+            SPEC, seed=0, world_size=self.world_size, step=0, device=self.device
+        )
         SPEC.loss_fn(ref(inputs), targets).backward()
         grads = params.full_grads(model)  # collective: before any assert
         expected = params.full_grads(ref)

@@ -21,13 +21,15 @@ SPEC = models.get("uneven_mlp")
 
 
 class UnevenShardingTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     @parameterized.named_parameters(
         (f"{wrapping_name}_{api}", api, units)
-        for api in ("fsdp1", "fsdp2") for wrapping_name, units in (("nested", None), ("flat", ())))
+        for api in ("fsdp1", "fsdp2")
+        for wrapping_name, units in (("nested", None), ("flat", ()))
+    )
     def test_uneven_params_match_reference(self, api, units):
-        result = training.check_against_reference(SPEC, api, units=units, steps=3,
-                                                  device=self.device)
+        result = training.check_against_reference(
+            SPEC, api, units=units, steps=3, device=self.device
+        )
         if api == "fsdp2":
             rows = {n: p.to_local().shape[0] for n, p in result["model"].named_parameters()}
             gathered = [None] * self.world_size

@@ -68,20 +68,19 @@ def _expected_unchanged(step, api, optim_fn):
     """Parameters that must stay bitwise unchanged at ``step``."""
     unused = models.partly_used_unused(step)
     if api == "fsdp1" and optim_fn is _adamw:
-        used_units = {_unit_of(n) for n in params.full_params(SPEC.build(0))
-                      if n not in unused}
+        used_units = {_unit_of(n) for n in params.full_params(SPEC.build(0)) if n not in unused}
         return tuple(n for n in unused if _unit_of(n) not in used_units)
     return unused
 
 
 class UnusedParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     @parameterized.named_parameters(
         ("sgd_fsdp1", "fsdp1", {}, _sgd),
         ("sgd_fsdp2", "fsdp2", {}, _sgd),
         ("adamw_fsdp1", "fsdp1", {}, _adamw),
         ("adamw_orig_params_fsdp1", "fsdp1", {"use_orig_params": True}, _adamw),
-        ("adamw_fsdp2", "fsdp2", {}, _adamw))
+        ("adamw_fsdp2", "fsdp2", {}, _adamw),
+    )
     def test_unused_parts_not_updated_and_used_match_reference(self, api, options, optim_fn):
         model = wrapping.wrap_spec(SPEC, api, device=self.device, **options)
         opt = optim_fn([p for p in model.parameters() if p.requires_grad])
@@ -95,22 +94,40 @@ class UnusedParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
             checked += len(unchanged)
             what = f"api={api} {optim_fn.__name__[1:]} step {step}"
             ref_before = params.full_params(ref)
-            training.reference_train(SPEC, steps=[step], device=self.device,
-                                     forward_kwargs=_step_kwargs, before_step=ref_hook,
-                                     model=ref, optimizer=ref_opt)
+            training.reference_train(
+                SPEC,
+                steps=[step],
+                device=self.device,
+                forward_kwargs=_step_kwargs,
+                before_step=ref_hook,
+                model=ref,
+                optimizer=ref_opt,
+            )
             ref_after = params.full_params(ref)
             moved = sorted(n for n in names if not torch.equal(ref_before[n], ref_after[n]))
-            self.assertEqual(moved, sorted(set(names) - set(unchanged)),
-                             f"reference, {what}: the parameters that moved are not the "
-                             "schedule's")
+            self.assertEqual(
+                moved,
+                sorted(set(names) - set(unchanged)),
+                f"reference, {what}: the parameters that moved are not the schedule's",
+            )
 
             before = params.full_params(model)
-            training.train(model, SPEC, steps=[step], optimizer=opt,
-                           forward_kwargs=_step_kwargs, device=self.device)
+            training.train(
+                model,
+                SPEC,
+                steps=[step],
+                optimizer=opt,
+                forward_kwargs=_step_kwargs,
+                device=self.device,
+            )
             after = params.full_params(model)  # collective: before any assert
-            parity.assert_params_close({n: after[n] for n in unchanged},
-                                       {n: before[n] for n in unchanged}, rtol=0, atol=0,
-                                       context=f"{what}: unused at this step vs before it")
+            parity.assert_params_close(
+                {n: after[n] for n in unchanged},
+                {n: before[n] for n in unchanged},
+                rtol=0,
+                atol=0,
+                context=f"{what}: unused at this step vs before it",
+            )
             parity.assert_params_close(after, ref_after, context=f"{what}: vs reference")
         self.assertGreater(checked, 0, "no parameter was unused at any step")
 

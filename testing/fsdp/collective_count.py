@@ -86,12 +86,17 @@ class StepLog:
         """Appends a mark (e.g. ``"forward layers.1"``) between the collectives."""
         self.events.append(Event(self.current_phase, mark=label))
 
-    def collectives(self, phase: Optional[str] = None,
-                    kind: Optional[str] = None) -> List[collective_spy.Collective]:
+    def collectives(
+        self, phase: Optional[str] = None, kind: Optional[str] = None
+    ) -> List[collective_spy.Collective]:
         """The recorded collectives, optionally of one phase and/or kind, in order."""
-        return [e.collective for e in self.events if e.collective is not None
-                and (phase is None or e.phase == phase)
-                and (kind is None or e.collective.kind == kind)]
+        return [
+            e.collective
+            for e in self.events
+            if e.collective is not None
+            and (phase is None or e.phase == phase)
+            and (kind is None or e.collective.kind == kind)
+        ]
 
     def counts(self, by_group: bool = False) -> Dict[str, Dict[str, Tuple[int, int]]]:
         """``{phase: {kind: (calls, summed bytes)}}`` of the recorded collectives.
@@ -109,16 +114,22 @@ class StepLog:
             table[event.phase][key] = (calls + 1, nbytes + c.bytes)
         return table
 
-    def sequence(self, name_of: Optional[Callable[[collective_spy.Collective], str]] = None,
-                 phase: Optional[str] = None) -> List[str]:
+    def sequence(
+        self,
+        name_of: Optional[Callable[[collective_spy.Collective], str]] = None,
+        phase: Optional[str] = None,
+    ) -> List[str]:
         """Marks and collectives as strings, in order: ``"<kind> <name>"`` or the mark.
 
         ``name_of(collective)`` names a collective's payload, e.g. the unit whose
         size its bytes match; default ``"<bytes>B"``.
         """
         name_of = name_of or (lambda c: f"{c.bytes}B")
-        return [e.mark if e.mark is not None else f"{e.collective.kind} {name_of(e.collective)}"
-                for e in self.events if phase is None or e.phase == phase]
+        return [
+            e.mark if e.mark is not None else f"{e.collective.kind} {name_of(e.collective)}"
+            for e in self.events
+            if phase is None or e.phase == phase
+        ]
 
     def describe(self) -> str:
         """One line per event: phase, then the collective (kind, bytes, group size, op) or mark."""
@@ -128,14 +139,22 @@ class StepLog:
                 lines.append(f"  {event.phase}: mark {event.mark}")
             else:
                 c = event.collective
-                lines.append(f"  {event.phase}: {c.kind} {c.bytes} B on a group of "
-                             f"{c.group_size} ({c.op}, {c.dtype})")
+                lines.append(
+                    f"  {event.phase}: {c.kind} {c.bytes} B on a group of "
+                    f"{c.group_size} ({c.op}, {c.dtype})"
+                )
         return "\n".join(lines) if lines else "  (none)"
 
 
-def run_step(log: StepLog, model: nn.Module, inputs, targets, loss_fn,
-             optimizer: Optional[torch.optim.Optimizer] = None,
-             prefix: str = "") -> torch.Tensor:
+def run_step(
+    log: StepLog,
+    model: nn.Module,
+    inputs,
+    targets,
+    loss_fn,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    prefix: str = "",
+) -> torch.Tensor:
     """One training step, each part in its phase; returns the loss.
 
     Phases ``<prefix>forward`` (forward and loss), ``<prefix>backward`` and, if
@@ -161,8 +180,7 @@ def _split(value: Expected) -> Tuple[int, Optional[int]]:
     return int(value), None
 
 
-def count_mismatches(log: StepLog, expected: ExpectedTable,
-                     by_group: bool = False) -> List[str]:
+def count_mismatches(log: StepLog, expected: ExpectedTable, by_group: bool = False) -> List[str]:
     """Lines naming each (phase, kind) whose calls or bytes differ from ``expected``.
 
     Phases and kinds absent from ``expected`` must have no collectives. With
@@ -179,15 +197,22 @@ def count_mismatches(log: StepLog, expected: ExpectedTable,
             if want_bytes is None and not want_calls:
                 want_bytes = 0
             if seen_calls != want_calls or (want_bytes is not None and seen_bytes != want_bytes):
-                want = f"{want_calls} calls" + ("" if want_bytes is None
-                                                 else f" / {want_bytes} B")
-                lines.append(f"  phase {phase!r}, {kind}: expected {want}, "
-                             f"observed {seen_calls} calls / {seen_bytes} B")
+                want = f"{want_calls} calls" + ("" if want_bytes is None else f" / {want_bytes} B")
+                lines.append(
+                    f"  phase {phase!r}, {kind}: expected {want}, "
+                    f"observed {seen_calls} calls / {seen_bytes} B"
+                )
     return lines
 
 
-def assert_counts(log: StepLog, expected: ExpectedTable, *, rank: Optional[int] = None,
-                  context: str = "", by_group: bool = False) -> None:
+def assert_counts(
+    log: StepLog,
+    expected: ExpectedTable,
+    *,
+    rank: Optional[int] = None,
+    context: str = "",
+    by_group: bool = False,
+) -> None:
     """Asserts the recorded collectives match ``expected`` exactly, per phase and kind.
 
     Args:
@@ -208,5 +233,8 @@ def assert_counts(log: StepLog, expected: ExpectedTable, *, rank: Optional[int] 
         suffix = f" [{context}]" if context else ""
         raise AssertionError(
             f"rank {rank}: collectives differ from the expected table in {len(lines)} "
-            f"(phase, kind) entries{suffix}\n" + "\n".join(lines)
-            + "\nrecorded, in order:\n" + log.describe())
+            f"(phase, kind) entries{suffix}\n"
+            + "\n".join(lines)
+            + "\nrecorded, in order:\n"
+            + log.describe()
+        )

@@ -45,16 +45,20 @@ _DEFAULT_INPUT_ARG = (1, ("input", "input_list"))
 def _input_dtype(name: str, args, kwargs) -> Optional[torch.dtype]:
     """dtype of the data a collective call reduces (first tensor of a list), or None."""
     position, keywords = _INPUT_ARG.get(name, _DEFAULT_INPUT_ARG)
-    value = args[position] if len(args) > position else next(
-        (kwargs[k] for k in keywords if k in kwargs), None)
+    value = (
+        args[position]
+        if len(args) > position
+        else next((kwargs[k] for k in keywords if k in kwargs), None)
+    )
     if isinstance(value, (list, tuple)):
         value = value[0] if value else None
     return value.dtype if isinstance(value, torch.Tensor) else None
 
 
 @contextlib.contextmanager
-def record_reductions(names: Sequence[str] = REDUCE_SCATTERS
-                      ) -> Iterator[List[Tuple[str, Optional[torch.dtype]]]]:
+def record_reductions(
+    names: Sequence[str] = REDUCE_SCATTERS,
+) -> Iterator[List[Tuple[str, Optional[torch.dtype]]]]:
     """Yields a list that gets ``(collective name, input dtype)`` for every call inside.
 
     Args:
@@ -68,6 +72,7 @@ def record_reductions(names: Sequence[str] = REDUCE_SCATTERS
         def call(*args, **kwargs):
             calls.append((name, _input_dtype(name, args, kwargs)))
             return fn(*args, **kwargs)
+
         return call
 
     for name, fn in originals.items():
@@ -84,12 +89,26 @@ ALL_GATHER = "all_gather"
 REDUCE_SCATTER = "reduce_scatter"
 ALL_REDUCE = "all_reduce"
 BROADCAST = "broadcast"
-KINDS = (ALL_GATHER, REDUCE_SCATTER, ALL_REDUCE, BROADCAST, "all_to_all", "barrier",
-         "send_recv", "other")
-_KIND_PATTERNS = (("allgather", ALL_GATHER), ("reducescatter", REDUCE_SCATTER),
-                  ("allreduce", ALL_REDUCE), ("broadcast", BROADCAST),
-                  ("alltoall", "all_to_all"), ("barrier", "barrier"),
-                  ("send", "send_recv"), ("recv", "send_recv"))
+KINDS = (
+    ALL_GATHER,
+    REDUCE_SCATTER,
+    ALL_REDUCE,
+    BROADCAST,
+    "all_to_all",
+    "barrier",
+    "send_recv",
+    "other",
+)
+_KIND_PATTERNS = (
+    ("allgather", ALL_GATHER),
+    ("reducescatter", REDUCE_SCATTER),
+    ("allreduce", ALL_REDUCE),
+    ("broadcast", BROADCAST),
+    ("alltoall", "all_to_all"),
+    ("barrier", "barrier"),
+    ("send", "send_recv"),
+    ("recv", "send_recv"),
+)
 # Dispatcher namespaces of collectives: c10d (ProcessGroup calls, what
 # torch.distributed's functions reach) and the functional collectives.
 _COLLECTIVE_NAMESPACES = ("c10d", "_c10d_functional", "c10d_functional")
@@ -154,9 +173,13 @@ def _describe(func, args, kwargs) -> Optional[Collective]:
     sides = [_tensors(args[0]) if args else [], _tensors(args[1]) if len(args) > 1 else []]
     nbytes = max(sum(t.numel() * t.element_size() for t in side) for side in sides)
     first = next((t for side in sides for t in side), None)
-    return Collective(kind=collective_kind(name), op=name, bytes=nbytes,
-                      group_size=_group_size(args, kwargs),
-                      dtype=first.dtype if first is not None else None)
+    return Collective(
+        kind=collective_kind(name),
+        op=name,
+        bytes=nbytes,
+        group_size=_group_size(args, kwargs),
+        dtype=first.dtype if first is not None else None,
+    )
 
 
 class _CollectiveMode(compat.TorchDispatchMode):

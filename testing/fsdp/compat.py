@@ -59,12 +59,29 @@ except ImportError:  # pragma: no cover - builds without dynamo import it lazily
 FSDP = FullyShardedDataParallel
 
 __all__ = [
-    "CPUOffload", "CPUOffloadPolicy", "DTensor", "FSDP", "FSDPModule",
-    "FullyShardedDataParallel", "MixedPrecision", "MixedPrecisionPolicy",
-    "ShardingStrategy", "fully_shard", "has_fsdp2", "init_device_mesh",
-    "is_fsdp1", "is_fsdp2", "is_dtensor", "current_device", "rank", "world_size",
-    "TorchDispatchMode", "device_sleep", "dispatched_group_size",
-    "set_gradient_divide_factor", "set_force_sum_reduction_for_comms",
+    "CPUOffload",
+    "CPUOffloadPolicy",
+    "DTensor",
+    "FSDP",
+    "FSDPModule",
+    "FullyShardedDataParallel",
+    "MixedPrecision",
+    "MixedPrecisionPolicy",
+    "ShardingStrategy",
+    "fully_shard",
+    "has_fsdp2",
+    "init_device_mesh",
+    "is_fsdp1",
+    "is_fsdp2",
+    "is_dtensor",
+    "current_device",
+    "rank",
+    "world_size",
+    "TorchDispatchMode",
+    "device_sleep",
+    "dispatched_group_size",
+    "set_gradient_divide_factor",
+    "set_force_sum_reduction_for_comms",
 ]
 
 
@@ -152,6 +169,8 @@ def dispatched_group_size(value) -> int:
     if isinstance(group, dist.ProcessGroup):
         return group.size()
     return 0
+
+
 def set_gradient_divide_factor(model: torch.nn.Module, factor: float) -> None:
     """Sets FSDP2's gradient divide factor on every ``fully_shard`` module in ``model``.
 
@@ -185,6 +204,8 @@ def set_force_sum_reduction_for_comms(model: torch.nn.Module, enable: bool) -> N
         if FSDPModule is None or not isinstance(module, FSDPModule):
             continue
         if not hasattr(module, "set_force_sum_reduction_for_comms"):
-            raise RuntimeError(f"torch {torch.__version__} has no FSDP2 "
-                               "set_force_sum_reduction_for_comms (added in 2.8)")
+            raise RuntimeError(
+                f"torch {torch.__version__} has no FSDP2 "
+                "set_force_sum_reduction_for_comms (added in 2.8)"
+            )
         module.set_force_sum_reduction_for_comms(enable)

@@ -28,29 +28,64 @@ def _to(batch: Batch, device) -> Batch:
     return tuple(t.to(device) for t in batch)
 
 
-def rank_batch(spec: ModelSpec, *, seed: int, rank: int, step: int,
-               batch_size: int = DEFAULT_BATCH_SIZE,
-               device: Optional[Union[torch.device, str]] = None,
-               same_across_ranks: bool = False) -> Batch:
+def rank_batch(
+    spec: ModelSpec,
+    *,
+    seed: int,
+    rank: int,
+    step: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: Optional[Union[torch.device, str]] = None,
+    same_across_ranks: bool = False,
+) -> Batch:
     """``(inputs, targets)`` for ``rank`` at ``step`` (rank 0's if ``same_across_ranks``)."""
     gen = torch.Generator().manual_seed(batch_seed(seed, 0 if same_across_ranks else rank, step))
     return _to(spec.make_batch(gen, batch_size), device)
 
 
-def rank_batches(spec: ModelSpec, *, seed: int, world_size: int, step: int,
-                 batch_size: int = DEFAULT_BATCH_SIZE, device=None,
-                 same_across_ranks: bool = False) -> List[Batch]:
+def rank_batches(
+    spec: ModelSpec,
+    *,
+    seed: int,
+    world_size: int,
+    step: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device=None,
+    same_across_ranks: bool = False,
+) -> List[Batch]:
     """Every rank's batch for ``step``, in rank order."""
-    return [rank_batch(spec, seed=seed, rank=r, step=step, batch_size=batch_size,
-                       device=device, same_across_ranks=same_across_ranks)
-            for r in range(world_size)]
+    return [
+        rank_batch(
+            spec,
+            seed=seed,
+            rank=r,
+            step=step,
+            batch_size=batch_size,
+            device=device,
+            same_across_ranks=same_across_ranks,
+        )
+        for r in range(world_size)
+    ]
 
 
-def global_batch(spec: ModelSpec, *, seed: int, world_size: int, step: int,
-                 batch_size: int = DEFAULT_BATCH_SIZE, device=None,
-                 same_across_ranks: bool = False) -> Batch:
+def global_batch(
+    spec: ModelSpec,
+    *,
+    seed: int,
+    world_size: int,
+    step: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device=None,
+    same_across_ranks: bool = False,
+) -> Batch:
     """All ranks' batches for ``step`` concatenated along dim 0 in rank order."""
-    parts = rank_batches(spec, seed=seed, world_size=world_size, step=step,
-                         batch_size=batch_size, device=device,
-                         same_across_ranks=same_across_ranks)
+    parts = rank_batches(
+        spec,
+        seed=seed,
+        world_size=world_size,
+        step=step,
+        batch_size=batch_size,
+        device=device,
+        same_across_ranks=same_across_ranks,
+    )
     return tuple(torch.cat(ts) for ts in zip(*parts))

@@ -50,8 +50,9 @@ BEFORE_ALL_GATHER = (collective_spy.ALL_GATHER,)
 BEFORE_REDUCE = (collective_spy.REDUCE_SCATTER, collective_spy.ALL_REDUCE)
 
 
-def delay(device: torch.device, *, cycles: int = DEFAULT_CYCLES,
-          cpu_seconds: float = DEFAULT_CPU_SECONDS) -> str:
+def delay(
+    device: torch.device, *, cycles: int = DEFAULT_CYCLES, cpu_seconds: float = DEFAULT_CPU_SECONDS
+) -> str:
     """Delays what comes next on ``device``'s current stream; returns how.
 
     Returns ``"device_sleep"`` (CUDA spin kernel), ``"matmul"`` (public
@@ -72,9 +73,13 @@ def delay(device: torch.device, *, cycles: int = DEFAULT_CYCLES,
 
 
 @contextlib.contextmanager
-def delay_collectives(kinds: Sequence[str], device: torch.device, *,
-                      cycles: int = DEFAULT_CYCLES,
-                      cpu_seconds: float = DEFAULT_CPU_SECONDS) -> Iterator[List[str]]:
+def delay_collectives(
+    kinds: Sequence[str],
+    device: torch.device,
+    *,
+    cycles: int = DEFAULT_CYCLES,
+    cpu_seconds: float = DEFAULT_CPU_SECONDS,
+) -> Iterator[List[str]]:
     """Runs :func:`delay` before every collective of ``kinds`` issued inside the block.
 
     Args:
@@ -102,9 +107,13 @@ def delay_collectives(kinds: Sequence[str], device: torch.device, *,
 
 
 @contextlib.contextmanager
-def delay_optimizer_step(optimizer: torch.optim.Optimizer, device: torch.device, *,
-                         cycles: int = DEFAULT_CYCLES,
-                         cpu_seconds: float = DEFAULT_CPU_SECONDS) -> Iterator[List[str]]:
+def delay_optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    *,
+    cycles: int = DEFAULT_CYCLES,
+    cpu_seconds: float = DEFAULT_CPU_SECONDS,
+) -> Iterator[List[str]]:
     """Runs :func:`delay` before every ``optimizer.step()`` inside the block.
 
     Yields a list that gets ``"optimizer: <how>"`` per injected delay.

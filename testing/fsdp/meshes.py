@@ -118,8 +118,9 @@ def _check(shape: Shape) -> None:
     replicate, shard = shape
     world = compat.world_size()
     if replicate < 1 or shard < 1 or replicate * shard != world:
-        raise ValueError(f"mesh shape {shape} (replicate x shard) does not cover "
-                         f"world size {world}")
+        raise ValueError(
+            f"mesh shape {shape} (replicate x shard) does not cover world size {world}"
+        )
 
 
 def _key(*parts):
@@ -138,8 +139,9 @@ def hsdp_mesh(shape: Shape, device_type: str):
     _check(shape)
     key = _key("mesh", device_type, tuple(shape))
     if key not in _CACHE:
-        _CACHE[key] = compat.init_device_mesh(device_type, tuple(shape),
-                                              mesh_dim_names=MESH_DIM_NAMES)
+        _CACHE[key] = compat.init_device_mesh(
+            device_type, tuple(shape), mesh_dim_names=MESH_DIM_NAMES
+        )
     return _CACHE[key]
 
 
@@ -172,8 +174,9 @@ def hybrid_groups(shape: Shape) -> Tuple["dist.ProcessGroup", "dist.ProcessGroup
     return _CACHE[key]
 
 
-def fsdp1_hybrid_options(shape: Shape, device_type: str, *, strategy: str = "HYBRID_SHARD",
-                         via: str = "device_mesh") -> Dict[str, Any]:
+def fsdp1_hybrid_options(
+    shape: Shape, device_type: str, *, strategy: str = "HYBRID_SHARD", via: str = "device_mesh"
+) -> Dict[str, Any]:
     """Keyword arguments for :func:`wrapping.wrap` that make FSDP1 shard hybridly.
 
     Args:
@@ -200,8 +203,14 @@ def fsdp1_hybrid_options(shape: Shape, device_type: str, *, strategy: str = "HYB
     return {"sharding_strategy": strategy, "extra": extra}
 
 
-def hsdp_wrap_options(api: str, shape: Shape, device_type: str, *,
-                      strategy: str = "HYBRID_SHARD", via: str = "device_mesh") -> Dict[str, Any]:
+def hsdp_wrap_options(
+    api: str,
+    shape: Shape,
+    device_type: str,
+    *,
+    strategy: str = "HYBRID_SHARD",
+    via: str = "device_mesh",
+) -> Dict[str, Any]:
     """:func:`wrapping.wrap` keywords for hybrid sharding on ``shape`` under ``api``.
 
     FSDP1: :func:`fsdp1_hybrid_options` (``strategy``, ``via``); FSDP2:

@@ -101,6 +101,7 @@ def _regression_batch(in_dim: int, out_dim: int) -> Callable[[torch.Generator, i
         x = torch.randn(batch_size, in_dim, generator=gen)
         y = torch.randn(batch_size, out_dim, generator=gen)
         return x, y
+
     return make
 
 
@@ -110,6 +111,7 @@ def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 # (a) Nested MLP -------------------------------------------------------------
+
 
 class _Block(nn.Module):
     def __init__(self, dim: int, hidden: int):
@@ -134,18 +136,21 @@ class NestedMLP(nn.Module):
         return self.out(self.layers(torch.relu(self.inp(x))))
 
 
-NESTED_MLP = register(ModelSpec(
-    name="nested_mlp",
-    factory=NestedMLP,
-    # layers.0.fc1 is nested inside the layers.0 unit on purpose.
-    units=("layers.0.fc1", "layers.0", "layers.1", "layers.2"),
-    make_batch=_regression_batch(8, 4),
-    loss_fn=_mse,
-    description="residual MLP; units nest (layers.0.fc1 inside layers.0)",
-))
+NESTED_MLP = register(
+    ModelSpec(
+        name="nested_mlp",
+        factory=NestedMLP,
+        # layers.0.fc1 is nested inside the layers.0 unit on purpose.
+        units=("layers.0.fc1", "layers.0", "layers.1", "layers.2"),
+        make_batch=_regression_batch(8, 4),
+        loss_fn=_mse,
+        description="residual MLP; units nest (layers.0.fc1 inside layers.0)",
+    )
+)
 
 
 # (b) Submodule called twice --------------------------------------------------
+
 
 class SharedTwice(nn.Module):
     """Applies ``shared`` twice in one forward (weight reuse inside a step)."""
@@ -163,17 +168,20 @@ class SharedTwice(nn.Module):
         return self.out(h)
 
 
-SHARED_TWICE = register(ModelSpec(
-    name="shared_twice",
-    factory=SharedTwice,
-    units=("shared",),
-    make_batch=_regression_batch(8, 4),
-    loss_fn=_mse,
-    description="submodule 'shared' runs twice per forward",
-))
+SHARED_TWICE = register(
+    ModelSpec(
+        name="shared_twice",
+        factory=SharedTwice,
+        units=("shared",),
+        make_batch=_regression_batch(8, 4),
+        loss_fn=_mse,
+        description="submodule 'shared' runs twice per forward",
+    )
+)
 
 
 # (c) Tiny transformer with tied embedding and a buffer -------------------------
+
 
 class _Attention(nn.Module):
     def __init__(self, dim: int, heads: int, qkv_bias: bool = True):
@@ -246,18 +254,21 @@ def _lm_loss(logits, targets):
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-TIED_TRANSFORMER = register(ModelSpec(
-    name="tied_transformer",
-    factory=TiedTransformer,
-    # embed and lm_head share a weight, so both stay in the root unit.
-    units=("layers.0", "layers.1"),
-    make_batch=_token_batch,
-    loss_fn=_lm_loss,
-    description="2-layer transformer, tied embedding/lm_head, buffers",
-))
+TIED_TRANSFORMER = register(
+    ModelSpec(
+        name="tied_transformer",
+        factory=TiedTransformer,
+        # embed and lm_head share a weight, so both stay in the root unit.
+        units=("layers.0", "layers.1"),
+        make_batch=_token_batch,
+        loss_fn=_lm_loss,
+        description="2-layer transformer, tied embedding/lm_head, buffers",
+    )
+)
 
 
 # (c2) Transformer with odd dimensions ----------------------------------------
+
 
 class OddTransformer(nn.Module):
     """Decoder-only transformer whose sizes divide by neither 2 nor 4.
@@ -286,7 +297,8 @@ class OddTransformer(nn.Module):
         self.pos = nn.Parameter(0.02 * torch.randn(self.SEQ, self.DIM))
         self.layers = nn.ModuleList(
             _TransformerBlock(self.DIM, self.HEADS, self.FFN, qkv_bias=False)
-            for _ in range(self.DEPTH))
+            for _ in range(self.DEPTH)
+        )
         self.norm = nn.LayerNorm(self.DIM, bias=False)
         self.lm_head = nn.Linear(self.DIM, self.VOCAB, bias=False)
         self.lm_head.weight = self.embed.weight
@@ -315,19 +327,22 @@ def _stride_token_batch(gen: torch.Generator, batch_size: int) -> Batch:
     return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
 
-ODD_TRANSFORMER = register(ModelSpec(
-    name="odd_transformer",
-    factory=OddTransformer,
-    # Each block is a unit; the tied embed/lm_head stay in the root unit.
-    units=tuple(f"layers.{i}" for i in range(OddTransformer.DEPTH)),
-    make_batch=_stride_token_batch,
-    loss_fn=_lm_loss,
-    description="3-block transformer, odd sizes (vocab 37, width 21, 3 heads, ffn 45), tied, "
-                "learnable token sequences",
-))
+ODD_TRANSFORMER = register(
+    ModelSpec(
+        name="odd_transformer",
+        factory=OddTransformer,
+        # Each block is a unit; the tied embed/lm_head stay in the root unit.
+        units=tuple(f"layers.{i}" for i in range(OddTransformer.DEPTH)),
+        make_batch=_stride_token_batch,
+        loss_fn=_lm_loss,
+        description="3-block transformer, odd sizes (vocab 37, width 21, 3 heads, ffn 45), tied, "
+        "learnable token sequences",
+    )
+)
 
 
 # (d) Uneven dimensions -------------------------------------------------------
+
 
 class UnevenMLP(nn.Module):
     """Odd sizes: no dimension divides 2 or 4; ``fc3.bias`` has 3 elements."""
@@ -343,17 +358,20 @@ class UnevenMLP(nn.Module):
         return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x))))) * self.scale
 
 
-UNEVEN_MLP = register(ModelSpec(
-    name="uneven_mlp",
-    factory=UnevenMLP,
-    units=("fc1", "fc3"),
-    make_batch=_regression_batch(5, 3),
-    loss_fn=_mse,
-    description="uneven shards; params with fewer elements than world size",
-))
+UNEVEN_MLP = register(
+    ModelSpec(
+        name="uneven_mlp",
+        factory=UnevenMLP,
+        units=("fc1", "fc3"),
+        make_batch=_regression_batch(5, 3),
+        loss_fn=_mse,
+        description="uneven shards; params with fewer elements than world size",
+    )
+)
 
 
 # (e) BatchNorm ----------------------------------------------------------------
+
 
 class BatchNormMLP(nn.Module):
     """MLP with BatchNorm1d (running-stat buffers, batch-dependent forward)."""
@@ -361,25 +379,29 @@ class BatchNormMLP(nn.Module):
     def __init__(self, in_dim=8, dim=16, out_dim=4):
         super().__init__()
         self.block = nn.Sequential(nn.Linear(in_dim, dim), nn.BatchNorm1d(dim), nn.ReLU())
-        self.head = nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(),
-                                  nn.Linear(dim, out_dim))
+        self.head = nn.Sequential(
+            nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(), nn.Linear(dim, out_dim)
+        )
 
     def forward(self, x):
         return self.head(self.block(x))
 
 
-BATCHNORM_MLP = register(ModelSpec(
-    name="batchnorm_mlp",
-    factory=BatchNormMLP,
-    units=("block",),
-    make_batch=_regression_batch(8, 4),
-    loss_fn=_mse,
-    local_batch_stats=True,
-    description="BatchNorm1d; statistics are per rank (not SyncBatchNorm)",
-))
+BATCHNORM_MLP = register(
+    ModelSpec(
+        name="batchnorm_mlp",
+        factory=BatchNormMLP,
+        units=("block",),
+        make_batch=_regression_batch(8, 4),
+        loss_fn=_mse,
+        local_batch_stats=True,
+        description="BatchNorm1d; statistics are per rank (not SyncBatchNorm)",
+    )
+)
 
 
 # (f) Frozen part ----------------------------------------------------------------
+
 
 class FrozenBackboneMLP(nn.Module):
     """``backbone`` has ``requires_grad=False``; only ``head`` trains."""
@@ -394,19 +416,22 @@ class FrozenBackboneMLP(nn.Module):
         return self.head(torch.relu(self.backbone(x)))
 
 
-FROZEN_BACKBONE = register(ModelSpec(
-    name="frozen_backbone",
-    factory=FrozenBackboneMLP,
-    # FSDP1 without use_orig_params needs frozen and trainable params in
-    # different units, hence the frozen backbone is its own unit.
-    units=("backbone",),
-    make_batch=_regression_batch(8, 4),
-    loss_fn=_mse,
-    description="frozen backbone (requires_grad=False) in its own unit",
-))
+FROZEN_BACKBONE = register(
+    ModelSpec(
+        name="frozen_backbone",
+        factory=FrozenBackboneMLP,
+        # FSDP1 without use_orig_params needs frozen and trainable params in
+        # different units, hence the frozen backbone is its own unit.
+        units=("backbone",),
+        make_batch=_regression_batch(8, 4),
+        loss_fn=_mse,
+        description="frozen backbone (requires_grad=False) in its own unit",
+    )
+)
 
 
 # (g) Parts unused at some steps ---------------------------------------------------
+
 
 class _Gained(nn.Module):
     """``Linear + Tanh`` scaled by a 1-element parameter ``gain``."""
@@ -463,17 +488,20 @@ def _partly_used_loss(outputs, targets):
     return loss
 
 
-PARTLY_USED = register(ModelSpec(
-    name="partly_used",
-    factory=PartlyUsed,
-    units=("branch", "aux"),
-    make_batch=_regression_batch(6, 3),
-    loss_fn=_partly_used_loss,
-    description="forward(x, step): a unit, a root parameter and an output unused at some steps",
-))
+PARTLY_USED = register(
+    ModelSpec(
+        name="partly_used",
+        factory=PartlyUsed,
+        units=("branch", "aux"),
+        make_batch=_regression_batch(6, 3),
+        loss_fn=_partly_used_loss,
+        description="forward(x, step): a unit, a root parameter and an output unused at some steps",
+    )
+)
 
 
 # (h) Tiny parameters --------------------------------------------------------------
+
 
 class _Scale(nn.Module):
     def __init__(self):
@@ -503,17 +531,20 @@ class TinyParams(nn.Module):
         return self.gain(self.head(torch.tanh(self.proj(x)))) + self.offset
 
 
-TINY_PARAMS = register(ModelSpec(
-    name="tiny_params",
-    factory=TinyParams,
-    units=("head", "gain"),
-    make_batch=_regression_batch(3, 1),
-    loss_fn=_mse,
-    description="1-row Linear, a unit of one 1-element parameter, a 1-element root param",
-))
+TINY_PARAMS = register(
+    ModelSpec(
+        name="tiny_params",
+        factory=TinyParams,
+        units=("head", "gain"),
+        make_batch=_regression_batch(3, 1),
+        loss_fn=_mse,
+        description="1-row Linear, a unit of one 1-element parameter, a 1-element root param",
+    )
+)
 
 
 # (i) Non-tensor values in forward outputs -------------------------------------------
+
 
 class _DictBlock(nn.Module):
     """A unit taking a ``None`` keyword and returning a dict of tensors and non-tensors."""
@@ -543,19 +574,26 @@ class DictOutputs(nn.Module):
     def forward(self, x):
         o = self.block(torch.relu(self.inp(x)), mask=None)
         y = self.head(o["h"] + o["parts"][0])
-        return {"y": y, "aux": o["skipped"], "count": o["meta"][0], "tag": o["meta"][1],
-                "pair": (o["h"].mean(dim=1), None)}
+        return {
+            "y": y,
+            "aux": o["skipped"],
+            "count": o["meta"][0],
+            "tag": o["meta"][1],
+            "pair": (o["h"].mean(dim=1), None),
+        }
 
 
 def _dict_outputs_loss(outputs, targets):
     return _mse(outputs["y"], targets) + 0.1 * outputs["pair"][0].float().pow(2).mean()
 
 
-DICT_OUTPUTS = register(ModelSpec(
-    name="dict_outputs",
-    factory=DictOutputs,
-    units=("block",),
-    make_batch=_regression_batch(6, 3),
-    loss_fn=_dict_outputs_loss,
-    description="forward returns dicts with None, ints, strings and tuples next to tensors",
-))
+DICT_OUTPUTS = register(
+    ModelSpec(
+        name="dict_outputs",
+        factory=DictOutputs,
+        units=("block",),
+        make_batch=_regression_batch(6, 3),
+        loss_fn=_dict_outputs_loss,
+        description="forward returns dicts with None, ints, strings and tuples next to tensors",
+    )
+)

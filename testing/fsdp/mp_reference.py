@@ -27,8 +27,9 @@ from testing.fsdp.models import ModelSpec
 Grads = Dict[str, Optional[torch.Tensor]]
 
 
-def low_precision_grads(master: nn.Module, spec: ModelSpec, batch, param_dtype: torch.dtype,
-                        *, loss_scale: float = 1.0) -> Tuple[Grads, float]:
+def low_precision_grads(
+    master: nn.Module, spec: ModelSpec, batch, param_dtype: torch.dtype, *, loss_scale: float = 1.0
+) -> Tuple[Grads, float]:
     """One batch's gradients computed in ``param_dtype``; returns ``(grads, loss)``.
 
     ``master`` is not modified: a copy cast to ``param_dtype`` (``requires_grad``
@@ -42,8 +43,9 @@ def low_precision_grads(master: nn.Module, spec: ModelSpec, batch, param_dtype: 
         inputs = inputs.to(param_dtype)
     loss = spec.loss_fn(low(inputs), targets)
     (loss * loss_scale).backward()
-    grads = {name: None if p.grad is None else p.grad.detach()
-             for name, p in low.named_parameters()}
+    grads = {
+        name: None if p.grad is None else p.grad.detach() for name, p in low.named_parameters()
+    }
     return grads, float(loss.detach())
 
 
@@ -65,14 +67,21 @@ def average_over_ranks(per_rank: Sequence[Grads], reduce_dtype: torch.dtype) -> 
     total: Grads = {}
     for grads in per_rank:
         total = _add(total, grads, reduce_dtype)
-    return {name: None if g is None else (g / len(per_rank)).float()
-            for name, g in total.items()}
+    return {name: None if g is None else (g / len(per_rank)).float() for name, g in total.items()}
 
 
-def accumulated_grads(spec: ModelSpec, *, world_size: int, micro_batches: int,
-                      param_dtype: torch.dtype, accum_dtype: torch.dtype,
-                      reduce_dtype: torch.dtype = torch.float32, seed: int = 0,
-                      batch_size: int = data.DEFAULT_BATCH_SIZE, device=None) -> Grads:
+def accumulated_grads(
+    spec: ModelSpec,
+    *,
+    world_size: int,
+    micro_batches: int,
+    param_dtype: torch.dtype,
+    accum_dtype: torch.dtype,
+    reduce_dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    batch_size: int = data.DEFAULT_BATCH_SIZE,
+    device=None,
+) -> Grads:
     """float32 gradients of ``micro_batches`` accumulated micro-batches on every rank.
 
     Rank ``r``'s micro-batch ``k`` is ``data.rank_batch(spec, seed, rank=r, step=k)``
@@ -84,21 +93,30 @@ def accumulated_grads(spec: ModelSpec, *, world_size: int, micro_batches: int,
     for rank in range(world_size):
         acc: Grads = {}
         for k in range(micro_batches):
-            batch = data.rank_batch(spec, seed=seed, rank=rank, step=k,
-                                    batch_size=batch_size, device=device)
-            grads, _ = low_precision_grads(master, spec, batch, param_dtype,
-                                           loss_scale=1.0 / micro_batches)
+            batch = data.rank_batch(
+                spec, seed=seed, rank=rank, step=k, batch_size=batch_size, device=device
+            )
+            grads, _ = low_precision_grads(
+                master, spec, batch, param_dtype, loss_scale=1.0 / micro_batches
+            )
             acc = _add(acc, grads, accum_dtype)
         per_rank.append(acc)
     return average_over_ranks(per_rank, reduce_dtype)
 
 
-def train(spec: ModelSpec, *, steps: int, world_size: int, param_dtype: torch.dtype,
-          reduce_dtype: torch.dtype = torch.float32, seed: int = 0,
-          batch_size: int = data.DEFAULT_BATCH_SIZE, device=None,
-          optim_fn: Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer],
-          before_forward: Optional[Callable[[nn.Module, int], None]] = None
-          ) -> Tuple[nn.Module, List[float]]:
+def train(
+    spec: ModelSpec,
+    *,
+    steps: int,
+    world_size: int,
+    param_dtype: torch.dtype,
+    reduce_dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    batch_size: int = data.DEFAULT_BATCH_SIZE,
+    device=None,
+    optim_fn: Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer],
+    before_forward: Optional[Callable[[nn.Module, int], None]] = None,
+) -> Tuple[nn.Module, List[float]]:
     """Trains ``spec.build(seed)`` as FSDP mixed precision would; returns ``(model, losses)``.
 
     Each step: every rank's batch in ``param_dtype`` (:func:`low_precision_grads`),
@@ -115,8 +133,9 @@ def train(spec: ModelSpec, *, steps: int, world_size: int, param_dtype: torch.dt
             before_forward(master, step)
         per_rank, step_losses = [], []
         for rank in range(world_size):
-            batch = data.rank_batch(spec, seed=seed, rank=rank, step=step,
-                                    batch_size=batch_size, device=device)
+            batch = data.rank_batch(
+                spec, seed=seed, rank=rank, step=step, batch_size=batch_size, device=device
+            )
             grads, loss = low_precision_grads(master, spec, batch, param_dtype)
             per_rank.append(grads)
             step_losses.append(loss)

@@ -36,8 +36,9 @@ def _to_full_cpu(t: torch.Tensor) -> torch.Tensor:
             # CPU-offloaded FSDP2 shard: gather on the mesh's device (NCCL
             # cannot all-gather CPU tensors).
             local = t.to_local().to(compat.current_device(mesh_type))
-            t = compat.DTensor.from_local(local, t.device_mesh, t.placements,
-                                          shape=t.shape, stride=t.stride())
+            t = compat.DTensor.from_local(
+                local, t.device_mesh, t.placements, shape=t.shape, stride=t.stride()
+            )
         t = t.full_tensor()
     return t.detach().to("cpu", copy=True)
 
@@ -48,8 +49,13 @@ def _unique_named(items: Iterable[Tuple[str, torch.Tensor]]):
     for name, t in items:
         key = None
         if not compat.is_dtensor(t) and t.numel() > 0:
-            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
-                   tuple(t.stride()), t.dtype)
+            key = (
+                t.untyped_storage().data_ptr(),
+                t.storage_offset(),
+                tuple(t.shape),
+                tuple(t.stride()),
+                t.dtype,
+            )
         if id(t) in seen_ids or (key is not None and key in seen_storage):
             continue
         seen_ids.add(id(t))
@@ -61,8 +67,9 @@ def _unique_named(items: Iterable[Tuple[str, torch.Tensor]]):
 def _fsdp1_context(model: nn.Module, with_grads: bool):
     if not compat.is_fsdp1(model):
         return contextlib.nullcontext()
-    return compat.FSDP.summon_full_params(model, recurse=True, writeback=False,
-                                          rank0_only=False, with_grads=with_grads)
+    return compat.FSDP.summon_full_params(
+        model, recurse=True, writeback=False, rank0_only=False, with_grads=with_grads
+    )
 
 
 def full_params(model: nn.Module, *, buffers: bool = False) -> Dict[str, torch.Tensor]:

@@ -35,8 +35,9 @@ TOLERANCES: Dict[torch.dtype, Tuple[float, float]] = {
     torch.float16: (5e-3, 5e-3),
 }
 
-TensorTree = Union[torch.Tensor, Mapping[str, Optional[torch.Tensor]],
-                   Sequence[Optional[torch.Tensor]], None]
+TensorTree = Union[
+    torch.Tensor, Mapping[str, Optional[torch.Tensor]], Sequence[Optional[torch.Tensor]], None
+]
 
 
 def tolerance(dtype: torch.dtype) -> Tuple[float, float]:
@@ -64,13 +65,14 @@ class Diff:
     def describe(self) -> str:
         """One human-readable line (plus continuation) for failure messages."""
         idx = tuple(self.worst_index)
-        return (f"{self.name}: max abs diff {self.max_abs:.3e}, max rel diff {self.max_rel:.3e}; "
-                f"{self.num_bad}/{self.numel} elements out of tolerance; worst at {idx}: "
-                f"actual {self.worst_actual:.6g} vs expected {self.worst_expected:.6g}")
+        return (
+            f"{self.name}: max abs diff {self.max_abs:.3e}, max rel diff {self.max_rel:.3e}; "
+            f"{self.num_bad}/{self.numel} elements out of tolerance; worst at {idx}: "
+            f"actual {self.worst_actual:.6g} vs expected {self.worst_expected:.6g}"
+        )
 
 
-def diff(name: str, actual: torch.Tensor, expected: torch.Tensor,
-         rtol: float, atol: float) -> Diff:
+def diff(name: str, actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> Diff:
     """Elementwise comparison ``|a - e| <= atol + rtol * |e|`` (NaNs must match)."""
     a = actual.detach().to("cpu", torch.float64)
     e = expected.detach().to("cpu", torch.float64)
@@ -80,16 +82,14 @@ def diff(name: str, actual: torch.Tensor, expected: torch.Tensor,
     abs_diff = torch.where(abs_diff.isnan(), torch.full_like(abs_diff, float("inf")), abs_diff)
     # Relative to an expected 0 any difference is infinitely large: say "inf",
     # not a number near float64's maximum.
-    rel_diff = torch.where(e == 0, torch.full_like(abs_diff, float("inf")),
-                           abs_diff / e.abs())
+    rel_diff = torch.where(e == 0, torch.full_like(abs_diff, float("inf")), abs_diff / e.abs())
     rel_diff = torch.where(abs_diff == 0, torch.zeros_like(rel_diff), rel_diff)
     bad = abs_diff > atol + rtol * e.abs()
     # Worst element: the one furthest outside tolerance (largest abs diff if none is).
     excess = abs_diff - (atol + rtol * e.abs())
     flat = int(excess.reshape(-1).argmax()) if a.numel() else 0
     # Empty tensors (a rank's empty shard) have no element to point at.
-    index = (tuple(torch.unravel_index(torch.tensor(flat), a.shape))
-             if a.dim() and a.numel() else ())
+    index = tuple(torch.unravel_index(torch.tensor(flat), a.shape)) if a.dim() and a.numel() else ()
     return Diff(
         name=name,
         max_abs=float(abs_diff.max()) if a.numel() else 0.0,
@@ -114,10 +114,17 @@ def _as_dict(tree: TensorTree, name: str) -> Dict[str, Optional[torch.Tensor]]:
     return {f"{name}[{i}]": t for i, t in enumerate(tree)}
 
 
-def _check(actual: Mapping[str, Optional[torch.Tensor]],
-           expected: Mapping[str, Optional[torch.Tensor]], *, what: str,
-           rank: Optional[int], dtype: Optional[torch.dtype], rtol: Optional[float],
-           atol: Optional[float], context: str) -> None:
+def _check(
+    actual: Mapping[str, Optional[torch.Tensor]],
+    expected: Mapping[str, Optional[torch.Tensor]],
+    *,
+    what: str,
+    rank: Optional[int],
+    dtype: Optional[torch.dtype],
+    rtol: Optional[float],
+    atol: Optional[float],
+    context: str,
+) -> None:
     problems: List[str] = []
     missing = [k for k in expected if k not in actual]
     unexpected = [k for k in actual if k not in expected]
@@ -132,8 +139,10 @@ def _check(actual: Mapping[str, Optional[torch.Tensor]],
         if a is None or e is None:
             if (a is None) != (e is None):
                 num_bad += 1
-                problems.append(f"{name}: actual is {'None' if a is None else 'a tensor'}, "
-                                f"expected is {'None' if e is None else 'a tensor'}")
+                problems.append(
+                    f"{name}: actual is {'None' if a is None else 'a tensor'}, "
+                    f"expected is {'None' if e is None else 'a tensor'}"
+                )
             continue
         if tuple(a.shape) != tuple(e.shape):
             num_bad += 1
@@ -149,18 +158,26 @@ def _check(actual: Mapping[str, Optional[torch.Tensor]],
             num_bad += 1
             problems.append(d.describe())
     if problems:
-        header = (f"rank {_current_rank(rank)}: {num_bad} of {len(expected)} {what}{'es' if what.endswith('s') else 's'} differ"
-                  f" ({'; '.join(sorted(tol_desc)) or 'no tolerances applied'})")
+        header = (
+            f"rank {_current_rank(rank)}: {num_bad} of {len(expected)} {what}{'es' if what.endswith('s') else 's'} differ"
+            f" ({'; '.join(sorted(tol_desc)) or 'no tolerances applied'})"
+        )
         if context:
             header += f" [{context}]"
         raise AssertionError(header + "\n" + "\n".join("  " + p for p in problems))
 
 
-def assert_params_close(actual: Mapping[str, Optional[torch.Tensor]],
-                        expected: Mapping[str, Optional[torch.Tensor]], *,
-                        rank: Optional[int] = None, dtype: Optional[torch.dtype] = None,
-                        rtol: Optional[float] = None, atol: Optional[float] = None,
-                        what: str = "parameter", context: str = "") -> None:
+def assert_params_close(
+    actual: Mapping[str, Optional[torch.Tensor]],
+    expected: Mapping[str, Optional[torch.Tensor]],
+    *,
+    rank: Optional[int] = None,
+    dtype: Optional[torch.dtype] = None,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
+    what: str = "parameter",
+    context: str = "",
+) -> None:
     """Asserts two ``{name: tensor}`` dicts match within dtype tolerances.
 
     Args:
@@ -177,33 +194,55 @@ def assert_params_close(actual: Mapping[str, Optional[torch.Tensor]],
     Raises:
       AssertionError listing every mismatching name with max abs/rel diff.
     """
-    _check(actual, expected, what=what, rank=rank, dtype=dtype, rtol=rtol, atol=atol,
-           context=context)
+    _check(
+        actual, expected, what=what, rank=rank, dtype=dtype, rtol=rtol, atol=atol, context=context
+    )
 
 
-def assert_tensors_close(actual: TensorTree, expected: TensorTree, *, name: str = "output",
-                         rank: Optional[int] = None, dtype: Optional[torch.dtype] = None,
-                         rtol: Optional[float] = None, atol: Optional[float] = None,
-                         context: str = "") -> None:
+def assert_tensors_close(
+    actual: TensorTree,
+    expected: TensorTree,
+    *,
+    name: str = "output",
+    rank: Optional[int] = None,
+    dtype: Optional[torch.dtype] = None,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
+    context: str = "",
+) -> None:
     """Like :func:`assert_params_close` for a tensor, list or dict of tensors (e.g. outputs, losses)."""
     if isinstance(actual, (int, float)):
         actual = torch.tensor(actual, dtype=torch.float64)
     if isinstance(expected, (int, float)):
         expected = torch.tensor(expected, dtype=torch.float64)
-    if (isinstance(actual, Sequence) and actual and isinstance(actual[0], (int, float))):
+    if isinstance(actual, Sequence) and actual and isinstance(actual[0], (int, float)):
         actual = torch.tensor(actual, dtype=torch.float64)
-    if (isinstance(expected, Sequence) and expected and isinstance(expected[0], (int, float))):
+    if isinstance(expected, Sequence) and expected and isinstance(expected[0], (int, float)):
         expected = torch.tensor(expected, dtype=torch.float64)
     if dtype is None and rtol is None and atol is None:
         if isinstance(actual, torch.Tensor) and actual.dtype == torch.float64:
             dtype = torch.float32  # Python floats (e.g. losses) computed in fp32.
-    _check(_as_dict(actual, name), _as_dict(expected, name), what=name, rank=rank,
-           dtype=dtype, rtol=rtol, atol=atol, context=context)
+    _check(
+        _as_dict(actual, name),
+        _as_dict(expected, name),
+        what=name,
+        rank=rank,
+        dtype=dtype,
+        rtol=rtol,
+        atol=atol,
+        context=context,
+    )
 
 
-def assert_same_across_ranks(tensors: TensorTree, *, name: str = "tensor",
-                             rank: Optional[int] = None, rtol: float = 0.0, atol: float = 0.0,
-                             context: str = "") -> None:
+def assert_same_across_ranks(
+    tensors: TensorTree,
+    *,
+    name: str = "tensor",
+    rank: Optional[int] = None,
+    rtol: float = 0.0,
+    atol: float = 0.0,
+    context: str = "",
+) -> None:
     """Asserts every rank holds rank 0's values and dtypes (a collective; default exact).
 
     ``tensors`` is a tensor, list or ``{name: tensor}`` dict, on any device. Each
@@ -213,22 +252,29 @@ def assert_same_across_ranks(tensors: TensorTree, *, name: str = "tensor",
         rank 1: 1 of 1 tensors differ (float32: rtol=0, atol=0) [weights vs rank 0]
           weights: max abs diff 5.000e-01, ...; worst at (1, 2): actual 0.5 vs expected 0
     """
-    local = {k: (None if v is None else v.detach().to("cpu"))
-             for k, v in _as_dict(tensors, name).items()}
+    local = {
+        k: (None if v is None else v.detach().to("cpu")) for k, v in _as_dict(tensors, name).items()
+    }
     objs = [local if dist.get_rank() == 0 else None]
     if dist.get_world_size() > 1:
         dist.broadcast_object_list(objs, src=0)
     expected = objs[0]
     where = f"{name} vs rank 0" + (f"; {context}" if context else "")
-    dtypes = [f"{k}: dtype {local[k].dtype} != rank 0's {expected[k].dtype}"
-              for k in expected if local.get(k) is not None and expected[k] is not None
-              and local[k].dtype != expected[k].dtype]
+    dtypes = [
+        f"{k}: dtype {local[k].dtype} != rank 0's {expected[k].dtype}"
+        for k in expected
+        if local.get(k) is not None
+        and expected[k] is not None
+        and local[k].dtype != expected[k].dtype
+    ]
     if dtypes:
-        raise AssertionError(f"rank {_current_rank(rank)}: {len(dtypes)} of {len(expected)} "
-                             f"tensors differ in dtype [{where}]\n"
-                             + "\n".join("  " + d for d in dtypes))
-    _check(local, expected, what="tensor", rank=rank, dtype=None, rtol=rtol, atol=atol,
-           context=where)
+        raise AssertionError(
+            f"rank {_current_rank(rank)}: {len(dtypes)} of {len(expected)} "
+            f"tensors differ in dtype [{where}]\n" + "\n".join("  " + d for d in dtypes)
+        )
+    _check(
+        local, expected, what="tensor", rank=rank, dtype=None, rtol=rtol, atol=atol, context=where
+    )
 
 
 class DeferredFailures:
@@ -263,5 +309,6 @@ class DeferredFailures:
     def raise_if_any(self) -> None:
         """Raises one ``AssertionError`` with every recorded message, if any."""
         if self.messages:
-            raise AssertionError(f"{len(self.messages)} failed check(s):\n"
-                                 + "\n".join(self.messages))
+            raise AssertionError(
+                f"{len(self.messages)} failed check(s):\n" + "\n".join(self.messages)
+            )

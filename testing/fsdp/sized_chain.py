@@ -71,8 +71,9 @@ class SizedChain(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.layers = nn.Sequential(*[Unit(UNITS[i], _DIMS[i], _DIMS[i + 1])
-                                      for i in range(len(UNITS))])
+        self.layers = nn.Sequential(
+            *[Unit(UNITS[i], _DIMS[i], _DIMS[i + 1]) for i in range(len(UNITS))]
+        )
         self.scale = nn.Parameter(torch.linspace(0.5, 1.5, OUT_DIM))
         self.head = nn.Linear(_DIMS[-1], OUT_DIM)
 
@@ -81,8 +82,10 @@ class SizedChain(nn.Module):
 
 
 def _batch(gen: torch.Generator, batch_size: int):
-    return (torch.randn(batch_size, _DIMS[0], generator=gen),
-            torch.randn(batch_size, OUT_DIM, generator=gen))
+    return (
+        torch.randn(batch_size, _DIMS[0], generator=gen),
+        torch.randn(batch_size, OUT_DIM, generator=gen),
+    )
 
 
 def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -149,11 +152,13 @@ RECORDED_STEP = 1
 ACCUMULATED_BATCH = 100
 
 
-def record_step(model: nn.Module, device: torch.device,
-                accumulate: Optional[Callable[[nn.Module], ContextManager]] = None,
-                trace: bool = False,
-                before_forward: Optional[Callable[[nn.Module], None]] = None,
-                ) -> collective_count.StepLog:
+def record_step(
+    model: nn.Module,
+    device: torch.device,
+    accumulate: Optional[Callable[[nn.Module], ContextManager]] = None,
+    trace: bool = False,
+    before_forward: Optional[Callable[[nn.Module], None]] = None,
+) -> collective_count.StepLog:
     """Trains step 0 unrecorded, then records step 1 per phase; returns the log.
 
     Args:
@@ -186,12 +191,15 @@ def _recorded_step(model, device, rank, optimizer, log, accumulate, before_forwa
     with log.recording():
         if accumulate is not None:
             with accumulate(model):
-                inputs, targets = data.rank_batch(SPEC, seed=0, rank=rank,
-                                                  step=ACCUMULATED_BATCH, device=device)
-                collective_count.run_step(log, model, inputs, targets, SPEC.loss_fn,
-                                          prefix="accumulate_")
-        inputs, targets = data.rank_batch(SPEC, seed=0, rank=rank, step=RECORDED_STEP,
-                                          device=device)
+                inputs, targets = data.rank_batch(
+                    SPEC, seed=0, rank=rank, step=ACCUMULATED_BATCH, device=device
+                )
+                collective_count.run_step(
+                    log, model, inputs, targets, SPEC.loss_fn, prefix="accumulate_"
+                )
+        inputs, targets = data.rank_batch(
+            SPEC, seed=0, rank=rank, step=RECORDED_STEP, device=device
+        )
         collective_count.run_step(log, forward, inputs, targets, SPEC.loss_fn, optimizer)
 
 
@@ -206,8 +214,9 @@ class _CallAfter:
         return self.model(*args, **kwargs)
 
 
-def check_parameters(model: nn.Module, device: torch.device, context: str,
-                     accumulated: bool = False) -> None:
+def check_parameters(
+    model: nn.Module, device: torch.device, context: str, accumulated: bool = False
+) -> None:
     """Asserts ``model`` after :func:`record_step` equals an unsharded reference.
 
     The reference trains the same steps on the global batches (and, if
@@ -219,10 +228,10 @@ def check_parameters(model: nn.Module, device: torch.device, context: str,
     for step in range(RECORDED_STEP + 1):
         batches = ([ACCUMULATED_BATCH] if accumulated and step == RECORDED_STEP else []) + [step]
         for index in batches:
-            inputs, targets = data.global_batch(SPEC, seed=0, world_size=compat.world_size(),
-                                                step=index, device=device)
+            inputs, targets = data.global_batch(
+                SPEC, seed=0, world_size=compat.world_size(), step=index, device=device
+            )
             SPEC.loss_fn(ref(inputs), targets).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    parity.assert_params_close(params.full_params(model), params.full_params(ref),
-                               context=context)
+    parity.assert_params_close(params.full_params(model), params.full_params(ref), context=context)

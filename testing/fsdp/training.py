@@ -55,13 +55,20 @@ def step_indices(steps: Steps) -> Sequence[int]:
     return range(steps) if isinstance(steps, int) else steps
 
 
-def train(model: nn.Module, spec: ModelSpec, *, steps: Steps = 3, seed: int = 0,
-          batch_size: int = data.DEFAULT_BATCH_SIZE, device=None,
-          optim_fn: OptimFn = default_optimizer,
-          optimizer: Optional[torch.optim.Optimizer] = None,
-          before_step: Optional[Callable[[nn.Module, int], None]] = None,
-          same_across_ranks: bool = False,
-          forward_kwargs: Optional[ForwardKwargs] = None) -> List[float]:
+def train(
+    model: nn.Module,
+    spec: ModelSpec,
+    *,
+    steps: Steps = 3,
+    seed: int = 0,
+    batch_size: int = data.DEFAULT_BATCH_SIZE,
+    device=None,
+    optim_fn: OptimFn = default_optimizer,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    before_step: Optional[Callable[[nn.Module, int], None]] = None,
+    same_across_ranks: bool = False,
+    forward_kwargs: Optional[ForwardKwargs] = None,
+) -> List[float]:
     """Trains ``model`` on this rank's batches; returns the rank-averaged loss per step.
 
     Args:
@@ -85,9 +92,15 @@ def train(model: nn.Module, spec: ModelSpec, *, steps: Steps = 3, seed: int = 0,
     opt = optimizer if optimizer is not None else optim_fn(_trainable(model))
     losses = []
     for step in step_indices(steps):
-        inputs, targets = data.rank_batch(spec, seed=seed, rank=rank, step=step,
-                                          batch_size=batch_size, device=device,
-                                          same_across_ranks=same_across_ranks)
+        inputs, targets = data.rank_batch(
+            spec,
+            seed=seed,
+            rank=rank,
+            step=step,
+            batch_size=batch_size,
+            device=device,
+            same_across_ranks=same_across_ranks,
+        )
         kwargs = forward_kwargs(step) if forward_kwargs is not None else {}
         loss = spec.loss_fn(model(inputs, **kwargs), targets)
         loss.backward()
@@ -103,16 +116,21 @@ def train(model: nn.Module, spec: ModelSpec, *, steps: Steps = 3, seed: int = 0,
     return [float(x) for x in stacked.cpu()]
 
 
-def reference_train(spec: ModelSpec, *, steps: Steps = 3, seed: int = 0,
-                    world_size: Optional[int] = None,
-                    batch_size: int = data.DEFAULT_BATCH_SIZE, device=None,
-                    optim_fn: OptimFn = default_optimizer,
-                    same_across_ranks: bool = False,
-                    forward_kwargs: Optional[ForwardKwargs] = None,
-                    before_step: Optional[Callable[[nn.Module, int], None]] = None,
-                    model: Optional[nn.Module] = None,
-                    optimizer: Optional[torch.optim.Optimizer] = None,
-                    ) -> Tuple[nn.Module, List[float]]:
+def reference_train(
+    spec: ModelSpec,
+    *,
+    steps: Steps = 3,
+    seed: int = 0,
+    world_size: Optional[int] = None,
+    batch_size: int = data.DEFAULT_BATCH_SIZE,
+    device=None,
+    optim_fn: OptimFn = default_optimizer,
+    same_across_ranks: bool = False,
+    forward_kwargs: Optional[ForwardKwargs] = None,
+    before_step: Optional[Callable[[nn.Module, int], None]] = None,
+    model: Optional[nn.Module] = None,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+) -> Tuple[nn.Module, List[float]]:
     """Trains ``spec.build(seed)`` without FSDP on the global batches; no collectives.
 
     ``batch_size`` is per rank, as in :func:`train`.  Returns
@@ -132,12 +150,19 @@ def reference_train(spec: ModelSpec, *, steps: Steps = 3, seed: int = 0,
     opt = optimizer
     losses = []
     for step in step_indices(steps):
-        kwargs = dict(seed=seed, world_size=world_size, step=step, batch_size=batch_size,
-                      device=device, same_across_ranks=same_across_ranks)
+        kwargs = dict(
+            seed=seed,
+            world_size=world_size,
+            step=step,
+            batch_size=batch_size,
+            device=device,
+            same_across_ranks=same_across_ranks,
+        )
         fwd = forward_kwargs(step) if forward_kwargs is not None else {}
         if spec.local_batch_stats:
-            per_rank = [spec.loss_fn(model(x, **fwd), y)
-                        for x, y in data.rank_batches(spec, **kwargs)]
+            per_rank = [
+                spec.loss_fn(model(x, **fwd), y) for x, y in data.rank_batches(spec, **kwargs)
+            ]
             loss = torch.stack(per_rank).mean()
         else:
             inputs, targets = data.global_batch(spec, **kwargs)
@@ -151,15 +176,23 @@ def reference_train(spec: ModelSpec, *, steps: Steps = 3, seed: int = 0,
     return model, losses
 
 
-def check_against_reference(spec: ModelSpec, api: str, *, steps: int = 3, seed: int = 0,
-                            device=None, units: Optional[Sequence[str]] = None,
-                            batch_size: int = data.DEFAULT_BATCH_SIZE,
-                            optim_fn: OptimFn = default_optimizer,
-                            rtol: Optional[float] = None, atol: Optional[float] = None,
-                            before_step: Optional[Callable[[nn.Module, int], None]] = None,
-                            buffers: bool = False,
-                            forward_kwargs: Optional[ForwardKwargs] = None,
-                            **wrap_options: Any) -> Dict[str, Any]:
+def check_against_reference(
+    spec: ModelSpec,
+    api: str,
+    *,
+    steps: int = 3,
+    seed: int = 0,
+    device=None,
+    units: Optional[Sequence[str]] = None,
+    batch_size: int = data.DEFAULT_BATCH_SIZE,
+    optim_fn: OptimFn = default_optimizer,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
+    before_step: Optional[Callable[[nn.Module, int], None]] = None,
+    buffers: bool = False,
+    forward_kwargs: Optional[ForwardKwargs] = None,
+    **wrap_options: Any,
+) -> Dict[str, Any]:
     """Wraps ``spec``'s model with ``api``, trains it and a reference, asserts parity.
 
     Compares the rank-averaged losses and every full parameter (and buffer if
@@ -170,16 +203,38 @@ def check_against_reference(spec: ModelSpec, api: str, *, steps: int = 3, seed: 
     """
     units = spec.units if units is None else units
     model = wrapping.wrap(spec.build(seed), api, units, device=device, **wrap_options)
-    losses = train(model, spec, steps=steps, seed=seed, batch_size=batch_size, device=device,
-                   optim_fn=optim_fn, before_step=before_step, forward_kwargs=forward_kwargs)
-    ref, ref_losses = reference_train(spec, steps=steps, seed=seed, batch_size=batch_size,
-                                      device=device, optim_fn=optim_fn,
-                                      forward_kwargs=forward_kwargs)
+    losses = train(
+        model,
+        spec,
+        steps=steps,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        optim_fn=optim_fn,
+        before_step=before_step,
+        forward_kwargs=forward_kwargs,
+    )
+    ref, ref_losses = reference_train(
+        spec,
+        steps=steps,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        optim_fn=optim_fn,
+        forward_kwargs=forward_kwargs,
+    )
     dtype = wrapping.compute_dtype(wrap_options.get("mixed_precision"))
     context = f"model={spec.name} api={api} steps={steps}"
     actual = params.full_params(model, buffers=buffers)  # collective: before any assert
-    parity.assert_params_close(actual, params.full_params(ref, buffers=buffers), dtype=dtype,
-                               rtol=rtol, atol=atol, context=context)
-    parity.assert_tensors_close(losses, ref_losses, name="loss", dtype=dtype,
-                                rtol=rtol, atol=atol, context=context)
+    parity.assert_params_close(
+        actual,
+        params.full_params(ref, buffers=buffers),
+        dtype=dtype,
+        rtol=rtol,
+        atol=atol,
+        context=context,
+    )
+    parity.assert_tensors_close(
+        losses, ref_losses, name="loss", dtype=dtype, rtol=rtol, atol=atol, context=context
+    )
     return {"model": model, "reference": ref, "losses": losses, "reference_losses": ref_losses}

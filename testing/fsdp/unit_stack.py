@@ -20,8 +20,9 @@ class UnitStack(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.layers = nn.Sequential(*[nn.Sequential(nn.Linear(DIM, DIM), nn.Tanh())
-                                      for _ in range(N_UNITS)])
+        self.layers = nn.Sequential(
+            *[nn.Sequential(nn.Linear(DIM, DIM), nn.Tanh()) for _ in range(N_UNITS)]
+        )
 
     def forward(self, x):
         return self.layers(x)

@@ -64,8 +64,9 @@ def as_precision(option: MixedPrecisionOption) -> Optional[Precision]:
         return option
     if isinstance(option, torch.dtype):
         return Precision(param_dtype=option, reduce_dtype=option)
-    raise TypeError(f"mixed_precision must be a torch.dtype or wrapping.Precision, "
-                    f"got {type(option).__name__}")
+    raise TypeError(
+        f"mixed_precision must be a torch.dtype or wrapping.Precision, got {type(option).__name__}"
+    )
 
 
 def compute_dtype(option: MixedPrecisionOption) -> torch.dtype:
@@ -80,9 +81,11 @@ def _fsdp1_policy(option: MixedPrecisionOption):
         return None
     if policy.output_dtype is not None:
         raise ValueError("output_dtype is an FSDP2 option (MixedPrecisionPolicy)")
-    kwargs = dict(param_dtype=policy.param_dtype,
-                  reduce_dtype=policy.reduce_dtype or policy.param_dtype,
-                  buffer_dtype=policy.buffer_dtype or policy.param_dtype)
+    kwargs = dict(
+        param_dtype=policy.param_dtype,
+        reduce_dtype=policy.reduce_dtype or policy.param_dtype,
+        buffer_dtype=policy.buffer_dtype or policy.param_dtype,
+    )
     if policy.cast_forward_inputs is not None:
         kwargs["cast_forward_inputs"] = policy.cast_forward_inputs
     return compat.MixedPrecision(**kwargs)
@@ -94,8 +97,9 @@ def _fsdp2_policy(option: MixedPrecisionOption):
         return None
     if policy.buffer_dtype is not None:
         raise ValueError("buffer_dtype is an FSDP1 option (FSDP2 does not cast buffers)")
-    kwargs = dict(param_dtype=policy.param_dtype,
-                  reduce_dtype=policy.reduce_dtype or policy.param_dtype)
+    kwargs = dict(
+        param_dtype=policy.param_dtype, reduce_dtype=policy.reduce_dtype or policy.param_dtype
+    )
     if policy.output_dtype is not None:
         kwargs["output_dtype"] = policy.output_dtype
     if policy.cast_forward_inputs is not None:
@@ -130,8 +134,10 @@ def _strategy(value) -> "compat.ShardingStrategy":
     try:
         return compat.ShardingStrategy[str(value).upper()]
     except KeyError:
-        raise ValueError(f"unknown sharding_strategy {value!r}; "
-                         f"use one of {[s.name for s in compat.ShardingStrategy]}") from None
+        raise ValueError(
+            f"unknown sharding_strategy {value!r}; "
+            f"use one of {[s.name for s in compat.ShardingStrategy]}"
+        ) from None
 
 
 def wrap(
@@ -190,8 +196,10 @@ def wrap(
         raise ValueError(f"api must be one of {APIS}, got {api!r}")
     device = torch.device(device) if device is not None else default_device()
     if cpu_offload and device.type == "cpu":
-        raise ValueError("cpu_offload=True needs an accelerator device: torch's FSDP "
-                         "offload moves parameters between CPU and the device")
+        raise ValueError(
+            "cpu_offload=True needs an accelerator device: torch's FSDP "
+            "offload moves parameters between CPU and the device"
+        )
     extra = dict(extra or {})
     ordered = _sorted_units(model, units or ())
     policies = _unit_policies(ordered, mixed_precision, unit_mixed_precision)
@@ -199,32 +207,48 @@ def wrap(
         (_fsdp1_policy if api == "fsdp1" else _fsdp2_policy)(policy)
     if api == "fsdp1":
         if reshard_after_forward is not None:
-            raise ValueError("reshard_after_forward is an FSDP2 option; "
-                             "use sharding_strategy for fsdp1")
+            raise ValueError(
+                "reshard_after_forward is an FSDP2 option; use sharding_strategy for fsdp1"
+            )
         if mesh is not None:
             raise ValueError("mesh is an FSDP2 option")
-        return _wrap_fsdp1(model, ordered, device, policies, cpu_offload,
-                           _strategy(sharding_strategy), use_orig_params, extra)
+        return _wrap_fsdp1(
+            model,
+            ordered,
+            device,
+            policies,
+            cpu_offload,
+            _strategy(sharding_strategy),
+            use_orig_params,
+            extra,
+        )
     if sharding_strategy is not None or use_orig_params is not None:
-        raise ValueError("sharding_strategy/use_orig_params are FSDP1 options; "
-                         "use reshard_after_forward for fsdp2")
-    return _wrap_fsdp2(model, ordered, device, policies, cpu_offload,
-                       reshard_after_forward, mesh, extra)
+        raise ValueError(
+            "sharding_strategy/use_orig_params are FSDP1 options; "
+            "use reshard_after_forward for fsdp2"
+        )
+    return _wrap_fsdp2(
+        model, ordered, device, policies, cpu_offload, reshard_after_forward, mesh, extra
+    )
 
 
-def _unit_policies(units: Sequence[str], mixed_precision: MixedPrecisionOption,
-                   per_unit: Optional[Mapping[str, MixedPrecisionOption]]):
+def _unit_policies(
+    units: Sequence[str],
+    mixed_precision: MixedPrecisionOption,
+    per_unit: Optional[Mapping[str, MixedPrecisionOption]],
+):
     """``{unit name or "" (root): mixed-precision option}`` for every unit and the root."""
     per_unit = dict(per_unit or {})
     unknown = set(per_unit) - set(units) - {""}
     if unknown:
-        raise ValueError(f"unit_mixed_precision names {sorted(unknown)}, which are not "
-                         f"units {list(units)} or the root ''")
+        raise ValueError(
+            f"unit_mixed_precision names {sorted(unknown)}, which are not "
+            f"units {list(units)} or the root ''"
+        )
     return {name: per_unit.get(name, mixed_precision) for name in list(units) + [""]}
 
 
-def _wrap_fsdp1(model, units, device, policies, cpu_offload, strategy,
-                use_orig_params, extra):
+def _wrap_fsdp1(model, units, device, policies, cpu_offload, strategy, use_orig_params, extra):
     # torch >= 2.x refuses CPU modules without an explicit CPU device_id
     # ("FSDP needs a non-CPU accelerator device"), so always pass it.
     kwargs: Dict[str, Any] = {"device_id": device}
@@ -245,8 +269,7 @@ def _wrap_fsdp1(model, units, device, policies, cpu_offload, strategy,
         return {"mixed_precision": policy, **kwargs} if policy is not None else kwargs
 
     for name in units:
-        _set_submodule(model, name,
-                       compat.FSDP(model.get_submodule(name), **unit_kwargs(name)))
+        _set_submodule(model, name, compat.FSDP(model.get_submodule(name), **unit_kwargs(name)))
     return compat.FSDP(model, **unit_kwargs(""))
 
 
@@ -286,13 +309,18 @@ def _wrap_fsdp2(model, units, device, policies, cpu_offload, reshard, mesh, extr
 
 def is_meta(model: nn.Module) -> bool:
     """True if any parameter or buffer of ``model`` is on the meta device."""
-    return any(t.is_meta for t in model.parameters()) or any(
-        t.is_meta for t in model.buffers())
+    return any(t.is_meta for t in model.parameters()) or any(t.is_meta for t in model.buffers())
 
 
-def wrap_spec(spec, api: str, *, seed: int = 0, units: Optional[Sequence[str]] = None,
-              init_device: Optional[Union[torch.device, str]] = None,
-              **wrap_options: Any) -> nn.Module:
+def wrap_spec(
+    spec,
+    api: str,
+    *,
+    seed: int = 0,
+    units: Optional[Sequence[str]] = None,
+    init_device: Optional[Union[torch.device, str]] = None,
+    **wrap_options: Any,
+) -> nn.Module:
     """Builds ``spec``'s model from ``seed`` and shards it with :func:`wrap`.
 
     The one-call form of ``wrap(spec.build(seed), api, spec.units, ...)``
@@ -310,4 +338,3 @@ def wrap_spec(spec, api: str, *, seed: int = 0, units: Optional[Sequence[str]] =
         with torch.device(init_device):
             model = spec.build(seed)
     return wrap(model, api, spec.units if units is None else units, **wrap_options)
-

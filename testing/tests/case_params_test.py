@@ -21,8 +21,9 @@ def _sample_class():
     class _Sample(parameterized.TestCase):
         """Methods to read parameters from; never run."""
 
-        @parameterized.named_parameters(("fsdp1", "fsdp1", {"use_orig_params": True}),
-                                        ("fsdp2", "fsdp2", {}))
+        @parameterized.named_parameters(
+            ("fsdp1", "fsdp1", {"use_orig_params": True}), ("fsdp2", "fsdp2", {})
+        )
         def test_tuple_cases(self, api, options):
             del api, options
 
@@ -41,21 +42,20 @@ def _sample_class():
 
 
 class CaseParamsTest(absltest.TestCase):
-
     sample = _sample_class()
 
     def _params(self, method_name):
         return case_params.parameters(self.sample(method_name))
 
     def test_tuple_named_parameters(self):
-        self.assertEqual(self._params("test_tuple_cases_fsdp1"),
-                         {"api": "fsdp1", "options": "{'use_orig_params': True}"})
-        self.assertEqual(self._params("test_tuple_cases_fsdp2"),
-                         {"api": "fsdp2", "options": "{}"})
+        self.assertEqual(
+            self._params("test_tuple_cases_fsdp1"),
+            {"api": "fsdp1", "options": "{'use_orig_params': True}"},
+        )
+        self.assertEqual(self._params("test_tuple_cases_fsdp2"), {"api": "fsdp2", "options": "{}"})
 
     def test_dict_named_parameters(self):
-        self.assertEqual(self._params("test_dict_cases_bf16_fsdp2"),
-                         {"api": "fsdp2", "bits": 16})
+        self.assertEqual(self._params("test_dict_cases_bf16_fsdp2"), {"api": "fsdp2", "bits": 16})
 
     def test_repr_named_parameters(self):
         self.assertEqual(self._params("test_repr_cases0"), {"api": "fsdp1", "steps": 3})
@@ -69,10 +69,12 @@ class CaseParamsTest(absltest.TestCase):
         case_params.record(self.sample("test_plain"), out)
         with open(os.path.join(out, case_params.FILE_NAME)) as f:
             written = json.load(f)
-        self.assertEqual(written.get("_Sample.test_tuple_cases_fsdp1", {}).get("api"),
-                         "fsdp1", f"test_params.json: {written}")
-        self.assertEqual(written.get("_Sample.test_plain"), {},
-                         f"test_params.json: {written}")
+        self.assertEqual(
+            written.get("_Sample.test_tuple_cases_fsdp1", {}).get("api"),
+            "fsdp1",
+            f"test_params.json: {written}",
+        )
+        self.assertEqual(written.get("_Sample.test_plain"), {}, f"test_params.json: {written}")
 
 
 if __name__ == "__main__":

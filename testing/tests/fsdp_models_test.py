@@ -8,11 +8,19 @@ from testing.fsdp import data, models
 
 
 class BuilderTest(parameterized.TestCase):
-
     def test_registry_has_every_family(self):
         self.assertContainsSubset(
-            {"nested_mlp", "shared_twice", "tied_transformer", "odd_transformer",
-             "uneven_mlp", "batchnorm_mlp", "frozen_backbone"}, set(models.names()))
+            {
+                "nested_mlp",
+                "shared_twice",
+                "tied_transformer",
+                "odd_transformer",
+                "uneven_mlp",
+                "batchnorm_mlp",
+                "frozen_backbone",
+            },
+            set(models.names()),
+        )
         with self.assertRaisesRegex(KeyError, "unknown model 'nope'"):
             models.get("nope")
 
@@ -30,8 +38,10 @@ class BuilderTest(parameterized.TestCase):
         self.assertEqual(list(sa), list(sb))
         for key in sa:
             self.assertTrue(torch.equal(sa[key], sb[key]), key)
-        self.assertTrue(any(not torch.equal(sa[k], sc[k]) for k in sa
-                            if sa[k].is_floating_point()), "seed has no effect")
+        self.assertTrue(
+            any(not torch.equal(sa[k], sc[k]) for k in sa if sa[k].is_floating_point()),
+            "seed has no effect",
+        )
 
     @parameterized.parameters(*models.names())
     def test_units_exist_and_step_runs(self, name):
@@ -63,13 +73,19 @@ class BuilderTest(parameterized.TestCase):
         self.assertEqual(spec.units, ("layers.0", "layers.1", "layers.2"))
         for name, p in model.named_parameters():
             self.assertEqual(p.shape[0] % 2, 1, f"{name}: first dimension {p.shape[0]} is even")
-        unit_numels = [sum(p.numel() for p in model.get_submodule(u).parameters())
-                       for u in spec.units]
-        root_numel = sum(p.numel() for n, p in model.named_parameters()
-                         if not n.startswith("layers."))
+        unit_numels = [
+            sum(p.numel() for p in model.get_submodule(u).parameters()) for u in spec.units
+        ]
+        root_numel = sum(
+            p.numel() for n, p in model.named_parameters() if not n.startswith("layers.")
+        )
         for numel in unit_numels + [root_numel]:
-            self.assertEqual(numel % 2, 1, f"unit element counts {unit_numels}, root "
-                                           f"{root_numel}: FSDP1 would not pad an even one")
+            self.assertEqual(
+                numel % 2,
+                1,
+                f"unit element counts {unit_numels}, root "
+                f"{root_numel}: FSDP1 would not pad an even one",
+            )
         self.assertTrue(any(isinstance(m, torch.nn.LayerNorm) for m in model.modules()))
         # Batches follow a learnable rule: each row counts up by a fixed stride.
         x, y = spec.make_batch(torch.Generator().manual_seed(0), 4)
@@ -79,7 +95,6 @@ class BuilderTest(parameterized.TestCase):
 
 
 class DataTest(absltest.TestCase):
-
     def test_rank_batches_deterministic_and_distinct(self):
         spec = models.get("nested_mlp")
         a0 = data.rank_batch(spec, seed=0, rank=0, step=0)
@@ -98,8 +113,8 @@ class DataTest(absltest.TestCase):
         parts = data.rank_batches(spec, seed=3, world_size=3, step=2, batch_size=2)
         self.assertEqual(x.shape[0], 6)
         for r, (xr, yr) in enumerate(parts):
-            self.assertTrue(torch.equal(x[2 * r:2 * r + 2], xr))
-            self.assertTrue(torch.equal(y[2 * r:2 * r + 2], yr))
+            self.assertTrue(torch.equal(x[2 * r : 2 * r + 2], xr))
+            self.assertTrue(torch.equal(y[2 * r : 2 * r + 2], yr))
 
 
 if __name__ == "__main__":

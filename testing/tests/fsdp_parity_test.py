@@ -7,11 +7,13 @@ from testing.fsdp import parity
 
 
 class AssertParamsCloseTest(absltest.TestCase):
-
     def setUp(self):
         super().setUp()
-        self.expected = {"a.weight": torch.ones(3, 4), "a.bias": torch.zeros(3),
-                         "b.weight": torch.full((2,), 2.0)}
+        self.expected = {
+            "a.weight": torch.ones(3, 4),
+            "a.bias": torch.zeros(3),
+            "b.weight": torch.full((2,), 2.0),
+        }
 
     def _message(self, actual, **kwargs):
         with self.assertRaises(AssertionError) as cm:
@@ -32,7 +34,9 @@ class AssertParamsCloseTest(absltest.TestCase):
         self.assertIn("float32: rtol=1e-05, atol=1e-05", msg)
         self.assertIn("[api=fsdp2]", msg)
         self.assertIn("a.weight: max abs diff 5.000e-01, max rel diff 5.000e-01", msg)
-        self.assertIn("1/12 elements out of tolerance; worst at (2, 1): actual 1.5 vs expected 1", msg)
+        self.assertIn(
+            "1/12 elements out of tolerance; worst at (2, 1): actual 1.5 vs expected 1", msg
+        )
         self.assertIn("b.weight: max abs diff 2.000e-01", msg)
         self.assertNotIn("a.bias", msg)
 
@@ -50,8 +54,10 @@ class AssertParamsCloseTest(absltest.TestCase):
         parity.assert_params_close(actual, self.expected, rank=0, dtype=torch.bfloat16)
         bf16 = {k: v.to(torch.bfloat16) for k, v in actual.items()}
         parity.assert_params_close(bf16, self.expected, rank=0)  # lower precision wins
-        self.assertIn("rtol=0.5", self._message(
-            {k: v * 3 for k, v in self.expected.items()}, rank=0, rtol=0.5, atol=0.0))
+        self.assertIn(
+            "rtol=0.5",
+            self._message({k: v * 3 for k, v in self.expected.items()}, rank=0, rtol=0.5, atol=0.0),
+        )
 
     def test_nan_handling(self):
         nan = {k: v.clone() for k, v in self.expected.items()}
@@ -62,7 +68,6 @@ class AssertParamsCloseTest(absltest.TestCase):
 
 
 class AssertTensorsCloseTest(absltest.TestCase):
-
     def test_tensor_list_and_floats(self):
         parity.assert_tensors_close(torch.ones(2), torch.ones(2), rank=0)
         with self.assertRaises(AssertionError) as cm:
@@ -72,8 +77,9 @@ class AssertTensorsCloseTest(absltest.TestCase):
         self.assertIn("loss: max abs diff 5.000e-01", msg)
         self.assertIn("worst at (1,)", msg)
         with self.assertRaises(AssertionError) as cm:
-            parity.assert_tensors_close([torch.ones(2), torch.zeros(2)],
-                                        [torch.ones(2), torch.ones(2)], name="out", rank=0)
+            parity.assert_tensors_close(
+                [torch.ones(2), torch.zeros(2)], [torch.ones(2), torch.ones(2)], name="out", rank=0
+            )
         self.assertIn("out[1]: max abs diff 1.000e+00", str(cm.exception))
 
 

@@ -17,24 +17,30 @@ APIS = wrapping.APIS
 
 def _scale_grads_on_rank(rank, factor):
     """A before_step hook that scales this process's local gradients on ``rank``."""
+
     def hook(model, step):
         del step
         if torch.distributed.get_rank() == rank:
             for p in model.parameters():
                 if p.grad is not None:
                     p.grad.mul_(factor)
+
     return hook
 
 
 class FullParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     @parameterized.product(api=APIS, name=models.names())
     def test_round_trip(self, api, name):
         spec = models.get(name)
         expected = params.full_params(spec.build(seed=5), buffers=True)
         model = wrapping.wrap_spec(spec, api, seed=5, device=self.device)
-        parity.assert_params_close(params.full_params(model, buffers=True), expected,
-                                   rtol=0, atol=0, context=f"{api} {name}")
+        parity.assert_params_close(
+            params.full_params(model, buffers=True),
+            expected,
+            rtol=0,
+            atol=0,
+            context=f"{api} {name}",
+        )
 
     @parameterized.parameters(dict(api="fsdp1", use_orig_params=True), dict(api="fsdp2"))
     def test_full_grads_match_reference(self, api, **options):
@@ -42,14 +48,16 @@ class FullParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         model = wrapping.wrap_spec(spec, api, device=self.device, **options)
         training.train(model, spec, steps=1, optim_fn=lambda ps: torch.optim.SGD(ps, lr=0.0))
         ref = spec.build(0).to(self.device)
-        x, y = data.global_batch(spec, seed=0, world_size=self.world_size, step=0,
-                                 device=self.device)
+        x, y = data.global_batch(
+            spec, seed=0, world_size=self.world_size, step=0, device=self.device
+        )
         spec.loss_fn(ref(x), y).backward()
         # train() zeroes grads after its step; rerun one backward on the wrapped model.
         xr, yr = data.rank_batch(spec, seed=0, rank=self.rank, step=0, device=self.device)
         spec.loss_fn(model(xr), yr).backward()
-        parity.assert_params_close(params.full_grads(model), params.full_grads(ref),
-                                   what="gradient")
+        parity.assert_params_close(
+            params.full_grads(model), params.full_grads(ref), what="gradient"
+        )
 
     def test_full_grads_fsdp1_flat_params_rejected(self):
         spec = models.get("nested_mlp")
@@ -59,7 +67,6 @@ class FullParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
 
 class WrapOptionsTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     def test_wrong_api_options_rejected(self):
         build = models.get("nested_mlp").build
         with self.assertRaisesRegex(ValueError, "FSDP2 option"):
@@ -76,16 +83,27 @@ class WrapOptionsTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def test_precision_options(self):
         build = models.get("nested_mlp").build
         with self.assertRaisesRegex(ValueError, "output_dtype is an FSDP2 option"):
-            wrapping.wrap(build(0), "fsdp1", device=self.device,
-                          mixed_precision=wrapping.Precision(torch.bfloat16,
-                                                             output_dtype=torch.float32))
+            wrapping.wrap(
+                build(0),
+                "fsdp1",
+                device=self.device,
+                mixed_precision=wrapping.Precision(torch.bfloat16, output_dtype=torch.float32),
+            )
         with self.assertRaisesRegex(ValueError, "buffer_dtype is an FSDP1 option"):
-            wrapping.wrap(build(0), "fsdp2", device=self.device,
-                          mixed_precision=wrapping.Precision(torch.bfloat16,
-                                                             buffer_dtype=torch.float32))
+            wrapping.wrap(
+                build(0),
+                "fsdp2",
+                device=self.device,
+                mixed_precision=wrapping.Precision(torch.bfloat16, buffer_dtype=torch.float32),
+            )
         with self.assertRaisesRegex(ValueError, "not units"):
-            wrapping.wrap(build(0), "fsdp2", ["layers.0"], device=self.device,
-                          unit_mixed_precision={"layers.1": torch.bfloat16})
+            wrapping.wrap(
+                build(0),
+                "fsdp2",
+                ["layers.0"],
+                device=self.device,
+                unit_mixed_precision={"layers.1": torch.bfloat16},
+            )
         with self.assertRaisesRegex(TypeError, "torch.dtype or wrapping.Precision"):
             wrapping.wrap(build(0), "fsdp2", device=self.device, mixed_precision="bf16")
         self.assertEqual(wrapping.compute_dtype(None), torch.float32)
@@ -93,14 +111,27 @@ class WrapOptionsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         # Per unit: layers.0 keeps the model-wide bf16/fp32 policy, layers.1 runs fp16,
         # the root none; FSDP1 exposes each wrapper's policy.
         policy = wrapping.Precision(torch.bfloat16, reduce_dtype=torch.float32)
-        model = wrapping.wrap(build(0), "fsdp1", ["layers.0", "layers.1"], device=self.device,
-                              mixed_precision=policy,
-                              unit_mixed_precision={"layers.1": torch.float16, "": None})
-        got = {name: (m.mixed_precision.param_dtype, m.mixed_precision.reduce_dtype)
-               for name, m in model.named_modules() if isinstance(m, compat.FSDP)}
-        self.assertEqual(got, {"": (None, None),
-                               "_fsdp_wrapped_module.layers.0": (torch.bfloat16, torch.float32),
-                               "_fsdp_wrapped_module.layers.1": (torch.float16, torch.float16)})
+        model = wrapping.wrap(
+            build(0),
+            "fsdp1",
+            ["layers.0", "layers.1"],
+            device=self.device,
+            mixed_precision=policy,
+            unit_mixed_precision={"layers.1": torch.float16, "": None},
+        )
+        got = {
+            name: (m.mixed_precision.param_dtype, m.mixed_precision.reduce_dtype)
+            for name, m in model.named_modules()
+            if isinstance(m, compat.FSDP)
+        }
+        self.assertEqual(
+            got,
+            {
+                "": (None, None),
+                "_fsdp_wrapped_module.layers.0": (torch.bfloat16, torch.float32),
+                "_fsdp_wrapped_module.layers.1": (torch.float16, torch.float16),
+            },
+        )
 
     def test_fsdp1_units_are_wrapped_nested(self):
         spec = models.get("nested_mlp")
@@ -120,8 +151,9 @@ class WrapOptionsTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 module.reset_parameters()
 
         spec = models.get("nested_mlp")
-        model = wrapping.wrap_spec(spec, "fsdp1", init_device="meta", device=self.device,
-                                   extra={"param_init_fn": init})
+        model = wrapping.wrap_spec(
+            spec, "fsdp1", init_device="meta", device=self.device, extra={"param_init_fn": init}
+        )
         self.assertTrue(seen and all(seen), f"param_init_fn saw meta modules: {seen}")
         self.assertFalse(wrapping.is_meta(model))
         model = wrapping.wrap_spec(spec, "fsdp2", init_device="meta", device=self.device)
@@ -131,13 +163,16 @@ class WrapOptionsTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     @parameterized.product(api=APIS, dtype=(torch.bfloat16, torch.float16))
     def test_mixed_precision_parity(self, api, dtype):
-        training.check_against_reference(models.get("nested_mlp"), api, device=self.device,
-                                         mixed_precision=dtype)
+        training.check_against_reference(
+            models.get("nested_mlp"), api, device=self.device, mixed_precision=dtype
+        )
 
-    @parameterized.parameters(dict(api="fsdp1", sharding_strategy="SHARD_GRAD_OP"),
-                              dict(api="fsdp1", sharding_strategy="NO_SHARD"),
-                              dict(api="fsdp1", use_orig_params=True),
-                              dict(api="fsdp2", reshard_after_forward=False))
+    @parameterized.parameters(
+        dict(api="fsdp1", sharding_strategy="SHARD_GRAD_OP"),
+        dict(api="fsdp1", sharding_strategy="NO_SHARD"),
+        dict(api="fsdp1", use_orig_params=True),
+        dict(api="fsdp2", reshard_after_forward=False),
+    )
     def test_strategy_parity(self, api, **options):
         # Tied weights are what makes use_orig_params interesting; the rest
         # use the cheaper MLP.
@@ -148,31 +183,43 @@ class WrapOptionsTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def test_cpu_offload_parity(self, api):
         if self.device.type == "cpu":
             with self.assertRaisesRegex(ValueError, "needs an accelerator"):
-                wrapping.wrap(models.get("nested_mlp").build(0), api, device=self.device,
-                              cpu_offload=True)
+                wrapping.wrap(
+                    models.get("nested_mlp").build(0), api, device=self.device, cpu_offload=True
+                )
             return
-        training.check_against_reference(models.get("nested_mlp"), api, device=self.device,
-                                         cpu_offload=True)
+        training.check_against_reference(
+            models.get("nested_mlp"), api, device=self.device, cpu_offload=True
+        )
 
 
 class ParityTest(multirank.MultiRankTestCase, parameterized.TestCase):
-
     @parameterized.product(api=APIS, name=models.names())
     def test_every_builder_matches_reference(self, api, name):
-        training.check_against_reference(models.get(name), api, device=self.device,
-                                         buffers=name != "batchnorm_mlp")
+        training.check_against_reference(
+            models.get(name), api, device=self.device, buffers=name != "batchnorm_mlp"
+        )
 
     @parameterized.parameters(*APIS)
     def test_scaled_grads_on_rank1_fail_readably(self, api):
         # Sharded: rank 1's shards diverge, so every rank sees mismatches.
         with self.assertRaises(AssertionError) as cm:
-            training.check_against_reference(models.get("nested_mlp"), api, device=self.device,
-                                             before_step=_scale_grads_on_rank(1, 1.5))
+            training.check_against_reference(
+                models.get("nested_mlp"),
+                api,
+                device=self.device,
+                before_step=_scale_grads_on_rank(1, 1.5),
+            )
         msg = str(cm.exception)
-        self.assertRegex(msg, rf"^rank {self.rank}: \d+ of 16 parameters differ "
-                              r"\(float32: rtol=1e-05, atol=1e-05\) \[model=nested_mlp")
-        self.assertRegex(msg, r"\n  layers\.\d\.fc\d\.(weight|bias): max abs diff \d\.\d+e-\d\d, "
-                              r"max rel diff \d\.\d+e[-+]\d\d; \d+/\d+ elements out of tolerance")
+        self.assertRegex(
+            msg,
+            rf"^rank {self.rank}: \d+ of 16 parameters differ "
+            r"\(float32: rtol=1e-05, atol=1e-05\) \[model=nested_mlp",
+        )
+        self.assertRegex(
+            msg,
+            r"\n  layers\.\d\.fc\d\.(weight|bias): max abs diff \d\.\d+e-\d\d, "
+            r"max rel diff \d\.\d+e[-+]\d\d; \d+/\d+ elements out of tolerance",
+        )
         self.assertNotIn("_fsdp_wrapped_module", msg)
         self.assertGreater(msg.count("max abs diff"), 2)  # every mismatch, not just the first
 
@@ -181,8 +228,14 @@ class ParityTest(multirank.MultiRankTestCase, parameterized.TestCase):
         # only rank 1 holds different (replicated) parameters.
         def run():
             training.check_against_reference(
-                models.get("nested_mlp"), "fsdp1", steps=1, device=self.device,
-                sharding_strategy="NO_SHARD", before_step=_scale_grads_on_rank(1, 1.5))
+                models.get("nested_mlp"),
+                "fsdp1",
+                steps=1,
+                device=self.device,
+                sharding_strategy="NO_SHARD",
+                before_step=_scale_grads_on_rank(1, 1.5),
+            )
+
         if self.rank == 0:
             run()
         else:

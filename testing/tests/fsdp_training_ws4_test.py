@@ -13,13 +13,13 @@ from testing.fsdp import models, training, wrapping
 
 
 class UnevenWorldSize4Test(multirank.MultiRankTestCase, parameterized.TestCase):
-
     required_world_size = 4
 
     @parameterized.parameters(*wrapping.APIS)
     def test_uneven_world_size_4(self, api):
-        training.check_against_reference(models.get("uneven_mlp"), api, device=self.device,
-                                         buffers=True)
+        training.check_against_reference(
+            models.get("uneven_mlp"), api, device=self.device, buffers=True
+        )
 
 
 if __name__ == "__main__":

@@ -60,7 +60,6 @@ class SetsWorldSizeAttribute(multirank.MultiRankTestCase):
 
 
 class OneRankRaises(multirank.MultiRankTestCase):
-
     def test_rank1_raises(self):
         _record_pid(self.rank)
         if self.rank == 1:
@@ -68,7 +67,6 @@ class OneRankRaises(multirank.MultiRankTestCase):
 
 
 class TwoRanksFailDifferently(multirank.MultiRankTestCase):
-
     def test_both_fail(self):
         if self.rank == 0:
             self.assertEqual(1, 2, "rank zero's assertion")
@@ -76,7 +74,6 @@ class TwoRanksFailDifferently(multirank.MultiRankTestCase):
 
 
 class CrashBySignal(multirank.MultiRankTestCase):
-
     def test_segfault(self):
         if self.rank == 1:
             os.kill(os.getpid(), signal.SIGSEGV)
@@ -84,7 +81,6 @@ class CrashBySignal(multirank.MultiRankTestCase):
 
 
 class ExitsEarly(multirank.MultiRankTestCase):
-
     def test_os_exit(self):
         if self.rank == 0:
             os._exit(7)
@@ -101,7 +97,6 @@ class WaitsForTermination(multirank.MultiRankTestCase):
 
 
 class Hangs(multirank.MultiRankTestCase):
-
     @multirank.timeout(3)
     def test_sleeps_forever(self):
         if self.rank == 1:
@@ -122,7 +117,6 @@ class RecoversAfterFailure(multirank.MultiRankTestCase):
 
 
 class DifferentAcrossRanks(multirank.MultiRankTestCase):
-
     def test_tensor_differs(self):
         t = torch.zeros(2, 3, device=self.device)
         if self.rank == 1:

@@ -47,29 +47,54 @@ class CasesRun:
         self.state_dir = tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR"))
         self.marker = f"HARNESS_SELFTEST_MARK={uuid.uuid4().hex}"
         self.xml_path = os.path.join(self.state_dir, "results.xml")
-        self.env = dict(os.environ, PYTHONPATH=_ROOT,
-                        CASES_STATE_DIR=self.state_dir,
-                        TEST_UNDECLARED_OUTPUTS_DIR=os.path.join(self.state_dir, "out"),
-                        HARNESS_SELFTEST_MARK=self.marker.split("=")[1])
-        for name in ("TEST_TOTAL_SHARDS", "TEST_SHARD_INDEX", "TEST_SHARD_STATUS_FILE",
-                     "TESTBRIDGE_TEST_ONLY", "TEST_PREMATURE_EXIT_FILE",
-                     "FSDP_TEST_DEVICE", "FSDP_TEST_MISSING_DEVICE", "FSDP_TEST_WORLD_SIZE",
-                     "FSDP_TEST_POOL_SCOPE"):
+        self.env = dict(
+            os.environ,
+            PYTHONPATH=_ROOT,
+            CASES_STATE_DIR=self.state_dir,
+            TEST_UNDECLARED_OUTPUTS_DIR=os.path.join(self.state_dir, "out"),
+            HARNESS_SELFTEST_MARK=self.marker.split("=")[1],
+        )
+        for name in (
+            "TEST_TOTAL_SHARDS",
+            "TEST_SHARD_INDEX",
+            "TEST_SHARD_STATUS_FILE",
+            "TESTBRIDGE_TEST_ONLY",
+            "TEST_PREMATURE_EXIT_FILE",
+            "FSDP_TEST_DEVICE",
+            "FSDP_TEST_MISSING_DEVICE",
+            "FSDP_TEST_WORLD_SIZE",
+            "FSDP_TEST_POOL_SCOPE",
+        ):
             self.env.pop(name, None)
         self.env.update(env or {})
         if pytest:
-            self.command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                            "--rootdir", _ROOT, "-c", os.path.join(_ROOT, "pytest.ini"),
-                            f"--junitxml={self.xml_path}", _CASES] + args
+            self.command = [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--rootdir",
+                _ROOT,
+                "-c",
+                os.path.join(_ROOT, "pytest.ini"),
+                f"--junitxml={self.xml_path}",
+                _CASES,
+            ] + args
         else:
-            self.command = [sys.executable, _CASES,
-                            f"--xml_output_file={self.xml_path}"] + args
+            self.command = [sys.executable, _CASES, f"--xml_output_file={self.xml_path}"] + args
         self.test = test
 
     def start(self) -> subprocess.Popen:
-        return subprocess.Popen(self.command, env=self.env, cwd=_ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
+        return subprocess.Popen(
+            self.command,
+            env=self.env,
+            cwd=_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     def run(self, timeout=120) -> "CasesRun":
         started = time.monotonic()
@@ -84,8 +109,9 @@ class CasesRun:
         deadline = time.monotonic() + 5
         while _processes_with_marker(self.marker) and time.monotonic() < deadline:
             time.sleep(0.1)
-        self.test.assertEqual(_processes_with_marker(self.marker), [],
-                              "rank processes were left behind")
+        self.test.assertEqual(
+            _processes_with_marker(self.marker), [], "rank processes were left behind"
+        )
 
     def testcases(self):
         """Returns {test name: 'passed'|'failed'|'skipped'} from the XML."""
@@ -102,7 +128,6 @@ class CasesRun:
 
 
 class HarnessTest(absltest.TestCase):
-
     def cases(self, *args, **kwargs) -> CasesRun:
         return CasesRun(self, list(args), **kwargs).run()
 
@@ -120,8 +145,7 @@ class HarnessTest(absltest.TestCase):
             pids = self.pids(run, rank)
             self.assertLen(pids, 2)
             self.assertEqual(pids[0], pids[1], "ranks were restarted between tests")
-        self.assertTrue(os.path.exists(
-            os.path.join(run.state_dir, "out", "environment.json")))
+        self.assertTrue(os.path.exists(os.path.join(run.state_dir, "out", "environment.json")))
 
     def test_bazel_path_starts_ranks_per_class(self):
         run = self.cases("Passing", "AlsoRecordsPid")
@@ -140,8 +164,9 @@ class HarnessTest(absltest.TestCase):
             self.assertLen(pids, 3)
             self.assertEqual(len(set(pids)), 1, f"rank {rank} was restarted: {pids}")
             for cls in ("Passing", "AlsoRecordsPid"):
-                with open(os.path.join(run.state_dir, "out", "rank_logs", cls,
-                                       f"rank{rank}.log")) as f:
+                with open(
+                    os.path.join(run.state_dir, "out", "rank_logs", cls, f"rank{rank}.log")
+                ) as f:
                     self.assertIn(f"{cls}.test_", f.read())
 
     def test_pytest_session_replaces_ranks_after_a_failure(self):
@@ -160,9 +185,12 @@ class HarnessTest(absltest.TestCase):
     def test_required_world_size_mismatch_fails_with_one_line(self):
         run = self.cases("RequiresWorldSizeThree")
         self.assertNotEqual(run.returncode, 0)
-        self.assertIn("AssertionError: RequiresWorldSizeThree requires world size 3, but "
-                      "this target runs world size 2: declare world_sizes = [3] in its BUILD "
-                      "fsdp_test (pytest: --world-size=3)\n", run.output)
+        self.assertIn(
+            "AssertionError: RequiresWorldSizeThree requires world size 3, but "
+            "this target runs world size 2: declare world_sizes = [3] in its BUILD "
+            "fsdp_test (pytest: --world-size=3)\n",
+            run.output,
+        )
 
     def test_required_world_size_met_passes(self):
         run = self.cases("RequiresWorldSizeThree", "--world_size=3")
@@ -171,16 +199,19 @@ class HarnessTest(absltest.TestCase):
     def test_class_attribute_world_size_fails_loudly(self):
         run = self.cases("SetsWorldSizeAttribute")
         self.assertNotEqual(run.returncode, 0)
-        self.assertIn("SetsWorldSizeAttribute sets world_size = 4 as a class attribute",
-                      run.output)
+        self.assertIn("SetsWorldSizeAttribute sets world_size = 4 as a class attribute", run.output)
 
     def test_rank_names_a_class_it_cannot_find(self):
-        request = rank_protocol.RunRequest("testing.tests.harness_cases", "NoSuchClass",
-                                           "test_x", "id", "/tmp")
+        request = rank_protocol.RunRequest(
+            "testing.tests.harness_cases", "NoSuchClass", "test_x", "id", "/tmp"
+        )
         _, problem = rank_server._resolve(request)  # pylint: disable=protected-access
-        self.assertEqual(problem, "cannot run testing.tests.harness_cases.NoSuchClass.test_x: "
-                         "module 'testing.tests.harness_cases' in the rank process has no "
-                         "class 'NoSuchClass'")
+        self.assertEqual(
+            problem,
+            "cannot run testing.tests.harness_cases.NoSuchClass.test_x: "
+            "module 'testing.tests.harness_cases' in the rank process has no "
+            "class 'NoSuchClass'",
+        )
         request = rank_protocol.RunRequest("no_such_module", "X", "test_x", "id", "/tmp")
         _, problem = rank_server._resolve(request)  # pylint: disable=protected-access
         self.assertIn("could not import module 'no_such_module'", problem)
@@ -197,19 +228,19 @@ class HarnessTest(absltest.TestCase):
         run = self.cases("TwoRanksFailDifferently")
         self.assertIn("failed on 2 of 2 ranks", run.output)
         self.assertIn("AssertionError: 1 != 2 : rank zero's assertion", run.output)
-        self.assertIn("KeyError: \"rank one's key\"", run.output)
+        self.assertIn('KeyError: "rank one\'s key"', run.output)
 
     def test_crash_by_signal_names_rank_and_signal(self):
         run = self.cases("CrashBySignal")
-        self.assertIn("--- rank 1: died ---\nkilled by signal SIGSEGV (exit code -11)",
-                      run.output)
+        self.assertIn("--- rank 1: died ---\nkilled by signal SIGSEGV (exit code -11)", run.output)
         self.assertIn("in test_segfault", run.output)
         self.assertLess(run.elapsed, 30)
 
     def test_os_exit_names_rank_and_exit_code(self):
         run = self.cases("ExitsEarly")
-        self.assertIn("--- rank 0: died ---\nexited with code 7 before reporting a "
-                      "result", run.output)
+        self.assertIn(
+            "--- rank 0: died ---\nexited with code 7 before reporting a result", run.output
+        )
 
     def test_hang_hits_timeout_and_shows_the_stack(self):
         run = self.cases("Hangs")
@@ -220,35 +251,41 @@ class HarnessTest(absltest.TestCase):
 
     def test_pool_is_replaced_after_a_failure(self):
         run = self.cases("RecoversAfterFailure")
-        self.assertEqual(run.testcases(), {"test_a_kills_rank": "failed",
-                                           "test_b_runs_on_fresh_ranks": "passed"})
+        self.assertEqual(
+            run.testcases(), {"test_a_kills_rank": "failed", "test_b_runs_on_fresh_ranks": "passed"}
+        )
         self.assertIn("killed by signal SIGKILL", run.output)
 
     def test_tensor_mismatch_across_ranks_reads_well(self):
         run = self.cases("DifferentAcrossRanks")
-        self.assertIn("rank 1: 1 of 1 tensors differ (float32: rtol=0, atol=0) "
-                      "[weights vs rank 0]\n"
-                      "  weights: max abs diff 5.000e-01, max rel diff inf; 1/6 "
-                      "elements out of tolerance; worst at (1, 2): actual 0.5 vs expected 0",
-                      run.output)
+        self.assertIn(
+            "rank 1: 1 of 1 tensors differ (float32: rtol=0, atol=0) "
+            "[weights vs rank 0]\n"
+            "  weights: max abs diff 5.000e-01, max rel diff inf; 1/6 "
+            "elements out of tolerance; worst at (1, 2): actual 0.5 vs expected 0",
+            run.output,
+        )
 
     def test_absent_device_fails_with_one_line(self):
         run = self.cases("Passing.test_all_reduce_sums_ranks", "--device=hpu")
         self.assertNotEqual(run.returncode, 0)
-        self.assertIn("AssertionError: hpu requested: 0 devices visible; world size 2 "
-                      "needs 2", run.output)
+        self.assertIn(
+            "AssertionError: hpu requested: 0 devices visible; world size 2 needs 2", run.output
+        )
 
     def test_absent_device_skips_only_when_asked(self):
-        run = self.cases("Passing.test_all_reduce_sums_ranks", "--device=hpu",
-                         "--missing_device=skip")
+        run = self.cases(
+            "Passing.test_all_reduce_sums_ranks", "--device=hpu", "--missing_device=skip"
+        )
         self.assertEqual(run.returncode, 0, run.output)
         self.assertEqual(run.testcases(), {"test_all_reduce_sums_ranks": "skipped"})
 
     def test_world_size_above_device_count_message(self):
         kind = devices.get("cuda")
         with absltest.mock.patch.object(devices, "_count", return_value=1):
-            self.assertEqual(kind.missing_reason(2),
-                             "cuda requested: 1 devices visible; world size 2 needs 2")
+            self.assertEqual(
+                kind.missing_reason(2), "cuda requested: 1 devices visible; world size 2 needs 2"
+            )
             self.assertIsNone(kind.missing_reason(1))
 
     def test_unknown_device_is_one_clear_error(self):
@@ -260,11 +297,15 @@ class HarnessTest(absltest.TestCase):
     def test_sharding_splits_the_methods(self):
         names = []
         for index in (0, 1):
-            status = os.path.join(tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR")),
-                                  "status")
-            run = self.cases("Sharded", env={"TEST_TOTAL_SHARDS": "2",
-                                             "TEST_SHARD_INDEX": str(index),
-                                             "TEST_SHARD_STATUS_FILE": status})
+            status = os.path.join(tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR")), "status")
+            run = self.cases(
+                "Sharded",
+                env={
+                    "TEST_TOTAL_SHARDS": "2",
+                    "TEST_SHARD_INDEX": str(index),
+                    "TEST_SHARD_STATUS_FILE": status,
+                },
+            )
             self.assertEqual(run.returncode, 0, run.output)
             self.assertTrue(os.path.exists(status))
             shard = [n for n, o in run.testcases().items() if o == "passed"]
@@ -274,8 +315,9 @@ class HarnessTest(absltest.TestCase):
 
     def test_premature_exit_file_is_removed_after_a_normal_exit(self):
         flag = os.path.join(tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR")), "exit")
-        run = self.cases("Passing.test_all_reduce_sums_ranks",
-                         env={"TEST_PREMATURE_EXIT_FILE": flag})
+        run = self.cases(
+            "Passing.test_all_reduce_sums_ranks", env={"TEST_PREMATURE_EXIT_FILE": flag}
+        )
         self.assertEqual(run.returncode, 0, run.output)
         self.assertFalse(os.path.exists(flag))
 
@@ -292,8 +334,7 @@ class HarnessTest(absltest.TestCase):
         self.assertEqual(process.returncode, 128 + signal.SIGTERM, output)
         self.assertIn("multirank: terminated by signal 15", output)
         run.assert_no_leftovers()
-        log = os.path.join(run.state_dir, "out", "rank_logs", "WaitsForTermination",
-                           "rank1.log")
+        log = os.path.join(run.state_dir, "out", "rank_logs", "WaitsForTermination", "rank1.log")
         with open(log) as f:
             self.assertIn("in test_sleeps_until_terminated", f.read())
 
@@ -303,10 +344,10 @@ class HarnessTest(absltest.TestCase):
         self.assertIn("--- rank 1: error ---", run.output)
 
     def test_pytest_path_takes_the_device_option(self):
-        run = CasesRun(self, ["-k", "test_all_reduce_sums_ranks", "--device=hpu"],
-                       pytest=True).run()
-        self.assertIn("hpu requested: 0 devices visible; world size 2 needs 2",
-                      run.output)
+        run = CasesRun(
+            self, ["-k", "test_all_reduce_sums_ranks", "--device=hpu"], pytest=True
+        ).run()
+        self.assertIn("hpu requested: 0 devices visible; world size 2 needs 2", run.output)
         self.assertIn("1 failed", run.output)
 
 

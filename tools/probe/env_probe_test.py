@@ -19,15 +19,20 @@ class EnvProbeTest(unittest.TestCase):
     def test_forwarded_variables_arrive(self):
         names = os.environ.get("FSDP_PASSED_ENV")
         self.assertIsNotNone(
-            names, "FSDP_PASSED_ENV is unset: run through tools/bazel with a device config "
-            "or FSDP_PASS_ENV=1")
+            names,
+            "FSDP_PASSED_ENV is unset: run through tools/bazel with a device config "
+            "or FSDP_PASS_ENV=1",
+        )
         missing = [n for n in names.split(",") if n and n not in os.environ]
         for name in sorted(n for n in names.split(",") if n in os.environ):
             print(f"env_probe: {name}={os.environ[name]}")
         for name in ("CUDA_VISIBLE_DEVICES", "FSDP_DEVICE_LEASE"):
             print(f"env_probe: at test start {name}={os.environ.get(name, '(unset)')}")
-        self.assertEqual(missing, [], f"forwarded by tools/bazel but absent in the test: "
-                         f"{missing} (FSDP_PASSED_ENV={names})")
+        self.assertEqual(
+            missing,
+            [],
+            f"forwarded by tools/bazel but absent in the test: {missing} (FSDP_PASSED_ENV={names})",
+        )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ ME = "tools/remote"
 DEFAULT_PORT = 50151
 CACHE = os.environ.get("FSDP_CACHE_DIR") or os.path.expanduser("~/.cache/fsdp-conformance")
 # One stack per state directory (the integration test uses its own).
-STATE_DIR = os.path.abspath(os.environ.get("FSDP_REMOTE_STATE_DIR") or os.path.join(CACHE, "remote"))
+STATE_DIR = os.path.abspath(
+    os.environ.get("FSDP_REMOTE_STATE_DIR") or os.path.join(CACHE, "remote")
+)
 STATE_FILE = os.path.join(STATE_DIR, "state.json")
 DEVICES = tuple(device_table.load().DEVICES)
 
@@ -49,7 +51,9 @@ def pg_bindir():
     """Directory with initdb/postgres/pg_ctl, or None."""
     root = "/usr/lib/postgresql"
     if os.path.isdir(root):
-        for version in sorted(os.listdir(root), key=lambda v: int(v) if v.isdigit() else 0, reverse=True):
+        for version in sorted(
+            os.listdir(root), key=lambda v: int(v) if v.isdigit() else 0, reverse=True
+        ):
             bindir = os.path.join(root, version, "bin")
             if os.path.exists(os.path.join(bindir, "initdb")):
                 return bindir
@@ -62,18 +66,27 @@ def ensure_postgres():
     if bindir:
         return bindir
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise Error("PostgreSQL is missing (need initdb and postgres): install it, e.g. "
-                    "`apt-get install postgresql-15` on Debian bookworm")
+        raise Error(
+            "PostgreSQL is missing (need initdb and postgres): install it, e.g. "
+            "`apt-get install postgresql-15` on Debian bookworm"
+        )
     say("installing PostgreSQL (apt-get install postgresql-15)...")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     log = os.path.join(STATE_DIR, "apt.log")
     with open(log, "w") as fh:
-        for cmd in (["apt-get", "update", "-qq"],
-                    ["apt-get", "install", "-y", "-qq", "postgresql-15"]):
+        for cmd in (
+            ["apt-get", "update", "-qq"],
+            ["apt-get", "install", "-y", "-qq", "postgresql-15"],
+        ):
             if subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env) != 0:
                 # Other releases name it differently; the meta package picks the right one.
-                if cmd[-1] == "postgresql-15" and subprocess.call(
-                        cmd[:-1] + ["postgresql"], stdout=fh, stderr=subprocess.STDOUT, env=env) == 0:
+                if (
+                    cmd[-1] == "postgresql-15"
+                    and subprocess.call(
+                        cmd[:-1] + ["postgresql"], stdout=fh, stderr=subprocess.STDOUT, env=env
+                    )
+                    == 0
+                ):
                     break
                 raise Error(f"`{' '.join(cmd)}` failed (log: {log})")
     bindir = pg_bindir()
@@ -85,9 +98,17 @@ def ensure_postgres():
 def ensure_venv():
     """The BuildGrid environment from tools/remote/requirements.lock (tools/make_venv)."""
     out = subprocess.run(
-        [os.path.join(ROOT, "tools", "make_venv"), os.path.join(HERE, "requirements.lock"),
-         "buildgrid-venv", "the BuildGrid environment"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False)
+        [
+            os.path.join(ROOT, "tools", "make_venv"),
+            os.path.join(HERE, "requirements.lock"),
+            "buildgrid-venv",
+            "the BuildGrid environment",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         lines = out.stderr.strip().splitlines()
         raise Error(lines[-1] if lines else f"tools/make_venv failed ({out.returncode})")
@@ -134,7 +155,8 @@ def alive(pid):
 
 def runuser():
     found = shutil.which("runuser") or next(
-        (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.path.exists(p)), None)
+        (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.path.exists(p)), None
+    )
     if not found:
         raise Error("running as root needs runuser (util-linux) to start PostgreSQL as `postgres`")
     return found
@@ -145,8 +167,15 @@ def spawn(cmd, log, user=None, env=None):
     if user:
         cmd = [runuser(), "-u", user, "--"] + cmd
     with open(log, "ab") as fh:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env, close_fds=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            close_fds=True,
+        )
     return proc.pid
 
 
@@ -214,8 +243,11 @@ def property_labels(workers):
         else:
             for n in range(1, w["gpus"] + 1):
                 pool = f"{w['device']}-{n}"
-                labels[pool] = [["device", w["device"]], ["gpus", str(n)],
-                                ["Pool", pool]] + required
+                labels[pool] = [
+                    ["device", w["device"]],
+                    ["gpus", str(n)],
+                    ["Pool", pool],
+                ] + required
     return labels
 
 
@@ -223,7 +255,7 @@ def server_config(port, db_url, cas_dir, workers):
     labels = property_labels(workers)
     label_yaml = "".join(
         f"          - label: {name}\n            properties:\n"
-        + "".join(f"              - [{k}, \"{v}\"]\n" for k, v in props)
+        + "".join(f'              - [{k}, "{v}"]\n' for k, v in props)
         for name, props in sorted(labels.items())
     )
     return f"""\
@@ -315,8 +347,16 @@ def parse_worker_specs(args):
             raise Error(f"--extra-worker {spec}: device must be one of {', '.join(DEVICES)}")
         n = int(gpus) if gpus.isdigit() else 0
         if device != "cpu" and n < 1:
-            raise Error(f"--extra-worker {spec}: an accelerator worker needs a count, e.g. {device}:2")
-        workers.append({"name": f"worker-{len(workers) + 1}", "device": device, "gpus": n if device != "cpu" else 0})
+            raise Error(
+                f"--extra-worker {spec}: an accelerator worker needs a count, e.g. {device}:2"
+            )
+        workers.append(
+            {
+                "name": f"worker-{len(workers) + 1}",
+                "device": device,
+                "gpus": n if device != "cpu" else 0,
+            }
+        )
     if not workers:
         raise Error("no workers: use --workers N (N >= 1) or --extra-worker")
     for w in workers:
@@ -348,21 +388,34 @@ def start(args):
     os.makedirs(STATE_DIR, exist_ok=True)
     state = load_state()
     if state and any(alive(p["pid"]) for p in state["processes"]):
-        if state["port"] == args.port and state["workers"] == workers and \
-                all(alive(p["pid"]) for p in state["processes"]):
-            say(f"already running on grpc://127.0.0.1:{state['port']} with "
-                f"{len(state['workers'])} worker(s); nothing to do")
+        if (
+            state["port"] == args.port
+            and state["workers"] == workers
+            and all(alive(p["pid"]) for p in state["processes"])
+        ):
+            say(
+                f"already running on grpc://127.0.0.1:{state['port']} with "
+                f"{len(state['workers'])} worker(s); nothing to do"
+            )
             return
         say("a different stack is running; stopping it first")
         stop(argparse.Namespace(quiet=True))
     if not port_free(args.port):
-        raise Error(f"port {args.port} on 127.0.0.1 is taken (by another program); free it or "
-                    f"pass --port N (and --remote_executor=grpc://127.0.0.1:N to Bazel)")
+        raise Error(
+            f"port {args.port} on 127.0.0.1 is taken (by another program); free it or "
+            f"pass --port N (and --remote_executor=grpc://127.0.0.1:N to Bazel)"
+        )
     pg = ensure_postgres()
     venv = ensure_venv()
 
-    state = {"port": args.port, "instance": "", "workers": workers, "processes": [],
-             "venv": venv, "state_dir": STATE_DIR}
+    state = {
+        "port": args.port,
+        "instance": "",
+        "workers": workers,
+        "processes": [],
+        "venv": venv,
+        "state_dir": STATE_DIR,
+    }
     # Record every process as soon as it exists, so a failed start is still stoppable.
     save_state(state)
     log_dir = os.path.join(STATE_DIR, "logs")
@@ -373,12 +426,22 @@ def start(args):
     db_url = start_postgres(state, pg, log_dir)
     start_server(state, venv, db_url, log_dir)
     start_workers(state, venv, log_dir)
-    offered = ", ".join(sorted({
-        ",".join([f"device={w['device']}"] + ([f"gpus<={w['gpus']}"] if w["gpus"] else [])
-                 + [f"{k}={v}" for k, v in w.get("properties", [])])
-        for w in workers}))
-    say(f"remote execution on grpc://127.0.0.1:{args.port} (instance \"\"), "
-        f"{len(workers)} worker(s) offering {offered}; logs in {log_dir}")
+    offered = ", ".join(
+        sorted(
+            {
+                ",".join(
+                    [f"device={w['device']}"]
+                    + ([f"gpus<={w['gpus']}"] if w["gpus"] else [])
+                    + [f"{k}={v}" for k, v in w.get("properties", [])]
+                )
+                for w in workers
+            }
+        )
+    )
+    say(
+        f'remote execution on grpc://127.0.0.1:{args.port} (instance ""), '
+        f"{len(workers)} worker(s) offering {offered}; logs in {log_dir}"
+    )
     say("run: tools/bazel test //fsdp/... --config=remote    stop: tools/remote/stop")
 
 
@@ -396,7 +459,9 @@ def start_postgres(state, pg, log_dir):
         try:
             pw = pwd.getpwnam("postgres")
         except KeyError as e:
-            raise Error("running as root but there is no `postgres` user (install postgresql-15)") from e
+            raise Error(
+                "running as root but there is no `postgres` user (install postgresql-15)"
+            ) from e
         user = "postgres"
     pg_root = pg_root_dir()
     pgdata = os.path.join(pg_root, "data")
@@ -409,9 +474,25 @@ def start_postgres(state, pg, log_dir):
 
     if not os.path.exists(os.path.join(pgdata, "PG_VERSION")):
         shutil.rmtree(pgdata, ignore_errors=True)
-        out = subprocess.run(as_user([os.path.join(pg, "initdb"), "-D", pgdata, "-A", "trust",
-                                      "-U", "postgres", "-E", "UTF8", "--no-sync"]),
-                             capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            as_user(
+                [
+                    os.path.join(pg, "initdb"),
+                    "-D",
+                    pgdata,
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ]
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if out.returncode != 0:
             raise Error(f"initdb failed: {(out.stdout + out.stderr).strip().splitlines()[-1:]}")
     os.makedirs(sockdir, exist_ok=True)
@@ -423,17 +504,49 @@ def start_postgres(state, pg, log_dir):
         with open(pg_log, "w"):
             pass
         os.chown(pg_log, pw.pw_uid, pw.pw_gid)
-    pid = spawn([os.path.join(pg, "postgres"), "-D", pgdata, "-h", "127.0.0.1", "-p", str(pg_port),
-                 "-k", sockdir, "-c", "fsync=off", "-c", "max_connections=200"], pg_log, user=user)
+    pid = spawn(
+        [
+            os.path.join(pg, "postgres"),
+            "-D",
+            pgdata,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(pg_port),
+            "-k",
+            sockdir,
+            "-c",
+            "fsync=off",
+            "-c",
+            "max_connections=200",
+        ],
+        pg_log,
+        user=user,
+    )
     state.update(pg_port=pg_port, pgdata=pgdata, pg_root=pg_root)
     _record(state, "postgres", pid)
     wait_port(pg_port, pid, "PostgreSQL", pg_log)
     # A fresh database each start: no jobs or bot sessions left over from an earlier stack.
-    psql = [os.path.join(pg, "psql"), "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres",
-            "-v", "ON_ERROR_STOP=1", "-q", "-d", "postgres"]
+    psql = [
+        os.path.join(pg, "psql"),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(pg_port),
+        "-U",
+        "postgres",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-q",
+        "-d",
+        "postgres",
+    ]
     for _ in range(50):
-        out = subprocess.run(psql + ["-c", "DROP DATABASE IF EXISTS buildgrid", "-c",
-                                     "CREATE DATABASE buildgrid"], capture_output=True, text=True)
+        out = subprocess.run(
+            psql + ["-c", "DROP DATABASE IF EXISTS buildgrid", "-c", "CREATE DATABASE buildgrid"],
+            capture_output=True,
+            text=True,
+        )
         if out.returncode == 0:
             break
         time.sleep(0.2)
@@ -448,7 +561,9 @@ def start_server(state, venv, db_url, log_dir):
     bgd = os.path.join(venv, "bin", "bgd")
     out = subprocess.run([bgd, "migrate", "apply", db_url], capture_output=True, text=True)
     if out.returncode != 0:
-        raise Error(f"bgd migrate apply failed: {(out.stdout + out.stderr).strip().splitlines()[-1:]}")
+        raise Error(
+            f"bgd migrate apply failed: {(out.stdout + out.stderr).strip().splitlines()[-1:]}"
+        )
     cas_dir = os.path.join(STATE_DIR, "cas")
     os.makedirs(cas_dir, exist_ok=True)
     config = os.path.join(STATE_DIR, "server.yml")
@@ -468,9 +583,20 @@ def start_workers(state, venv, log_dir):
     started = []
     for w in state["workers"]:
         log = os.path.join(log_dir, f"{w['name']}.log")
-        cmd = [python, os.path.join(HERE, "worker.py"), "--server",
-               f"grpc://127.0.0.1:{state['port']}", "--name", w["name"], "--device", w["device"],
-               "--gpus", str(w["gpus"]), "--work-dir", os.path.join(STATE_DIR, "work", w["name"])]
+        cmd = [
+            python,
+            os.path.join(HERE, "worker.py"),
+            "--server",
+            f"grpc://127.0.0.1:{state['port']}",
+            "--name",
+            w["name"],
+            "--device",
+            w["device"],
+            "--gpus",
+            str(w["gpus"]),
+            "--work-dir",
+            os.path.join(STATE_DIR, "work", w["name"]),
+        ]
         for key, value in w.get("properties", []):
             cmd += ["--require-property", f"{key}={value}"]
         pid = spawn(cmd, log)
@@ -537,18 +663,32 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog=ME)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("start", help="start PostgreSQL, BuildGrid and workers")
-    s.add_argument("--port", type=int, default=int(os.environ.get("FSDP_REMOTE_PORT", DEFAULT_PORT)),
-                   help=f"REAPI port on 127.0.0.1 (default {DEFAULT_PORT})")
+    s.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("FSDP_REMOTE_PORT", DEFAULT_PORT)),
+        help=f"REAPI port on 127.0.0.1 (default {DEFAULT_PORT})",
+    )
     s.add_argument("--workers", type=int, default=2, help="number of workers (default 2)")
     s.add_argument("--device", default="cpu", choices=DEVICES, help="device the workers offer")
     s.add_argument("--gpus", type=int, default=0, help="accelerators per worker (non-cpu devices)")
-    s.add_argument("--extra-worker", action="append", metavar="DEVICE[:GPUS]",
-                   help="one more worker of another kind, e.g. cuda:4 (repeatable)")
-    s.add_argument("--require-property", action="append", metavar="KEY=VALUE",
-                   help="every worker offers KEY=VALUE and refuses actions without it, like a "
-                        "hosted fleet that needs an image or pool named (repeatable)")
+    s.add_argument(
+        "--extra-worker",
+        action="append",
+        metavar="DEVICE[:GPUS]",
+        help="one more worker of another kind, e.g. cuda:4 (repeatable)",
+    )
+    s.add_argument(
+        "--require-property",
+        action="append",
+        metavar="KEY=VALUE",
+        help="every worker offers KEY=VALUE and refuses actions without it, like a "
+        "hosted fleet that needs an image or pool named (repeatable)",
+    )
     t = sub.add_parser("stop", help="stop everything start started")
-    t.add_argument("--purge", action="store_true", help="also delete the database cluster and the CAS")
+    t.add_argument(
+        "--purge", action="store_true", help="also delete the database cluster and the CAS"
+    )
     sub.add_parser("status", help="show the processes of the stack")
     args = p.parse_args(argv)
     try:

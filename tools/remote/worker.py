@@ -151,7 +151,9 @@ class Cas:
         )
         for r in resp.responses:
             if r.status.code != code_pb2.OK:
-                raise RuntimeError(f"CAS write {r.digest.hash}: {r.status.message or r.status.code}")
+                raise RuntimeError(
+                    f"CAS write {r.digest.hash}: {r.status.message or r.status.code}"
+                )
 
     def _write_stream(self, digest, data):
         name = self._resource(digest, upload=True)
@@ -229,8 +231,11 @@ def _tree_of(path, blobs):
                 children.append(sub)
                 d.directories.add(name=name, digest=digest_of(data))
             elif os.path.isfile(full):
-                d.files.add(name=name, digest=_file_blob(full, blobs),
-                            is_executable=os.access(full, os.X_OK))
+                d.files.add(
+                    name=name,
+                    digest=_file_blob(full, blobs),
+                    is_executable=os.access(full, os.X_OK),
+                )
         return d
 
     root = directory_of(path)
@@ -262,8 +267,9 @@ def collect_outputs(cas, command, workdir, result):
         if os.path.islink(full):
             result.output_file_symlinks.add(path=rel, target=os.readlink(full))
         elif os.path.isfile(full):
-            result.output_files.add(path=rel, digest=_file_blob(full, blobs),
-                                    is_executable=os.access(full, os.X_OK))
+            result.output_files.add(
+                path=rel, digest=_file_blob(full, blobs), is_executable=os.access(full, os.X_OK)
+            )
     for rel in dirs:
         full = os.path.join(workdir, rel)
         if os.path.isdir(full) and not os.path.islink(full):
@@ -319,8 +325,10 @@ class Job:
         if missing:
             # A fleet whose workers need a property (an image, a pool) the action lacks.
             self.status = code_pb2.FAILED_PRECONDITION
-            self.message = (f"worker {self.worker.bot_id} requires {', '.join(missing)}; the "
-                            f"action's platform has {_platform_text(command.platform)}")
+            self.message = (
+                f"worker {self.worker.bot_id} requires {', '.join(missing)}; the "
+                f"action's platform has {_platform_text(command.platform)}"
+            )
             return
         _now(meta.input_fetch_start_timestamp)
         workdir = self._stage(action, command, root)
@@ -361,8 +369,10 @@ class Job:
         """Writes the input root under root; returns the command's working directory."""
         stage(self.worker.cas, action.input_root_digest, root)
         workdir = os.path.join(root, command.working_directory)
-        for rel in list(command.output_files) + list(command.output_directories) + list(
-            command.output_paths
+        for rel in (
+            list(command.output_files)
+            + list(command.output_directories)
+            + list(command.output_paths)
         ):
             os.makedirs(os.path.dirname(os.path.join(workdir, rel)), exist_ok=True)
         return workdir
@@ -370,7 +380,11 @@ class Job:
     def _run_command(self, action, command, workdir, out_path, err_path):
         """Runs the command with exactly its environment, under the action's timeout."""
         env = {v.name: v.value for v in command.environment_variables}
-        timeout = action.timeout.seconds + action.timeout.nanos / 1e9 if action.HasField("timeout") else None
+        timeout = (
+            action.timeout.seconds + action.timeout.nanos / 1e9
+            if action.HasField("timeout")
+            else None
+        )
         args = list(command.arguments)
         if args and "/" in args[0] and not os.path.isabs(args[0]):
             args[0] = os.path.join(workdir, args[0])  # Relative to the working directory.
@@ -495,7 +509,9 @@ class Worker:
                         ),
                         POLL_SECONDS,
                     )
-                    LOG.info("bot %s: session %s (%s)", self.bot_id, session.name, self.properties())
+                    LOG.info(
+                        "bot %s: session %s (%s)", self.bot_id, session.name, self.properties()
+                    )
                 else:
                     session = self._update(session, timeout=POLL_SECONDS)
                 self._sync(session)
@@ -511,8 +527,11 @@ class Worker:
                 if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                     continue
                 LOG.warning("bot %s: %s: %s; retrying", self.bot_id, code, e.details())
-                if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-                            grpc.StatusCode.FAILED_PRECONDITION):
+                if code in (
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    grpc.StatusCode.NOT_FOUND,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                ):
                     for job in self.jobs.values():
                         job.cancel()
                     self.jobs.clear()
@@ -608,11 +627,20 @@ def main(argv=None):
     p.add_argument("--instance", default="", help="REAPI instance name (default: '')")
     p.add_argument("--name", default="worker-1", help="stable name; bot id is <hostname>-<name>")
     p.add_argument("--device", default="cpu", choices=list(device_table.load().DEVICES))
-    p.add_argument("--gpus", type=int, default=0,
-                   help="accelerators on this worker (advertises gpus=1..N, Pool=<device>-1..N)")
-    p.add_argument("--require-property", action="append", default=[], metavar="KEY=VALUE",
-                   help="advertise KEY=VALUE and refuse actions whose platform lacks it "
-                        "(like a fleet that needs an image or a pool named)")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=0,
+        help="accelerators on this worker (advertises gpus=1..N, Pool=<device>-1..N)",
+    )
+    p.add_argument(
+        "--require-property",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="advertise KEY=VALUE and refuse actions whose platform lacks it "
+        "(like a fleet that needs an image or a pool named)",
+    )
     p.add_argument("--work-dir", required=True, help="where input roots are staged")
     args = p.parse_args(argv)
     if args.device != "cpu" and args.gpus < 1:

@@ -10,9 +10,9 @@ import html
 from typing import List, Optional
 
 try:
-  from . import model
+    from . import model
 except ImportError:
-  import model
+    import model
 
 M = model
 
@@ -126,282 +126,354 @@ footer { margin-top: 30px; color: #777; font-size: 12px; }
 
 
 def esc(s) -> str:
-  return html.escape("" if s is None else str(s), quote=True)
+    return html.escape("" if s is None else str(s), quote=True)
 
 
 def fmt_duration(sec: Optional[float]) -> str:
-  if sec is None:
-    return ""
-  if sec < 10:
-    return "%.2fs" % sec
-  if sec < 60:
-    return "%.1fs" % sec
-  return "%dm%02ds" % (sec // 60, sec % 60)
+    if sec is None:
+        return ""
+    if sec < 10:
+        return "%.2fs" % sec
+    if sec < 60:
+        return "%.1fs" % sec
+    return "%dm%02ds" % (sec // 60, sec % 60)
 
 
 def _short(text: str, n: int) -> str:
-  text = " ".join((text or "").split())
-  return text if len(text) <= n else text[:n - 1] + "\u2026"
+    text = " ".join((text or "").split())
+    return text if len(text) <= n else text[: n - 1] + "\u2026"
 
 
 def column_heading(api: str) -> str:
-  return api or "all APIs"
+    return api or "all APIs"
 
 
 def device_caption(report: M.Report, dev: str) -> str:
-  envs = report.environments.get(dev) or []
-  bits = []
-  for env, _ in envs[:2]:
-    names = [n for n in env.get("device_names") or [] if n != dev]
-    count = env.get("device_count")
-    if names:
-      first = names[0]
-      n = count if isinstance(count, int) else len(names)
-      bits.append("%s\u00d7 %s" % (n, first) if n and n > 1 else first)
-    elif count:
-      bits.append("%s device(s)" % count)
-  return "; ".join(bits)
+    envs = report.environments.get(dev) or []
+    bits = []
+    for env, _ in envs[:2]:
+        names = [n for n in env.get("device_names") or [] if n != dev]
+        count = env.get("device_count")
+        if names:
+            first = names[0]
+            n = count if isinstance(count, int) else len(names)
+            bits.append("%s\u00d7 %s" % (n, first) if n and n > 1 else first)
+        elif count:
+            bits.append("%s device(s)" % count)
+    return "; ".join(bits)
 
 
-def _cell_html(cell: M.Cell, row: M.Row, dev: str, api: str,
-               first: bool) -> str:
-  cls = ["cell", CSS_CLASS[cell.status]]
-  if first:
-    cls.append("first")
-  sym, word = LABELS[cell.status]
-  runs = len(cell.results)
-  tooltip = "%s %s \u2014 %s%s: %s" % (
-      row.behaviour, row.method, dev, " " + api if api and row.api_split else "",
-      word)
-  if cell.message:
-    tooltip += "\n" + _short(cell.message, 400)
-  for note in cell.notes:
-    tooltip += "\n" + note
-  label = "%s %s" % (sym, word) if sym else word
-  if cell.status == M.FLAKY:
-    failed = sum(1 for r in cell.results if r.status == M.FAIL)
-    label += " %d/%d" % (failed, runs)
-  elif runs > 1 and cell.status in (M.PASS, M.FAIL):
-    label += " \u00d7%d" % runs
-  inner = '<span class="lbl">%s</span>' % esc(label)
-  if cell.link:
-    inner = '<a href="#%s">%s</a>' % (cell.link, inner)
-  extra = ""
-  if cell.status == M.DISABLED:
-    extra = '<span class="why">%s</span>' % esc(_short(cell.reason, 90))
-  elif cell.status == M.KNOWN_BUG:
-    bug = next((r.known_bug for r in cell.results if r.known_bug), None)
-    why = ("%s: %s" % (bug.get("issue", "?"), bug.get("summary", "")) if bug
-           else cell.message)
-    extra = '<span class="why">%s</span>' % esc(_short(why, 48))
-  elif cell.status in (M.FAIL, M.FLAKY, M.NO_RESULT, M.MALFORMED):
-    extra = '<span class="why">%s</span>' % esc(_short(cell.message, 48))
-  dur = fmt_duration(cell.duration)
-  if dur and cell.status not in (M.NOT_RUN, M.DISABLED, M.NA, M.SKIPPED):
-    extra += '<span class="dur">%s</span>' % esc(dur)
-  span = ' colspan="%d"' % cell.span if cell.span > 1 else ""
-  return '<td class="%s"%s title="%s">%s%s</td>' % (
-      " ".join(cls), span, esc(tooltip), inner, extra)
+def _cell_html(cell: M.Cell, row: M.Row, dev: str, api: str, first: bool) -> str:
+    cls = ["cell", CSS_CLASS[cell.status]]
+    if first:
+        cls.append("first")
+    sym, word = LABELS[cell.status]
+    runs = len(cell.results)
+    tooltip = "%s %s \u2014 %s%s: %s" % (
+        row.behaviour,
+        row.method,
+        dev,
+        " " + api if api and row.api_split else "",
+        word,
+    )
+    if cell.message:
+        tooltip += "\n" + _short(cell.message, 400)
+    for note in cell.notes:
+        tooltip += "\n" + note
+    label = "%s %s" % (sym, word) if sym else word
+    if cell.status == M.FLAKY:
+        failed = sum(1 for r in cell.results if r.status == M.FAIL)
+        label += " %d/%d" % (failed, runs)
+    elif runs > 1 and cell.status in (M.PASS, M.FAIL):
+        label += " \u00d7%d" % runs
+    inner = '<span class="lbl">%s</span>' % esc(label)
+    if cell.link:
+        inner = '<a href="#%s">%s</a>' % (cell.link, inner)
+    extra = ""
+    if cell.status == M.DISABLED:
+        extra = '<span class="why">%s</span>' % esc(_short(cell.reason, 90))
+    elif cell.status == M.KNOWN_BUG:
+        bug = next((r.known_bug for r in cell.results if r.known_bug), None)
+        why = "%s: %s" % (bug.get("issue", "?"), bug.get("summary", "")) if bug else cell.message
+        extra = '<span class="why">%s</span>' % esc(_short(why, 48))
+    elif cell.status in (M.FAIL, M.FLAKY, M.NO_RESULT, M.MALFORMED):
+        extra = '<span class="why">%s</span>' % esc(_short(cell.message, 48))
+    dur = fmt_duration(cell.duration)
+    if dur and cell.status not in (M.NOT_RUN, M.DISABLED, M.NA, M.SKIPPED):
+        extra += '<span class="dur">%s</span>' % esc(dur)
+    span = ' colspan="%d"' % cell.span if cell.span > 1 else ""
+    return '<td class="%s"%s title="%s">%s%s</td>' % (
+        " ".join(cls),
+        span,
+        esc(tooltip),
+        inner,
+        extra,
+    )
 
 
 def _matrix(report: M.Report) -> List[str]:
-  api_cols = report.apis or [""]
-  out = ['<table class="matrix">', "<thead>", '<tr class="dev">',
-         '<th rowspan="2" style="text-align:left">behaviour / test</th>']
-  for dev in report.devices:
-    cap = device_caption(report, dev)
-    out.append('<th colspan="%d">%s%s</th>' % (
-        len(api_cols), esc(dev),
-        "<small>%s</small>" % esc(cap) if cap else ""))
-  out.append("</tr>")
-  out.append('<tr class="api">')
-  for _ in report.devices:
-    for i, api in enumerate(api_cols):
-      out.append('<th%s>%s</th>' % (' class="first"' if i == 0 else "",
-                                    esc(column_heading(api))))
-  out.append("</tr></thead><tbody>")
-  ncols = len(report.devices) * len(api_cols)
-  for g in report.groups:
-    out.append('<tr class="group"><th colspan="%d">%s<span class="labels mono">'
-               '%s</span></th></tr>' % (
-                   ncols + 1, esc(g.behaviour), esc("  ".join(g.labels))))
-    for row in g.rows:
-      out.append('<tr><th class="rowhead mono">%s</th>' % esc(row.method))
-      for dev in report.devices:
+    api_cols = report.apis or [""]
+    out = [
+        '<table class="matrix">',
+        "<thead>",
+        '<tr class="dev">',
+        '<th rowspan="2" style="text-align:left">behaviour / test</th>',
+    ]
+    for dev in report.devices:
+        cap = device_caption(report, dev)
+        out.append(
+            '<th colspan="%d">%s%s</th>'
+            % (len(api_cols), esc(dev), "<small>%s</small>" % esc(cap) if cap else "")
+        )
+    out.append("</tr>")
+    out.append('<tr class="api">')
+    for _ in report.devices:
         for i, api in enumerate(api_cols):
-          cell = row.cells.get((dev, api))
-          if cell is None:
-            continue        # covered by a spanning cell
-          out.append(_cell_html(cell, row, dev, api, i == 0))
-      out.append("</tr>")
-  out.append("</tbody></table>")
-  return out
+            out.append(
+                "<th%s>%s</th>" % (' class="first"' if i == 0 else "", esc(column_heading(api)))
+            )
+    out.append("</tr></thead><tbody>")
+    ncols = len(report.devices) * len(api_cols)
+    for g in report.groups:
+        out.append(
+            '<tr class="group"><th colspan="%d">%s<span class="labels mono">'
+            "%s</span></th></tr>" % (ncols + 1, esc(g.behaviour), esc("  ".join(g.labels)))
+        )
+        for row in g.rows:
+            out.append('<tr><th class="rowhead mono">%s</th>' % esc(row.method))
+            for dev in report.devices:
+                for i, api in enumerate(api_cols):
+                    cell = row.cells.get((dev, api))
+                    if cell is None:
+                        continue  # covered by a spanning cell
+                    out.append(_cell_html(cell, row, dev, api, i == 0))
+            out.append("</tr>")
+    out.append("</tbody></table>")
+    return out
 
 
 def _environment(report: M.Report) -> List[str]:
-  out = ['<table class="env"><tr><th>device</th><th>torch</th>'
-         '<th>hardware</th><th>count</th><th>backend</th><th>world size</th>'
-         '<th>python</th></tr>']
-  for dev in report.devices:
-    envs = report.environments.get(dev)
-    if not envs:
-      why = ("no environment.json found" if dev in report.ran_devices
-             else "no results for this device")
-      out.append('<tr><td class="mono">%s</td><td colspan="6" style="color:#777">'
-                 '%s</td></tr>' % (esc(dev), why))
-      continue
-    for env, sources in envs:
-      hw = model.hardware_summary(env)
-      ws = sorted(w for w in env.get("_world_sizes", ()) if w is not None)
-      py = str(env.get("python", "")).split()[0] if env.get("python") else ""
-      out.append(
-          '<tr><td class="mono">%s</td><td class="torch mono">%s</td><td>%s</td>'
-          '<td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>' % (
-              esc(dev), esc(env.get("torch_version", "?")), esc(hw),
-              esc(env.get("device_count", "")), esc(env.get("backend", "")),
-              esc(", ".join(str(w) for w in ws)), esc(py)))
-  out.append("</table>")
-  if len({e.get("torch_version") for envs in report.environments.values()
-          for e, _ in envs}) > 1:
-    out.append('<p><b>Note:</b> results come from different torch builds.</p>')
-  return out
+    out = [
+        '<table class="env"><tr><th>device</th><th>torch</th>'
+        "<th>hardware</th><th>count</th><th>backend</th><th>world size</th>"
+        "<th>python</th></tr>"
+    ]
+    for dev in report.devices:
+        envs = report.environments.get(dev)
+        if not envs:
+            why = (
+                "no environment.json found"
+                if dev in report.ran_devices
+                else "no results for this device"
+            )
+            out.append(
+                '<tr><td class="mono">%s</td><td colspan="6" style="color:#777">'
+                "%s</td></tr>" % (esc(dev), why)
+            )
+            continue
+        for env, sources in envs:
+            hw = model.hardware_summary(env)
+            ws = sorted(w for w in env.get("_world_sizes", ()) if w is not None)
+            py = str(env.get("python", "")).split()[0] if env.get("python") else ""
+            out.append(
+                '<tr><td class="mono">%s</td><td class="torch mono">%s</td><td>%s</td>'
+                "<td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>"
+                % (
+                    esc(dev),
+                    esc(env.get("torch_version", "?")),
+                    esc(hw),
+                    esc(env.get("device_count", "")),
+                    esc(env.get("backend", "")),
+                    esc(", ".join(str(w) for w in ws)),
+                    esc(py),
+                )
+            )
+    out.append("</table>")
+    if len({e.get("torch_version") for envs in report.environments.values() for e, _ in envs}) > 1:
+        out.append("<p><b>Note:</b> results come from different torch builds.</p>")
+    return out
 
 
 def _known_bug(bug: dict) -> str:
-  """The box naming a result's known torch bug, with a link to the issue."""
-  issue = esc(bug.get("issue", "?"))
-  url = M.issue_url(bug.get("issue", ""))
-  if url:
-    issue = '<a href="%s">%s</a>' % (esc(url), issue)
-  return ('<div class="bug"><b>Known torch bug %s</b>: %s<br>seen on torch %s'
-          ' \u00b7 this run: torch %s, %s</div>' % (
-              issue, esc(bug.get("summary", "")), esc(bug.get("seen_on", "?")),
-              esc(bug.get("torch", "?")), esc(bug.get("outcome", "?"))))
+    """The box naming a result's known torch bug, with a link to the issue."""
+    issue = esc(bug.get("issue", "?"))
+    url = M.issue_url(bug.get("issue", ""))
+    if url:
+        issue = '<a href="%s">%s</a>' % (esc(url), issue)
+    return (
+        '<div class="bug"><b>Known torch bug %s</b>: %s<br>seen on torch %s'
+        " \u00b7 this run: torch %s, %s</div>"
+        % (
+            issue,
+            esc(bug.get("summary", "")),
+            esc(bug.get("seen_on", "?")),
+            esc(bug.get("torch", "?")),
+            esc(bug.get("outcome", "?")),
+        )
+    )
 
 
 def _detail(r: M.TestResult, report: M.Report) -> List[str]:
-  sym, word = LABELS[r.status]
-  api = (" \u00b7 " + r.api) if r.api else ""
-  title = "%s %s \u2014 %s \u203a %s \u2014 %s%s" % (
-      sym, word, r.behaviour, r.method or M.WHOLE_TARGET, r.device, api)
-  meta = [esc(r.where)]
-  if r.test_id:
-    meta.append("<code>%s</code>" % esc(r.test_id))
-  if r.duration is not None:
-    meta.append(esc(fmt_duration(r.duration)))
-  meta.append("from <code>%s</code>" % esc(r.source))
-  if r.log_path:
-    meta.append('log <code>%s</code>' % esc(r.log_path))
-  out = ['<section class="detail" id="%s">' % r.anchor,
-         '<a class="back" href="#matrix">\u2191 matrix</a>',
-         "<h3>%s</h3>" % esc(title),
-         '<div class="meta">%s</div>' % " \u00b7 ".join(meta)]
-  if r.known_bug:
-    out.append(_known_bug(r.known_bug))
-  if r.message and not (r.known_bug and r.message.strip()
-                        == M.describe_known_bug(r.known_bug)):
-    out.append('<pre class="msg">%s</pre>' % esc(r.message))
-  if r.text and r.text.strip() != r.message.strip():
-    what = "Traceback" if r.method else "Log"
-    out.append('<details open><summary>%s</summary><pre>%s</pre></details>'
-               % (what, esc(r.text)))
-  if r.rank_logs:
-    for name, text in r.rank_logs:
-      n = text.count("\n")
-      out.append('<details><summary>%s log (%d lines)</summary><pre>%s</pre>'
-                 '</details>' % (esc(name), n, esc(text)))
-  elif r.method is not None and r.status == M.FAIL and r.label.startswith("//"):
-    out.append('<div class="meta">No rank log output for this test in '
-               'test.outputs.</div>')
-  out.append("</section>")
-  return out
+    sym, word = LABELS[r.status]
+    api = (" \u00b7 " + r.api) if r.api else ""
+    title = "%s %s \u2014 %s \u203a %s \u2014 %s%s" % (
+        sym,
+        word,
+        r.behaviour,
+        r.method or M.WHOLE_TARGET,
+        r.device,
+        api,
+    )
+    meta = [esc(r.where)]
+    if r.test_id:
+        meta.append("<code>%s</code>" % esc(r.test_id))
+    if r.duration is not None:
+        meta.append(esc(fmt_duration(r.duration)))
+    meta.append("from <code>%s</code>" % esc(r.source))
+    if r.log_path:
+        meta.append("log <code>%s</code>" % esc(r.log_path))
+    out = [
+        '<section class="detail" id="%s">' % r.anchor,
+        '<a class="back" href="#matrix">\u2191 matrix</a>',
+        "<h3>%s</h3>" % esc(title),
+        '<div class="meta">%s</div>' % " \u00b7 ".join(meta),
+    ]
+    if r.known_bug:
+        out.append(_known_bug(r.known_bug))
+    if r.message and not (r.known_bug and r.message.strip() == M.describe_known_bug(r.known_bug)):
+        out.append('<pre class="msg">%s</pre>' % esc(r.message))
+    if r.text and r.text.strip() != r.message.strip():
+        what = "Traceback" if r.method else "Log"
+        out.append(
+            "<details open><summary>%s</summary><pre>%s</pre></details>" % (what, esc(r.text))
+        )
+    if r.rank_logs:
+        for name, text in r.rank_logs:
+            n = text.count("\n")
+            out.append(
+                "<details><summary>%s log (%d lines)</summary><pre>%s</pre>"
+                "</details>" % (esc(name), n, esc(text))
+            )
+    elif r.method is not None and r.status == M.FAIL and r.label.startswith("//"):
+        out.append('<div class="meta">No rank log output for this test in test.outputs.</div>')
+    out.append("</section>")
+    return out
 
 
 def render(report: M.Report, generated: str = "") -> str:
-  c = report.counts
-  out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-         "<title>FSDP conformance report</title>",
-         "<style>%s</style></head><body>" % CSS,
-         "<h1>FSDP conformance report</h1>"]
-  torch = sorted({str(e.get("torch_version")) for envs in
-                  report.environments.values() for e, _ in envs})
-  sub = []
-  if torch:
-    sub.append("torch <b class=\"mono\">%s</b>" % esc(", ".join(torch)))
-  if report.devices:
-    sub.append("devices: %s" % esc(", ".join(
-        d + (" (%s)" % device_caption(report, d) if device_caption(report, d)
-             else "") for d in report.devices)))
-  if generated:
-    sub.append("generated %s" % esc(generated))
-  out.append('<div class="sub">%s</div>' % " \u00b7 ".join(sub))
-  out.append('<div class="summary">')
-  known = c.get(M.KNOWN_BUG, 0)
-  for status, word in ((M.PASS, "passed"), (M.FAIL, "failed"),
-                       (M.KNOWN_BUG, "known torch bug" if known == 1
-                        else "known torch bugs"),
-                       (M.FLAKY, "flaky"), (M.DISABLED, "disabled"),
-                       (M.NOT_RUN, "not run"), (M.SKIPPED, "skipped"),
-                       (M.NO_RESULT, "no result"), (M.MALFORMED, "malformed")):
-    n = c.get(status, 0)
-    if status == M.FAIL:
-      n += known          # known torch bugs are failures too; named next
-    elif status == M.KNOWN_BUG and n:
-      word = "of these: " + word
-    if n or status in (M.PASS, M.FAIL, M.DISABLED, M.NOT_RUN):
-      out.append('<span class="badge %s"><b>%d</b>%s</span>' % (
-          CSS_CLASS[status], n, esc(word)))
-  out.append("</div>")
-  if report.problems:
-    out.append('<p><a href="#problems">%d problem(s) reading results</a></p>'
-               % len(report.problems))
+    c = report.counts
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>FSDP conformance report</title>",
+        "<style>%s</style></head><body>" % CSS,
+        "<h1>FSDP conformance report</h1>",
+    ]
+    torch = sorted(
+        {str(e.get("torch_version")) for envs in report.environments.values() for e, _ in envs}
+    )
+    sub = []
+    if torch:
+        sub.append('torch <b class="mono">%s</b>' % esc(", ".join(torch)))
+    if report.devices:
+        sub.append(
+            "devices: %s"
+            % esc(
+                ", ".join(
+                    d + (" (%s)" % device_caption(report, d) if device_caption(report, d) else "")
+                    for d in report.devices
+                )
+            )
+        )
+    if generated:
+        sub.append("generated %s" % esc(generated))
+    out.append('<div class="sub">%s</div>' % " \u00b7 ".join(sub))
+    out.append('<div class="summary">')
+    known = c.get(M.KNOWN_BUG, 0)
+    for status, word in (
+        (M.PASS, "passed"),
+        (M.FAIL, "failed"),
+        (M.KNOWN_BUG, "known torch bug" if known == 1 else "known torch bugs"),
+        (M.FLAKY, "flaky"),
+        (M.DISABLED, "disabled"),
+        (M.NOT_RUN, "not run"),
+        (M.SKIPPED, "skipped"),
+        (M.NO_RESULT, "no result"),
+        (M.MALFORMED, "malformed"),
+    ):
+        n = c.get(status, 0)
+        if status == M.FAIL:
+            n += known  # known torch bugs are failures too; named next
+        elif status == M.KNOWN_BUG and n:
+            word = "of these: " + word
+        if n or status in (M.PASS, M.FAIL, M.DISABLED, M.NOT_RUN):
+            out.append(
+                '<span class="badge %s"><b>%d</b>%s</span>' % (CSS_CLASS[status], n, esc(word))
+            )
+    out.append("</div>")
+    if report.problems:
+        out.append(
+            '<p><a href="#problems">%d problem(s) reading results</a></p>' % len(report.problems)
+        )
 
-  out.append('<h2 id="matrix">Results</h2>')
-  out.append('<div class="legend">' + "".join(
-      '<span class="%s">%s</span>' % (CSS_CLASS[s], esc(
-          (("%s %s" % LABELS[s]).strip() if s != M.NA else "\u2014 n/a")
-          + " \u2014 " + LEGEND[s]))
-      for s in LEGEND) + "</div>")
-  if not report.groups:
-    out.append("<p>No results found.</p>")
-  else:
-    out.extend(_matrix(report))
+    out.append('<h2 id="matrix">Results</h2>')
+    out.append(
+        '<div class="legend">'
+        + "".join(
+            '<span class="%s">%s</span>'
+            % (
+                CSS_CLASS[s],
+                esc(
+                    (("%s %s" % LABELS[s]).strip() if s != M.NA else "\u2014 n/a")
+                    + " \u2014 "
+                    + LEGEND[s]
+                ),
+            )
+            for s in LEGEND
+        )
+        + "</div>"
+    )
+    if not report.groups:
+        out.append("<p>No results found.</p>")
+    else:
+        out.extend(_matrix(report))
 
-  out.append('<h2 id="environment">Environment</h2>')
-  out.extend(_environment(report))
+    out.append('<h2 id="environment">Environment</h2>')
+    out.extend(_environment(report))
 
-  if report.details:
-    out.append('<h2 id="failures">Failures and missing results (%d)</h2>'
-               % len(report.details))
-    for r in report.details:
-      out.extend(_detail(r, report))
+    if report.details:
+        out.append('<h2 id="failures">Failures and missing results (%d)</h2>' % len(report.details))
+        for r in report.details:
+            out.extend(_detail(r, report))
 
-  if report.disabled:
-    out.append('<h2 id="disabled">Disabled targets (%d)</h2><ul class="plain">'
-               % len(report.disabled))
-    for t in report.disabled:
-      out.append("<li><code>%s</code> \u2014 %s</li>" % (
-          esc(t.label), esc(t.reason or "no reason given")))
+    if report.disabled:
+        out.append(
+            '<h2 id="disabled">Disabled targets (%d)</h2><ul class="plain">' % len(report.disabled)
+        )
+        for t in report.disabled:
+            out.append(
+                "<li><code>%s</code> \u2014 %s</li>"
+                % (esc(t.label), esc(t.reason or "no reason given"))
+            )
+        out.append("</ul>")
+
+    out.append('<h2 id="problems">Problems reading results (%d)</h2>' % len(report.problems))
+    if report.problems:
+        out.append('<ul class="problems">')
+        for p in report.problems:
+            out.append("<li><code>%s</code>: %s</li>" % (esc(p.source), esc(p.message)))
+        out.append("</ul>")
+    else:
+        out.append("<p>None.</p>")
+
+    out.append('<h2>Inputs</h2><ul class="plain">')
+    for i in report.inputs:
+        out.append("<li><code>%s</code></li>" % esc(i))
+    for n in report.notes:
+        out.append("<li>%s</li>" % esc(n))
     out.append("</ul>")
-
-  out.append('<h2 id="problems">Problems reading results (%d)</h2>'
-             % len(report.problems))
-  if report.problems:
-    out.append('<ul class="problems">')
-    for p in report.problems:
-      out.append("<li><code>%s</code>: %s</li>" % (esc(p.source),
-                                                   esc(p.message)))
-    out.append("</ul>")
-  else:
-    out.append("<p>None.</p>")
-
-  out.append("<h2>Inputs</h2><ul class=\"plain\">")
-  for i in report.inputs:
-    out.append("<li><code>%s</code></li>" % esc(i))
-  for n in report.notes:
-    out.append("<li>%s</li>" % esc(n))
-  out.append("</ul>")
-  out.append("<footer>%s \u00b7 written by tools/report/report.py</footer>"
-             % esc(report.summary()))
-  out.append("</body></html>")
-  return "\n".join(out) + "\n"
+    out.append(
+        "<footer>%s \u00b7 written by tools/report/report.py</footer>" % esc(report.summary())
+    )
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"

@@ -15,7 +15,6 @@ from testing.fsdp import compat
 
 
 class RemoteProbeTest(multirank.MultiRankTestCase):
-
     def test_all_reduce(self):
         t = torch.full((4,), float(self.rank + 1), device=self.device)
         dist.all_reduce(t)
@@ -30,7 +29,7 @@ class RemoteProbeTest(multirank.MultiRankTestCase):
         compat.fully_shard(model)
         inputs = torch.randn(self.world_size, 8)
         # Each rank gets its row; the reference sees the whole batch.
-        model(inputs[self.rank:self.rank + 1].to(self.device)).sum().backward()
+        model(inputs[self.rank : self.rank + 1].to(self.device)).sum().backward()
         reference(inputs).sum().backward()
         full_grad = model.weight.grad.full_tensor().cpu() * self.world_size
         torch.testing.assert_close(full_grad, reference.weight.grad)
