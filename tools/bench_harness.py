@@ -214,7 +214,10 @@ def _bench_pools(scope: str, n_classes: int, per_class: int):
         (others if cls in seen else firsts).append(seconds)
         seen.add(cls)
     later_firsts = firsts[1:]
-    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
+
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else float("nan")
+
     return firsts[0], mean(later_firsts), mean(others), total
 
 

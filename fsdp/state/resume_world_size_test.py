@@ -35,7 +35,7 @@ from torch.distributed.checkpoint import state_dict as dsd
 from torch.distributed.device_mesh import DeviceMesh
 
 from testing import dist_helpers, known_failures, multirank
-from testing.fsdp import cases, compat, data, models, params, parity, training, wrapping
+from testing.fsdp import cases, data, models, params, parity, training, wrapping
 
 SPEC = models.get("nested_mlp")
 SAVED_AT = 2  # steps before the checkpoint

@@ -5,8 +5,9 @@ SGD-with-momentum steps on rank-distinct data; its full parameters and losses
 must equal a model trained without FSDP on the concatenation of all ranks'
 batches. FSDP1: FULL_SHARD, SHARD_GRAD_OP and NO_SHARD. FSDP2:
 reshard_after_forward True and False (an int, which needs world size 4, is in
-reshard_to_subgroup_test.py, so that this file runs on 2 devices). Each is checked with nested units (every
-block its own unit, one unit nested inside another) and flat (root only).
+reshard_to_subgroup_test.py, so that this file runs on 2 devices). Each is checked
+with nested units (every block its own unit, one unit nested inside another) and
+flat (root only).
 """
 
 from absl.testing import parameterized

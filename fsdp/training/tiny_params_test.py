@@ -15,7 +15,6 @@ than ranks). Run at world sizes 1, 2 and (CPU) 4, see BUILD.bazel.
   changes nothing, bitwise.
 """
 
-import torch
 from absl.testing import parameterized
 
 from testing import multirank

@@ -15,7 +15,6 @@ from testing import multirank
 from testing.fsdp import compat
 from testing.fsdp import models
 from testing.fsdp import training
-from testing.fsdp import wrapping
 
 SPEC = models.get("uneven_mlp")
 

@@ -158,8 +158,9 @@ def _check(
             num_bad += 1
             problems.append(d.describe())
     if problems:
+        plural = what + ("es" if what.endswith("s") else "s")
         header = (
-            f"rank {_current_rank(rank)}: {num_bad} of {len(expected)} {what}{'es' if what.endswith('s') else 's'} differ"
+            f"rank {_current_rank(rank)}: {num_bad} of {len(expected)} {plural} differ"
             f" ({'; '.join(sorted(tol_desc)) or 'no tolerances applied'})"
         )
         if context:
@@ -210,7 +211,7 @@ def assert_tensors_close(
     atol: Optional[float] = None,
     context: str = "",
 ) -> None:
-    """Like :func:`assert_params_close` for a tensor, list or dict of tensors (e.g. outputs, losses)."""
+    """Like :func:`assert_params_close`, for a tensor, list or dict of tensors (outputs, losses)."""
     if isinstance(actual, (int, float)):
         actual = torch.tensor(actual, dtype=torch.float64)
     if isinstance(expected, (int, float)):

@@ -8,7 +8,6 @@ import os
 import signal
 import time
 
-from absl.testing import absltest
 import torch
 import torch.distributed as dist
 

@@ -195,7 +195,7 @@ def wait_port(port, pid, what, log, seconds=60):
 def tail(log, n=1):
     try:
         with open(log, errors="replace") as fh:
-            lines = [l.strip() for l in fh if l.strip()]
+            lines = [line.strip() for line in fh if line.strip()]
         return " | ".join(lines[-n:]) if lines else "(no output)"
     except OSError:
         return "(no log)"

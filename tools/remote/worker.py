@@ -34,11 +34,9 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import threading
-import time
 import uuid
 
 import grpc
@@ -565,7 +563,7 @@ class Worker:
             else:
                 lease.state = bots_pb2.ACTIVE
             session.leases.append(lease)
-        reported = {l.id for l in session.leases if l.state == bots_pb2.COMPLETED}
+        reported = {done.id for done in session.leases if done.state == bots_pb2.COMPLETED}
         session = self._call(
             self.bots.UpdateBotSession,
             bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session),

@@ -208,7 +208,9 @@ def split_sections(text: str) -> List[Tuple[str, str]]:
 
 
 def _id_matches(header: str, classname: str, name: str) -> bool:
-    base = lambda s: s.split(" (")[0].strip()
+    def base(s):
+        return s.split(" (")[0].strip()
+
     header, name = base(header), base(name)
     if classname and header == classname + "." + name:
         return True
@@ -384,8 +386,8 @@ def _case_status(case: ET.Element) -> Tuple[str, str, str]:
         if prop.get("name") == "EXPECTED_FAILURE":
             # absl records an expected failure's traceback as a property.
             text = prop.get("value") or ""
-            lines = [l for l in text.strip().splitlines() if l.strip()]
-            known = [l for l in lines if l.startswith("known torch bug")]
+            lines = [line for line in text.strip().splitlines() if line.strip()]
+            known = [line for line in lines if line.startswith("known torch bug")]
             return M.KNOWN_BUG, (known or lines or ["expected failure"])[0], text
     if case.get("status") == "notrun" or case.get("result") == "suppressed":
         return M.SKIPPED, "not run (suppressed)", ""

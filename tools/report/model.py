@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 _TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _TOOLS not in sys.path:
     sys.path.append(_TOOLS)
-import device_table  # pylint: disable=g-import-not-at-top,wrong-import-position
+import device_table  # noqa: E402 (importable only once _TOOLS is on sys.path)
 
 _DEVICE_TABLE = device_table.load().DEVICES
 
@@ -661,12 +661,15 @@ def _group_environments(
 ) -> Dict[str, List[Tuple[dict, List[str]]]]:
     """Per device, the distinct environments (world sizes merged) and sources."""
     envs: Dict[str, List[Tuple[dict, List[str]]]] = {}
+
     # Per-run facts (which devices a test was given) do not split an environment.
-    strip = lambda e: {
-        k: v
-        for k, v in e.items()
-        if k not in ("world_size", "passed_env", "device_uuids") and not k.startswith("_")
-    }
+    def strip(e):
+        return {
+            k: v
+            for k, v in e.items()
+            if k not in ("world_size", "passed_env", "device_uuids") and not k.startswith("_")
+        }
+
     for dev, env, src in environments:
         lst = envs.setdefault(dev, [])
         for known, srcs in lst:

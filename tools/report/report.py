@@ -86,7 +86,9 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     ws = _workspace()
-    resolve = lambda p: p if os.path.isabs(p) else os.path.join(ws, p)
+
+    def resolve(p):
+        return p if os.path.isabs(p) else os.path.join(ws, p)
 
     testlogs = list(args.testlogs)
     if not testlogs and not args.junit:

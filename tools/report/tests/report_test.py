@@ -37,11 +37,12 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _TOOL = os.path.dirname(_HERE)
 sys.path.insert(0, _TOOL)
 
-import collect  # pylint: disable=g-import-not-at-top,wrong-import-position
-import model
-import render_html
-import render_md
-import report
+# The report's modules import each other by bare name, as tools/report/report.py runs them,
+# so they can only be imported once their directory is on sys.path (the line above).
+import collect  # noqa: E402
+import model  # noqa: E402
+import render_md  # noqa: E402
+import report  # noqa: E402
 
 DATA = os.path.join(_HERE, "testdata")
 CPU = os.path.join(DATA, "cpu")
