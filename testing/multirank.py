@@ -111,6 +111,7 @@ class MultiRankTestCase(absltest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
+        """Ends the class's own rank pool (a session-wide pool is left running)."""
         # A session-wide pool outlives the class; close_session_pools() ends it.
         pool = cls.__dict__.get("_pool")
         if pool is not None:
@@ -125,6 +126,7 @@ class MultiRankTestCase(absltest.TestCase):
         pass
 
     def run(self, result=None):
+        """Runs the test, as an expected failure where its known torch bug applies here."""
         # unittest reads this before the test runs: a case whose known torch bug
         # must reproduce here is an expected failure, and passing is unexpected.
         bug = type(self).known_failures.get(self._testMethodName)

@@ -250,6 +250,7 @@ def _print_pools_table() -> None:
 
 
 def main(argv):
+    """Prints the benchmark tables chosen by --sections."""
     del argv
     os.environ["BENCH_HARNESS_WORKLOAD"] = _WORKLOAD.value
     if "pools" in _SECTIONS.value:

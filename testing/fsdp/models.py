@@ -133,6 +133,7 @@ class NestedMLP(nn.Module):
         self.out = nn.Linear(dim, out_dim)
 
     def forward(self, x):
+        """Input layer, the nested blocks, then the output layer."""
         return self.out(self.layers(torch.relu(self.inp(x))))
 
 
@@ -162,6 +163,7 @@ class SharedTwice(nn.Module):
         self.out = nn.Linear(dim, out_dim)
 
     def forward(self, x):
+        """Applies the shared layer twice, the second time to a shifted input."""
         h = torch.relu(self.inp(x))
         h = self.shared(h)
         h = self.shared(h * 0.5 + 1.0)
@@ -238,6 +240,7 @@ class TiedTransformer(nn.Module):
         self.register_buffer("causal_mask", mask, persistent=False)
 
     def forward(self, tokens):
+        """Logits for each position of `tokens` under the causal mask."""
         t = tokens.shape[1]
         x = self.embed(tokens) + self.pos[:t].to(self.embed.weight.dtype)
         for layer in self.layers:
@@ -306,6 +309,7 @@ class OddTransformer(nn.Module):
         self.register_buffer("causal_mask", mask, persistent=False)
 
     def forward(self, tokens):
+        """Logits for each position of `tokens` under the causal mask."""
         t = tokens.shape[1]
         x = self.embed(tokens) + self.pos[:t]
         for layer in self.layers:
@@ -355,6 +359,7 @@ class UnevenMLP(nn.Module):
         self.scale = nn.Parameter(torch.ones(1))  # fewer elements than ranks
 
     def forward(self, x):
+        """Three uneven Linear layers, scaled by the root parameter."""
         return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x))))) * self.scale
 
 
@@ -384,6 +389,7 @@ class BatchNormMLP(nn.Module):
         )
 
     def forward(self, x):
+        """The BatchNorm block, then the head."""
         return self.head(self.block(x))
 
 
@@ -413,6 +419,7 @@ class FrozenBackboneMLP(nn.Module):
         self.backbone.requires_grad_(False)
 
     def forward(self, x):
+        """The (frozen) backbone, then the trainable head."""
         return self.head(torch.relu(self.backbone(x)))
 
 
@@ -466,6 +473,7 @@ class PartlyUsed(nn.Module):
         self.out = nn.Linear(dim, out_dim)
 
     def forward(self, x, step: int = 0):
+        """Outputs for `step`: the branch runs on odd steps, the shift on even ones."""
         h = torch.relu(self.inp(x))
         if step % 2 == 1:
             h = h + self.branch(h)
@@ -528,6 +536,7 @@ class TinyParams(nn.Module):
         self.offset = nn.Parameter(torch.zeros(1))
 
     def forward(self, x):
+        """Projection, one-row head, then the one-element gain and offset."""
         return self.gain(self.head(torch.tanh(self.proj(x)))) + self.offset
 
 
@@ -572,6 +581,7 @@ class DictOutputs(nn.Module):
         self.head = nn.Linear(dim, out_dim)
 
     def forward(self, x):
+        """The dict of tensors and non-tensors described in the class docstring."""
         o = self.block(torch.relu(self.inp(x)), mask=None)
         y = self.head(o["h"] + o["parts"][0])
         return {

@@ -55,6 +55,7 @@ class Unit(nn.Module):
         self.trace: Trace = None
 
     def forward(self, x):
+        """tanh of the layer's output, traced when a trace callback is set."""
         if self.trace is not None:
             # Runs inside the module's forward, so after FSDP's pre-forward unshard.
             self.trace(f"forward {self.name}")
@@ -78,6 +79,7 @@ class SizedChain(nn.Module):
         self.head = nn.Linear(_DIMS[-1], OUT_DIM)
 
     def forward(self, x):
+        """The chain of units, then the root's head applied functionally, scaled."""
         return F.linear(self.layers(x), self.head.weight, self.head.bias) * self.scale
 
 

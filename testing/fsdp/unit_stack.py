@@ -25,6 +25,7 @@ class UnitStack(nn.Module):
         )
 
     def forward(self, x):
+        """Runs the stacked units in order."""
         return self.layers(x)
 
 

@@ -40,6 +40,7 @@ def _problem(quick):
 
 
 def main():
+    """Prints what is missing (returns 1) or the installed versions (returns 0)."""
     quick = "--quick" in sys.argv[1:]
     problem = _problem(quick)
     if problem:

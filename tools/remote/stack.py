@@ -37,10 +37,11 @@ DEVICES = tuple(device_table.load().DEVICES)
 
 
 class Error(Exception):
-    pass
+    """A failure to report in one line, without a traceback."""
 
 
 def say(msg):
+    """Prints a progress or error line on stderr."""
     print(f"{ME}: {msg}", file=sys.stderr, flush=True)
 
 
@@ -62,6 +63,7 @@ def pg_bindir():
 
 
 def ensure_postgres():
+    """Directory of the PostgreSQL binaries, installing them with apt-get if root."""
     bindir = pg_bindir()
     if bindir:
         return bindir
@@ -120,6 +122,7 @@ def ensure_venv():
 
 
 def port_free(port):
+    """Whether `port` on 127.0.0.1 can be bound now."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         s.bind(("127.0.0.1", port))
@@ -131,6 +134,7 @@ def port_free(port):
 
 
 def free_port():
+    """A port on 127.0.0.1 that the kernel reports free now."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -139,6 +143,7 @@ def free_port():
 
 
 def alive(pid):
+    """Whether process `pid` exists and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -154,6 +159,7 @@ def alive(pid):
 
 
 def runuser():
+    """Path of runuser, used to start PostgreSQL as `postgres` when root."""
     found = shutil.which("runuser") or next(
         (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.path.exists(p)), None
     )
@@ -180,6 +186,7 @@ def spawn(cmd, log, user=None, env=None):
 
 
 def wait_port(port, pid, what, log, seconds=60):
+    """Waits until `port` accepts connections; raises if `pid` exits or time runs out."""
     deadline = time.time() + seconds
     while time.time() < deadline:
         if not alive(pid):
@@ -193,6 +200,7 @@ def wait_port(port, pid, what, log, seconds=60):
 
 
 def tail(log, n=1):
+    """The last `n` non-empty lines of `log`, joined with ` | `."""
     try:
         with open(log, errors="replace") as fh:
             lines = [line.strip() for line in fh if line.strip()]
@@ -252,6 +260,7 @@ def property_labels(workers):
 
 
 def server_config(port, db_url, cas_dir, workers):
+    """BuildGrid's YAML configuration for the given port, database, CAS and workers."""
     labels = property_labels(workers)
     label_yaml = "".join(
         f"          - label: {name}\n            properties:\n"
@@ -317,6 +326,7 @@ instances:
 
 
 def load_state():
+    """The saved state of the running stack, or None if there is none."""
     try:
         with open(STATE_FILE) as fh:
             return json.load(fh)
@@ -325,6 +335,7 @@ def load_state():
 
 
 def save_state(state):
+    """Writes the stack's state atomically (temporary file, then rename)."""
     tmp = STATE_FILE + ".tmp"
     with open(tmp, "w") as fh:
         json.dump(state, fh, indent=2)
@@ -332,6 +343,7 @@ def save_state(state):
 
 
 def parse_worker_specs(args):
+    """The workers to start, from --workers, --device, --gpus and --extra-worker."""
     properties = []
     for prop in args.require_property or []:
         key, eq, value = prop.partition("=")
@@ -614,6 +626,7 @@ def start_workers(state, venv, log_dir):
 
 
 def stop(args):
+    """Stops the workers, the server, then PostgreSQL, and removes the saved state."""
     state = load_state()
     if not state:
         if getattr(args, "purge", False):
@@ -649,6 +662,7 @@ def stop(args):
 
 
 def status(_args):
+    """Prints each process of the stack and whether it runs; 0 if all do."""
     state = load_state()
     if not state:
         print("not running")
@@ -660,6 +674,7 @@ def status(_args):
 
 
 def main(argv=None):
+    """Parses the command line and runs start, stop or status."""
     p = argparse.ArgumentParser(prog=ME)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("start", help="start PostgreSQL, BuildGrid and workers")

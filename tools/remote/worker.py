@@ -71,6 +71,7 @@ def _sha256(data):
 
 
 def digest_of(data):
+    """The REAPI digest (SHA-256 and size) of `data`."""
     return re_pb2.Digest(hash=_sha256(data), size_bytes=len(data))
 
 
@@ -294,9 +295,11 @@ class Job:
         self.thread = threading.Thread(target=self._run, name=f"job-{lease.id}", daemon=True)
 
     def start(self):
+        """Starts executing the lease in the job's thread."""
         self.thread.start()
 
     def cancel(self):
+        """Cancels the job, killing the action's process group if it runs."""
         self.cancelled = True
         proc = self.proc
         if proc and proc.poll() is None:
@@ -458,6 +461,8 @@ def _now(ts):
 
 
 class Worker:
+    """A REAPI bot: holds a bot session and executes the leases it is given."""
+
     def __init__(self, args):
         self.args = args
         self.bot_id = f"{socket.gethostname()}-{args.name}"
@@ -473,6 +478,7 @@ class Worker:
         self.jobs = {}  # lease id -> Job
 
     def properties(self):
+        """The platform properties this worker advertises, as (key, value) pairs."""
         props = [("device", self.args.device)]
         if self.args.gpus:
             props += [("gpus", str(n)) for n in range(1, self.args.gpus + 1)]
@@ -495,6 +501,7 @@ class Worker:
         return bots_pb2.BotSession(bot_id=self.bot_id, status=bots_pb2.OK, worker=worker)
 
     def run(self):
+        """Creates and updates the bot session, running leases until stopped."""
         os.makedirs(self.work_dir, exist_ok=True)
         session = None
         while not self.stopping.is_set():
@@ -620,6 +627,7 @@ class Worker:
 
 
 def main(argv=None):
+    """Parses the command line and runs one worker until it is stopped."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--server", required=True, help="grpc://HOST:PORT of the Bots service")
     p.add_argument("--instance", default="", help="REAPI instance name (default: '')")

@@ -29,6 +29,7 @@ _SECTION_RE = re.compile(r"^==== (.+?) ====\s*$")
 
 
 def tail(text: str, limit: int = MAX_LOG_CHARS) -> str:
+    """The last `limit` characters of `text`, cut at a line start and marked as cut."""
     if len(text) <= limit:
         return text
     cut = text[-limit:]
@@ -57,6 +58,7 @@ def _float(value) -> Optional[float]:
 
 
 def parse_query_xml(text: str, source: str, package: str = "fsdp") -> M.Collected:
+    """Targets (device, world size, API, disabled reason) from `bazel query --output=xml`."""
     out = M.Collected()
     out.inputs.append("targets: " + source)
     try:
@@ -182,6 +184,7 @@ class Outputs:
                 self.files.setdefault(name, lambda n=name: reader(n))
 
     def read(self, rel: str) -> Optional[str]:
+        """The text of output file `rel`, or None if absent."""
         fn = self.files.get(rel)
         return fn() if fn else None
 
@@ -333,6 +336,7 @@ def apply_known_failures(results: List[M.TestResult], records: Dict[str, Dict[st
 
 
 def read_environment(outputs: Outputs, source: str, problems: List[M.Problem]) -> Optional[dict]:
+    """The run's environment.json as a dict, or None; parse errors go to `problems`."""
     text = outputs.read("environment.json")
     if text is None:
         for rel in outputs.files:

@@ -87,6 +87,7 @@ class TestResult:
 
     @property
     def where(self) -> str:
+        """The result's target label, with its shard and run if any."""
         bits = [self.label]
         if self.shard:
             bits.append("shard " + self.shard)
@@ -111,6 +112,8 @@ class TargetInfo:
 
 @dataclasses.dataclass
 class Problem:
+    """An input that could not be read or understood, and why."""
+
     source: str
     message: str
 
@@ -129,6 +132,7 @@ class Collected:
     have_query: bool = False
 
     def merge(self, other: "Collected") -> None:
+        """Appends everything read by `other` to this collection."""
         self.results.extend(other.results)
         self.targets.update(other.targets)
         self.environments.extend(other.environments)
@@ -140,6 +144,8 @@ class Collected:
 
 @dataclasses.dataclass
 class Cell:
+    """One cell of the matrix: a status and the results behind it."""
+
     status: str
     results: List[TestResult] = dataclasses.field(default_factory=list)
     reason: str = ""  # disabled reason / n/a explanation
@@ -148,6 +154,7 @@ class Cell:
 
     @property
     def duration(self) -> Optional[float]:
+        """Total duration of the cell's results, or None if none recorded one."""
         times = [r.duration for r in self.results if r.duration is not None]
         return sum(times) if times else None
 
@@ -161,6 +168,7 @@ class Cell:
 
     @property
     def message(self) -> str:
+        """The first failure message among the results, else the cell's reason."""
         for r in self.results:
             if r.status in NEEDS_DETAIL and r.message:
                 return r.message
@@ -169,6 +177,8 @@ class Cell:
 
 @dataclasses.dataclass
 class Row:
+    """One row of the matrix: a test method and its cells per (device, API)."""
+
     behaviour: str
     method: str
     api_split: bool  # False: one cell spans all APIs
@@ -177,6 +187,8 @@ class Row:
 
 @dataclasses.dataclass
 class Group:
+    """The rows of one behaviour (one test file)."""
+
     behaviour: str
     labels: List[str]
     rows: List[Row]
@@ -184,6 +196,8 @@ class Group:
 
 @dataclasses.dataclass
 class Report:
+    """The arranged report the renderers read."""
+
     devices: List[str]
     apis: List[str]  # API columns under each device ("" = none)
     groups: List[Group]
@@ -197,6 +211,7 @@ class Report:
     ran_devices: Tuple[str, ...] = ()  # devices with at least one result
 
     def summary(self) -> str:
+        """The one-line count: passed, failed, disabled and not run."""
         c = self.counts
         # Known torch bugs are failures of conformance: counted as failed, and
         # named so that a reader sees how many of the failures are explained.
@@ -438,6 +453,7 @@ def _order(values, known) -> List[str]:
 
 
 def aggregate(results: List[TestResult]) -> str:
+    """The status of a cell from its results, the most severe first."""
     statuses = [r.status for r in results]
     failing = [s for s in statuses if s == FAIL]
     if failing:

@@ -126,10 +126,12 @@ footer { margin-top: 30px; color: #777; font-size: 12px; }
 
 
 def esc(s) -> str:
+    """`s` escaped for HTML text and attributes (None as empty)."""
     return html.escape("" if s is None else str(s), quote=True)
 
 
 def fmt_duration(sec: Optional[float]) -> str:
+    """A duration in seconds as a short string (1.23s, 12.3s, 2m05s)."""
     if sec is None:
         return ""
     if sec < 10:
@@ -145,10 +147,12 @@ def _short(text: str, n: int) -> str:
 
 
 def column_heading(api: str) -> str:
+    """The heading of an API column."""
     return api or "all APIs"
 
 
 def device_caption(report: M.Report, dev: str) -> str:
+    """A device column's caption: its hardware and count, from the environments."""
     envs = report.environments.get(dev) or []
     bits = []
     for env, _ in envs[:2]:
@@ -361,6 +365,7 @@ def _detail(r: M.TestResult, report: M.Report) -> List[str]:
 
 
 def render(report: M.Report, generated: str = "") -> str:
+    """The report as one self-contained HTML page."""
     c = report.counts
     out = [
         "<!DOCTYPE html>",

@@ -74,6 +74,7 @@ def _cell(cell: M.Cell) -> str:
 
 
 def render(report: M.Report, generated: str = "") -> str:
+    """The report as Markdown."""
     out: List[str] = ["# FSDP conformance report", ""]
     out.append("**%s**" % report.summary())
     out.append("")

@@ -41,6 +41,7 @@ def _workspace() -> str:
 
 
 def parse_args(argv):
+    """Parses report.py's command line."""
     p = argparse.ArgumentParser(
         prog="report.py", description="Write an HTML + Markdown FSDP conformance report."
     )
@@ -84,6 +85,7 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
+    """Reads the inputs, writes the HTML and Markdown report; returns the exit status."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     ws = _workspace()
 
