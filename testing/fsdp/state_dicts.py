@@ -39,3 +39,10 @@ def dcp_load(model: nn.Module, api: str, path: str, process_group=None) -> None:
         state = model.state_dict()
         dcp.load(state, checkpoint_id=path, process_group=process_group)
         model.load_state_dict(state)
+
+
+def local_numel(tensor) -> int:
+    """Elements this rank holds of a ShardedTensor (FSDP1) or DTensor (FSDP2) value."""
+    if compat.is_dtensor(tensor):
+        return tensor.to_local().numel()
+    return sum(shard.tensor.numel() for shard in tensor.local_shards())
