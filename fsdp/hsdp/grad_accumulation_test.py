@@ -23,7 +23,15 @@ whose accumulated part misses the replica all-reduce, diverges.
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import collective_spy, data, meshes, models, params, parity, training
+from testing.fsdp import (
+    accumulation,
+    collective_spy,
+    data,
+    meshes,
+    models,
+    params,
+    training,
+)
 from testing.fsdp import wrapping
 
 SPEC = models.get("nested_mlp")
@@ -40,16 +48,6 @@ CASES = (
 
 def _micro_batch(rank, index, device):
     return data.rank_batch(SPEC, seed=0, rank=rank, step=index, device=device)
-
-
-def _reference(world_size, device):
-    """A plain model after backward of the mean loss over every rank's micro-batches."""
-    model = SPEC.build(seed=0).to(device)
-    for rank in range(world_size):
-        for index in range(MICRO_BATCHES):
-            inputs, targets = _micro_batch(rank, index, device)
-            (SPEC.loss_fn(model(inputs), targets) / (MICRO_BATCHES * world_size)).backward()
-    return model
 
 
 class HsdpGradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCase):
@@ -114,21 +112,14 @@ class HsdpGradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCa
         optimizer.step()
         actual = params.full_params(model)
 
-        reference = _reference(self.world_size, self.device)
-        ref_grads = {name: p.grad for name, p in reference.named_parameters()}
-        training.default_optimizer(reference.parameters()).step()
-        self.assertNotEmpty(
+        accumulation.check_synchronized_step(
             calls,
-            f"rank {self.rank}: no gradient collective in the synchronized micro-batch, {context}",
-        )
-        parity.assert_params_close(
             grads,
-            ref_grads,
-            what="gradient",
-            context=f"{context}, after the synchronized micro-batch",
-        )
-        parity.assert_params_close(
-            actual, params.full_params(reference), context=f"{context}, after the optimizer step"
+            actual,
+            accumulation.reference(
+                SPEC, range(self.world_size), MICRO_BATCHES, MICRO_BATCHES, self.device
+            ),
+            context,
         )
 
 
