@@ -130,11 +130,14 @@ class CastForwardInputsTest(multirank.MultiRankTestCase, parameterized.TestCase)
         self.assertLen(outputs, STEPS, f"{context}: forward calls of the model")
         self.assertEqual(set(outputs), {FP32}, f"{context}: dtype of the model's output")
         rtol, atol = parity.tolerance(BF16)
-        parity.assert_params_close(
-            actual, params.full_params(ref), rtol=rtol, atol=atol, rank=self.rank, context=context
-        )
-        parity.assert_tensors_close(
-            losses, ref_losses, name="loss", rtol=rtol, atol=atol, context=context
+        training.assert_matches_reference(
+            actual,
+            params.full_params(ref),
+            losses,
+            ref_losses,
+            rtol=rtol,
+            atol=atol,
+            context=context,
         )
 
 

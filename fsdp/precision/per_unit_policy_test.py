@@ -98,11 +98,14 @@ class PerUnitPolicyTest(multirank.MultiRankTestCase, parameterized.TestCase):
             )
         self.assertEqual(grad_dtypes, {FP32}, f"{context}: gradient dtypes after backward")
         rtol, atol = parity.tolerance(BF16)
-        parity.assert_params_close(
-            actual, params.full_params(ref), rtol=rtol, atol=atol, rank=self.rank, context=context
-        )
-        parity.assert_tensors_close(
-            losses, ref_losses, name="loss", rtol=rtol, atol=atol, context=context
+        training.assert_matches_reference(
+            actual,
+            params.full_params(ref),
+            losses,
+            ref_losses,
+            rtol=rtol,
+            atol=atol,
+            context=context,
         )
 
 

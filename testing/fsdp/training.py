@@ -226,15 +226,47 @@ def check_against_reference(
     dtype = wrapping.compute_dtype(wrap_options.get("mixed_precision"))
     context = f"model={spec.name} api={api} steps={steps}"
     actual = params.full_params(model, buffers=buffers)  # collective: before any assert
-    parity.assert_params_close(
+    assert_matches_reference(
         actual,
         params.full_params(ref, buffers=buffers),
+        losses,
+        ref_losses,
         dtype=dtype,
         rtol=rtol,
         atol=atol,
         context=context,
     )
-    parity.assert_tensors_close(
-        losses, ref_losses, name="loss", dtype=dtype, rtol=rtol, atol=atol, context=context
-    )
     return {"model": model, "reference": ref, "losses": losses, "reference_losses": ref_losses}
+
+
+def assert_matches_reference(
+    actual: Dict[str, torch.Tensor],
+    expected: Dict[str, torch.Tensor],
+    losses: Sequence[float],
+    reference_losses: Sequence[float],
+    *,
+    dtype: Optional[torch.dtype] = None,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
+    rank: Optional[int] = None,
+    context: str = "",
+) -> None:
+    """Asserts full parameters, then per-step losses, match a reference run's.
+
+    ``actual`` and ``expected`` are ``params.full_params`` of the trained model
+    (gathered on every rank before calling) and of the reference; the keyword
+    arguments go to both ``parity`` assertions.
+    """
+    parity.assert_params_close(
+        actual, expected, rank=rank, dtype=dtype, rtol=rtol, atol=atol, context=context
+    )
+    parity.assert_tensors_close(
+        losses,
+        reference_losses,
+        name="loss",
+        rank=rank,
+        dtype=dtype,
+        rtol=rtol,
+        atol=atol,
+        context=context,
+    )
