@@ -24,7 +24,6 @@ from absl.testing import parameterized
 
 from testing import multirank
 from testing.fsdp import cases
-from testing.fsdp import collective_spy
 from testing.fsdp import models
 from testing.fsdp import params
 from testing.fsdp import parity
@@ -61,23 +60,19 @@ class PerUnitPolicyTest(multirank.MultiRankTestCase, parameterized.TestCase):
             )
         model = wrapping.wrap(model, api, UNITS, device=self.device, unit_mixed_precision=POLICIES)
         optimizer = training.default_optimizer(model.parameters())
-        grad_dtypes, reductions = set(), []
+        grad_dtypes = set()
 
         def record_grads(m, step):
             grad_dtypes.update(p.grad.dtype for p in m.parameters() if p.grad is not None)
 
-        losses = []
-        for step in range(STEPS):
-            with collective_spy.record_reductions() as calls:
-                losses += training.train(
-                    model,
-                    SPEC,
-                    steps=[step],
-                    optimizer=optimizer,
-                    device=self.device,
-                    before_step=record_grads,
-                )
-            reductions.append(calls)
+        losses, reductions = training.train_recording_reductions(
+            model,
+            SPEC,
+            steps=STEPS,
+            optimizer=optimizer,
+            device=self.device,
+            before_step=record_grads,
+        )
         ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
         actual = params.full_params(model)  # collective: before any assert
 

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from testing.fsdp import compat, data, params, parity, wrapping
+from testing.fsdp import collective_spy, compat, data, params, parity, wrapping
 from testing.fsdp.models import ModelSpec
 
 OptimFn = Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer]
@@ -270,3 +270,36 @@ def assert_matches_reference(
         atol=atol,
         context=context,
     )
+
+
+def train_recording_reductions(
+    model: nn.Module,
+    spec: ModelSpec,
+    *,
+    steps: int,
+    optimizer: torch.optim.Optimizer,
+    device=None,
+    before_step: Optional[Callable[[nn.Module, int], None]] = None,
+    before_each: Optional[Callable[[int], None]] = None,
+) -> Tuple[List[float], List[List[Tuple[str, Optional[torch.dtype]]]]]:
+    """:func:`train` one step at a time, recording each step's reduce-scatters.
+
+    ``before_each(step)`` runs before the step (outside the recording). Returns
+    ``(losses, reductions)``: ``reductions[step]`` is
+    ``collective_spy.record_reductions``' ``(name, input dtype)`` list of that step.
+    """
+    losses, reductions = [], []
+    for step in range(steps):
+        if before_each is not None:
+            before_each(step)
+        with collective_spy.record_reductions() as calls:
+            losses += train(
+                model,
+                spec,
+                steps=[step],
+                optimizer=optimizer,
+                device=device,
+                before_step=before_step,
+            )
+        reductions.append(calls)
+    return losses, reductions
