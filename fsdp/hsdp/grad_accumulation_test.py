@@ -29,7 +29,6 @@ from testing.fsdp import (
     data,
     meshes,
     models,
-    params,
     training,
 )
 from testing.fsdp import wrapping
@@ -106,20 +105,14 @@ class HsdpGradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCa
             model.set_requires_gradient_sync(True)
         elif mode == "no_all_reduce":
             model.set_requires_all_reduce(True)
-        with collective_spy.record_reductions(collective_spy.GRADIENT_REDUCTIONS) as calls:
-            self._backward(model, MICRO_BATCHES - 1)
-        grads = params.full_grads(model)
-        optimizer.step()
-        actual = params.full_params(model)
-
         accumulation.check_synchronized_step(
-            calls,
-            grads,
-            actual,
-            accumulation.reference(
-                SPEC, range(self.world_size), MICRO_BATCHES, MICRO_BATCHES, self.device
-            ),
-            context,
+            model,
+            optimizer,
+            lambda: self._backward(model, MICRO_BATCHES - 1),
+            SPEC,
+            micro_batches=MICRO_BATCHES,
+            device=self.device,
+            context=context,
         )
 
 

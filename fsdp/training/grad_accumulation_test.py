@@ -22,7 +22,6 @@ from testing.fsdp import cases
 from testing.fsdp import collective_spy
 from testing.fsdp import data
 from testing.fsdp import models
-from testing.fsdp import params
 from testing.fsdp import parity
 from testing.fsdp import training
 from testing.fsdp import wrapping
@@ -83,20 +82,14 @@ class GradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCase):
         if api == "fsdp2":
             model.set_requires_gradient_sync(True)
         inputs, targets = _micro_batch(self.rank, MICRO_BATCHES - 1, self.device)
-        with collective_spy.record_reductions(collective_spy.GRADIENT_REDUCTIONS) as calls:
-            (SPEC.loss_fn(model(inputs), targets) / MICRO_BATCHES).backward()
-        grads = params.full_grads(model)
-        optimizer.step()
-        actual = params.full_params(model)
-
         accumulation.check_synchronized_step(
-            calls,
-            grads,
-            actual,
-            accumulation.reference(
-                SPEC, range(self.world_size), MICRO_BATCHES, MICRO_BATCHES, self.device
-            ),
-            f"api={api}",
+            model,
+            optimizer,
+            lambda: (SPEC.loss_fn(model(inputs), targets) / MICRO_BATCHES).backward(),
+            SPEC,
+            micro_batches=MICRO_BATCHES,
+            device=self.device,
+            context=f"api={api}",
         )
 
 

@@ -7,12 +7,12 @@ rank's micro-batches; :func:`check_synchronized_step` compares the FSDP run's
 gradients and stepped parameters with it.
 """
 
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 from torch import nn
 
-from testing.fsdp import compat, data, params, parity, training
+from testing.fsdp import collective_spy, compat, data, params, parity, training
 from testing.fsdp.models import ModelSpec
 
 
@@ -40,19 +40,32 @@ def grads(model: nn.Module) -> Dict[str, Optional[torch.Tensor]]:
 
 
 def check_synchronized_step(
-    calls: List,
-    synced_grads: Dict[str, Optional[torch.Tensor]],
-    stepped: Dict[str, torch.Tensor],
-    reference_model: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    backward: Callable[[], None],
+    spec: ModelSpec,
+    *,
+    micro_batches: int,
+    device,
     context: str,
 ) -> None:
-    """Asserts the synchronized micro-batch reduced gradients and the step matches the reference.
+    """Runs the synchronized micro-batch and the step; asserts both match the reference.
 
-    ``calls`` are the gradient collectives recorded during the synchronized
-    micro-batch, ``synced_grads`` the full gradients after it and ``stepped`` the
-    full parameters after the optimizer step. ``reference_model`` (from
-    :func:`reference`) is stepped here with ``training.default_optimizer``.
+    ``backward`` runs the last micro-batch's backward (gradient sync already
+    re-enabled). Asserts that it ran a gradient collective, that the full
+    gradients then equal :func:`reference`'s over every rank's ``micro_batches``
+    and that the parameters after ``optimizer.step()`` equal the reference's
+    after a ``training.default_optimizer`` step.
     """
+    with collective_spy.record_reductions(collective_spy.GRADIENT_REDUCTIONS) as calls:
+        backward()
+    synced_grads = params.full_grads(model)
+    optimizer.step()
+    stepped = params.full_params(model)
+
+    reference_model = reference(
+        spec, range(compat.world_size()), micro_batches, micro_batches, device
+    )
     ref_grads = grads(reference_model)
     training.default_optimizer(reference_model.parameters()).step()
     if not calls:
