@@ -47,10 +47,10 @@ class HsdpSyncModuleStatesBroadcastTest(multirank.MultiRankTestCase, parameteriz
     @parameterized.named_parameters(*cases.API_CASES)
     def test_hsdp_broadcast_from_rank0_full_state_dict_syncs_replicas(self, api):
         shape, options = self._options(api)
-        model = wrapping.wrap(
-            models.rank_distinct_model(SPEC, self.rank),
+        model = rank_sync.wrap_rank_distinct(
+            SPEC,
             api,
-            SPEC.units,
+            self.rank,
             device=self.device,
             **options,
         )

@@ -23,7 +23,7 @@ paths in sync_module_states_broadcast_test.py run on CPU.
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import meshes, models, rank_sync, wrapping
+from testing.fsdp import meshes, models, rank_sync
 
 SPEC = models.get("batchnorm_mlp")  # buffers: BatchNorm running statistics
 STEPS = 2
@@ -37,10 +37,10 @@ class HsdpSyncModuleStatesTest(multirank.MultiRankTestCase, parameterized.TestCa
         shape = meshes.hybrid_shape(self.world_size, min_shard=2)
         options = meshes.fsdp1_hybrid_options(shape, self.device.type, via=via)
         options["extra"]["sync_module_states"] = True
-        model = wrapping.wrap(
-            models.rank_distinct_model(SPEC, self.rank),
+        model = rank_sync.wrap_rank_distinct(
+            SPEC,
             "fsdp1",
-            SPEC.units,
+            self.rank,
             device=self.device,
             **options,
         )

@@ -37,9 +37,7 @@ class SyncModuleStatesBroadcastTest(multirank.MultiRankTestCase, parameterized.T
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_broadcast_from_rank0_full_state_dict_makes_ranks_identical(self, api):
-        model = wrapping.wrap(
-            models.rank_distinct_model(SPEC, self.rank), api, SPEC.units, device=self.device
-        )
+        model = rank_sync.wrap_rank_distinct(SPEC, api, self.rank, device=self.device)
         rank_sync.set_full_state_from_rank0(model, SPEC, self.rank)
         self._assert_synced_and_trains(model, f"set_model_state_dict broadcast api={api}")
 

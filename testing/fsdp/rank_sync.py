@@ -12,8 +12,17 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint import state_dict as dcp_state_dict
 
-from testing.fsdp import models, params, parity, training
+from testing.fsdp import models, params, parity, training, wrapping
 from testing.fsdp.models import ModelSpec
+
+
+def wrap_rank_distinct(
+    spec: ModelSpec, api: str, rank: int, *, device, **wrap_options
+) -> nn.Module:
+    """``models.rank_distinct_model(spec, rank)`` wrapped with ``api`` on ``spec.units``."""
+    return wrapping.wrap(
+        models.rank_distinct_model(spec, rank), api, spec.units, device=device, **wrap_options
+    )
 
 
 def set_full_state_from_rank0(model: nn.Module, spec: ModelSpec, rank: int) -> None:
