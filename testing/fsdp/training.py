@@ -55,6 +55,28 @@ def step_indices(steps: Steps) -> Sequence[int]:
     return range(steps) if isinstance(steps, int) else steps
 
 
+def _batch_args(seed: int, batch_size: int, device, same_across_ranks: bool) -> Dict[str, Any]:
+    """The ``data`` batch arguments that the FSDP run and its reference share."""
+    return dict(
+        seed=seed, batch_size=batch_size, device=device, same_across_ranks=same_across_ranks
+    )
+
+
+def _backward_and_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    step: int,
+    before_step: Optional[Callable[[nn.Module, int], None]],
+) -> None:
+    """Backward of ``loss``, ``before_step(model, step)`` if given, optimizer step, zero grads."""
+    loss.backward()
+    if before_step is not None:
+        before_step(model, step)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def train(
     model: nn.Module,
     spec: ModelSpec,
@@ -90,24 +112,13 @@ def train(
     device = _device_of(model, device)
     rank, world = compat.rank(), compat.world_size()
     opt = optimizer if optimizer is not None else optim_fn(_trainable(model))
+    batch_args = _batch_args(seed, batch_size, device, same_across_ranks)
     losses = []
     for step in step_indices(steps):
-        inputs, targets = data.rank_batch(
-            spec,
-            seed=seed,
-            rank=rank,
-            step=step,
-            batch_size=batch_size,
-            device=device,
-            same_across_ranks=same_across_ranks,
-        )
+        inputs, targets = data.rank_batch(spec, rank=rank, step=step, **batch_args)
         kwargs = forward_kwargs(step) if forward_kwargs is not None else {}
         loss = spec.loss_fn(model(inputs, **kwargs), targets)
-        loss.backward()
-        if before_step is not None:
-            before_step(model, step)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        _backward_and_step(model, opt, loss, step, before_step)
         losses.append(loss.detach().float())
     stacked = torch.stack(losses) if losses else torch.zeros(0, device=device)
     if world > 1:
@@ -148,16 +159,10 @@ def reference_train(
         model = spec.build(seed).to(device)
         optimizer = optim_fn(_trainable(model))
     opt = optimizer
+    batch_args = _batch_args(seed, batch_size, device, same_across_ranks)
     losses = []
     for step in step_indices(steps):
-        kwargs = dict(
-            seed=seed,
-            world_size=world_size,
-            step=step,
-            batch_size=batch_size,
-            device=device,
-            same_across_ranks=same_across_ranks,
-        )
+        kwargs = dict(world_size=world_size, step=step, **batch_args)
         fwd = forward_kwargs(step) if forward_kwargs is not None else {}
         if spec.local_batch_stats:
             per_rank = [
@@ -167,11 +172,7 @@ def reference_train(
         else:
             inputs, targets = data.global_batch(spec, **kwargs)
             loss = spec.loss_fn(model(inputs, **fwd), targets)
-        loss.backward()
-        if before_step is not None:
-            before_step(model, step)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        _backward_and_step(model, opt, loss, step, before_step)
         losses.append(float(loss.detach()))
     return model, losses
 
