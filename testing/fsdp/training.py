@@ -204,19 +204,8 @@ def check_against_reference(
     """
     units = spec.units if units is None else units
     model = wrapping.wrap(spec.build(seed), api, units, device=device, **wrap_options)
-    losses = train(
-        model,
-        spec,
-        steps=steps,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-        optim_fn=optim_fn,
-        before_step=before_step,
-        forward_kwargs=forward_kwargs,
-    )
-    ref, ref_losses = reference_train(
-        spec,
+    # The same steps, batches and optimizer for the FSDP run and its reference.
+    run_args = dict(
         steps=steps,
         seed=seed,
         batch_size=batch_size,
@@ -224,6 +213,8 @@ def check_against_reference(
         optim_fn=optim_fn,
         forward_kwargs=forward_kwargs,
     )
+    losses = train(model, spec, before_step=before_step, **run_args)
+    ref, ref_losses = reference_train(spec, **run_args)
     dtype = wrapping.compute_dtype(wrap_options.get("mixed_precision"))
     context = f"model={spec.name} api={api} steps={steps}"
     actual = params.full_params(model, buffers=buffers)  # collective: before any assert
