@@ -23,7 +23,14 @@ whose accumulated part misses the replica all-reduce, diverges.
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import collective_spy, data, meshes, models, params, parity, training
+from testing.fsdp import (
+    accumulation,
+    collective_spy,
+    data,
+    meshes,
+    models,
+    training,
+)
 from testing.fsdp import wrapping
 
 SPEC = models.get("nested_mlp")
@@ -40,16 +47,6 @@ CASES = (
 
 def _micro_batch(rank, index, device):
     return data.rank_batch(SPEC, seed=0, rank=rank, step=index, device=device)
-
-
-def _reference(world_size, device):
-    """A plain model after backward of the mean loss over every rank's micro-batches."""
-    model = SPEC.build(seed=0).to(device)
-    for rank in range(world_size):
-        for index in range(MICRO_BATCHES):
-            inputs, targets = _micro_batch(rank, index, device)
-            (SPEC.loss_fn(model(inputs), targets) / (MICRO_BATCHES * world_size)).backward()
-    return model
 
 
 class HsdpGradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCase):
@@ -108,27 +105,14 @@ class HsdpGradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCa
             model.set_requires_gradient_sync(True)
         elif mode == "no_all_reduce":
             model.set_requires_all_reduce(True)
-        with collective_spy.record_reductions(collective_spy.GRADIENT_REDUCTIONS) as calls:
-            self._backward(model, MICRO_BATCHES - 1)
-        grads = params.full_grads(model)
-        optimizer.step()
-        actual = params.full_params(model)
-
-        reference = _reference(self.world_size, self.device)
-        ref_grads = {name: p.grad for name, p in reference.named_parameters()}
-        training.default_optimizer(reference.parameters()).step()
-        self.assertNotEmpty(
-            calls,
-            f"rank {self.rank}: no gradient collective in the synchronized micro-batch, {context}",
-        )
-        parity.assert_params_close(
-            grads,
-            ref_grads,
-            what="gradient",
-            context=f"{context}, after the synchronized micro-batch",
-        )
-        parity.assert_params_close(
-            actual, params.full_params(reference), context=f"{context}, after the optimizer step"
+        accumulation.check_synchronized_step(
+            model,
+            optimizer,
+            lambda: self._backward(model, MICRO_BATCHES - 1),
+            SPEC,
+            micro_batches=MICRO_BATCHES,
+            device=self.device,
+            context=context,
         )
 
 

@@ -29,52 +29,21 @@ strategies"). So this file tests FSDP2 only.
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import compat, data, meshes, models, params, parity, wrapping
+from testing.fsdp import divide_factor, meshes
 
-SPEC = models.get("nested_mlp")
 CASES = tuple((f"{kind}_fsdp2", kind) for kind in meshes.SHAPE_KINDS)
 
 
 class HsdpGradientDivideFactorTest(multirank.MultiRankTestCase, parameterized.TestCase):
-    def _reference_grads(self):
-        """Gradients of the global batch's mean loss, on a model without FSDP."""
-        model = SPEC.build(seed=0).to(self.device)
-        inputs, targets = data.global_batch(
-            SPEC, seed=0, world_size=self.world_size, step=0, device=self.device
-        )
-        SPEC.loss_fn(model(inputs), targets).backward()
-        return {name: p.grad.detach().cpu() for name, p in model.named_parameters()}
-
     @parameterized.named_parameters(*CASES)
     def test_gradient_divide_factor_scales_gradients(self, kind):
-        reference = self._reference_grads()
-        inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0, device=self.device)
-        failures = parity.DeferredFailures()  # every rank runs every shape and factor
-        for shape in meshes.shapes_of_kind(kind, self.world_size):
-            factors = [1.0] + ([float(shape[1])] if shape[1] > 1 else []) + [2.5 * self.world_size]
-            for factor in factors:
-                model = wrapping.wrap_spec(
-                    SPEC,
-                    "fsdp2",
-                    device=self.device,
-                    mesh=meshes.hsdp_mesh(shape, self.device.type),
-                )
-                compat.set_gradient_divide_factor(model, factor)
-                SPEC.loss_fn(model(inputs), targets).backward()
-                scale = self.world_size / factor
-                expected = {name: g * scale for name, g in reference.items()}
-                grads = params.full_grads(model)
-                with failures.check(f"mesh {meshes.shape_name(shape)} factor {factor:g}"):
-                    parity.assert_params_close(
-                        grads,
-                        expected,
-                        what="gradient",
-                        context=(
-                            f"mesh={meshes.shape_name(shape)} divide factor {factor:g}: "
-                            f"expected {scale:g} x the global-batch mean gradient"
-                        ),
-                    )
-        failures.raise_if_any()
+        divide_factor.check_scaling(
+            kind,
+            rank=self.rank,
+            world_size=self.world_size,
+            device=self.device,
+            force_sum=False,
+        )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from torch.distributed.checkpoint import state_dict as dcp_state_dict
 from testing import dist_helpers, multirank
 from testing.fsdp import (
     cases,
-    compat,
     data,
     meshes,
     models,
@@ -40,13 +39,6 @@ from testing.fsdp import (
 )
 
 SPEC = models.get("nested_mlp")
-
-
-def _local_numel(tensor) -> int:
-    """Elements this rank holds of a ShardedTensor or DTensor."""
-    if compat.is_dtensor(tensor):
-        return tensor.to_local().numel()
-    return sum(shard.tensor.numel() for shard in tensor.local_shards())
 
 
 class HsdpStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
@@ -115,7 +107,7 @@ class HsdpStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
         if self._shape(api)[1] > 1:
             for name, tensor in state.items():
                 self.assertLess(
-                    _local_numel(tensor),
+                    state_dicts.local_numel(tensor),
                     expected[name].numel(),
                     f"rank {self.rank}: {name} holds the whole tensor",
                 )

@@ -20,13 +20,10 @@ initialization, in parameters or in buffers, fails on its ranks. FSDP1's
 ``sync_module_states=True`` is in sync_module_states_test.py (accelerators only).
 """
 
-import torch
-import torch.distributed as dist
 from absl.testing import parameterized
-from torch.distributed.checkpoint import state_dict as dcp_state_dict
 
 from testing import multirank
-from testing.fsdp import cases, meshes, models, params, parity, training, wrapping
+from testing.fsdp import cases, meshes, models, rank_sync, wrapping
 
 SPEC = models.get("batchnorm_mlp")  # buffers: BatchNorm running statistics
 STEPS = 2
@@ -38,39 +35,26 @@ class HsdpSyncModuleStatesBroadcastTest(multirank.MultiRankTestCase, parameteriz
         return shape, meshes.hsdp_wrap_options(api, shape, self.device.type)
 
     def _assert_synced_and_trains(self, model, context):
-        parity.assert_params_close(
-            params.full_params(model, buffers=True),
-            params.full_params(models.rank_distinct_model(SPEC, 0), buffers=True),
-            rtol=0,
-            atol=0,
-            context=f"after the broadcast, vs rank 0's init; {context}",
-        )
-        training.train(model, SPEC, steps=STEPS, seed=0, device=self.device)
-        reference, _ = training.reference_train(SPEC, steps=STEPS, seed=0, device=self.device)
-        parity.assert_params_close(
-            params.full_params(model),
-            params.full_params(reference),
-            context=f"after {STEPS} steps vs reference; {context}",
+        rank_sync.assert_synced_and_trains(
+            model,
+            SPEC,
+            steps=STEPS,
+            device=self.device,
+            synced_context=f"after the broadcast, vs rank 0's init; {context}",
+            trained_context=f"after {STEPS} steps vs reference; {context}",
         )
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_hsdp_broadcast_from_rank0_full_state_dict_syncs_replicas(self, api):
         shape, options = self._options(api)
-        model = wrapping.wrap(
-            models.rank_distinct_model(SPEC, self.rank),
+        model = rank_sync.wrap_rank_distinct(
+            SPEC,
             api,
-            SPEC.units,
+            self.rank,
             device=self.device,
             **options,
         )
-        state = models.rank_distinct_model(SPEC, 0).state_dict() if self.rank == 0 else {}
-        dcp_state_dict.set_model_state_dict(
-            model,
-            state,
-            options=dcp_state_dict.StateDictOptions(
-                full_state_dict=True, broadcast_from_rank0=True
-            ),
-        )
+        rank_sync.set_full_state_from_rank0(model, SPEC, self.rank)
         self._assert_synced_and_trains(
             model,
             f"set_model_state_dict broadcast_from_rank0 api={api} mesh={meshes.shape_name(shape)}",
@@ -79,9 +63,7 @@ class HsdpSyncModuleStatesBroadcastTest(multirank.MultiRankTestCase, parameteriz
     def test_hsdp_broadcast_before_fully_shard_syncs_replicas_fsdp2(self):
         shape, options = self._options("fsdp2")
         model = models.rank_distinct_model(SPEC, self.rank).to(self.device)
-        with torch.no_grad():
-            for tensor in list(model.parameters()) + list(model.buffers()):
-                dist.broadcast(tensor, src=0)
+        rank_sync.broadcast_from_rank0(model)
         model = wrapping.wrap(model, "fsdp2", SPEC.units, device=self.device, **options)
         self._assert_synced_and_trains(
             model, f"dist.broadcast before fully_shard mesh={meshes.shape_name(shape)}"

@@ -23,7 +23,7 @@ paths in sync_module_states_broadcast_test.py run on CPU.
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import meshes, models, params, parity, training, wrapping
+from testing.fsdp import meshes, models, rank_sync
 
 SPEC = models.get("batchnorm_mlp")  # buffers: BatchNorm running statistics
 STEPS = 2
@@ -37,27 +37,21 @@ class HsdpSyncModuleStatesTest(multirank.MultiRankTestCase, parameterized.TestCa
         shape = meshes.hybrid_shape(self.world_size, min_shard=2)
         options = meshes.fsdp1_hybrid_options(shape, self.device.type, via=via)
         options["extra"]["sync_module_states"] = True
-        model = wrapping.wrap(
-            models.rank_distinct_model(SPEC, self.rank),
+        model = rank_sync.wrap_rank_distinct(
+            SPEC,
             "fsdp1",
-            SPEC.units,
+            self.rank,
             device=self.device,
             **options,
         )
         context = f"HYBRID_SHARD via={via} mesh={meshes.shape_name(shape)}"
-        parity.assert_params_close(
-            params.full_params(model, buffers=True),
-            params.full_params(models.rank_distinct_model(SPEC, 0), buffers=True),
-            rtol=0,
-            atol=0,
-            context=f"after wrap, vs rank 0's init; {context}",
-        )
-        training.train(model, SPEC, steps=STEPS, seed=0, device=self.device)
-        reference, _ = training.reference_train(SPEC, steps=STEPS, seed=0, device=self.device)
-        parity.assert_params_close(
-            params.full_params(model),
-            params.full_params(reference),
-            context=f"after {STEPS} steps vs reference; {context}",
+        rank_sync.assert_synced_and_trains(
+            model,
+            SPEC,
+            steps=STEPS,
+            device=self.device,
+            synced_context=f"after wrap, vs rank 0's init; {context}",
+            trained_context=f"after {STEPS} steps vs reference; {context}",
         )
 
 

@@ -28,7 +28,6 @@ from absl.testing import parameterized
 from testing import multirank
 from testing.fsdp import models
 from testing.fsdp import params
-from testing.fsdp import parity
 from testing.fsdp import training
 from testing.fsdp import wrapping
 
@@ -129,12 +128,9 @@ class CastForwardInputsTest(multirank.MultiRankTestCase, parameterized.TestCase)
         self.assertEqual(out_outputs, {out_dtype}, f"{context}: dtype 'out' returns")
         self.assertLen(outputs, STEPS, f"{context}: forward calls of the model")
         self.assertEqual(set(outputs), {FP32}, f"{context}: dtype of the model's output")
-        rtol, atol = parity.tolerance(BF16)
-        parity.assert_params_close(
-            actual, params.full_params(ref), rtol=rtol, atol=atol, rank=self.rank, context=context
-        )
-        parity.assert_tensors_close(
-            losses, ref_losses, name="loss", rtol=rtol, atol=atol, context=context
+        # Tolerances of the lowest compute dtype (bf16), for every parameter and loss.
+        training.assert_matches_reference(
+            actual, params.full_params(ref), losses, ref_losses, dtype=BF16, context=context
         )
 
 

@@ -24,10 +24,8 @@ from absl.testing import parameterized
 
 from testing import multirank
 from testing.fsdp import cases
-from testing.fsdp import collective_spy
 from testing.fsdp import models
 from testing.fsdp import params
-from testing.fsdp import parity
 from testing.fsdp import training
 from testing.fsdp import wrapping
 
@@ -61,23 +59,19 @@ class PerUnitPolicyTest(multirank.MultiRankTestCase, parameterized.TestCase):
             )
         model = wrapping.wrap(model, api, UNITS, device=self.device, unit_mixed_precision=POLICIES)
         optimizer = training.default_optimizer(model.parameters())
-        grad_dtypes, reductions = set(), []
+        grad_dtypes = set()
 
         def record_grads(m, step):
             grad_dtypes.update(p.grad.dtype for p in m.parameters() if p.grad is not None)
 
-        losses = []
-        for step in range(STEPS):
-            with collective_spy.record_reductions() as calls:
-                losses += training.train(
-                    model,
-                    SPEC,
-                    steps=[step],
-                    optimizer=optimizer,
-                    device=self.device,
-                    before_step=record_grads,
-                )
-            reductions.append(calls)
+        losses, reductions = training.train_recording_reductions(
+            model,
+            SPEC,
+            steps=STEPS,
+            optimizer=optimizer,
+            device=self.device,
+            before_step=record_grads,
+        )
         ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
         actual = params.full_params(model)  # collective: before any assert
 
@@ -97,12 +91,9 @@ class PerUnitPolicyTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 f"{context}: reduce-scatter dtypes at step {step}: {calls}",
             )
         self.assertEqual(grad_dtypes, {FP32}, f"{context}: gradient dtypes after backward")
-        rtol, atol = parity.tolerance(BF16)
-        parity.assert_params_close(
-            actual, params.full_params(ref), rtol=rtol, atol=atol, rank=self.rank, context=context
-        )
-        parity.assert_tensors_close(
-            losses, ref_losses, name="loss", rtol=rtol, atol=atol, context=context
+        # Tolerances of the lowest compute dtype (bf16), for every parameter and loss.
+        training.assert_matches_reference(
+            actual, params.full_params(ref), losses, ref_losses, dtype=BF16, context=context
         )
 
 

@@ -28,7 +28,6 @@ from absl.testing import parameterized
 from testing import known_failures
 from testing import multirank
 from testing.fsdp import cases
-from testing.fsdp import collective_spy
 from testing.fsdp import models
 from testing.fsdp import mp_reference
 from testing.fsdp import params
@@ -78,19 +77,15 @@ class UnfreezeTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 n: g.dtype for n, g in params.full_grads(m).items() if g is not None
             }
 
-        losses, reductions = [], {}
-        for step in range(STEPS):
-            _set_frozen(model, step)
-            with collective_spy.record_reductions() as calls:
-                losses += training.train(
-                    model,
-                    SPEC,
-                    steps=[step],
-                    optimizer=optimizer,
-                    device=self.device,
-                    before_step=record_grads,
-                )
-            reductions[step] = calls
+        losses, reductions = training.train_recording_reductions(
+            model,
+            SPEC,
+            steps=STEPS,
+            optimizer=optimizer,
+            device=self.device,
+            before_step=record_grads,
+            before_each=lambda step: _set_frozen(model, step),
+        )
         ref, ref_losses = mp_reference.train(
             SPEC,
             steps=STEPS,

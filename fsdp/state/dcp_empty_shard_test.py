@@ -22,24 +22,13 @@ from absl.testing import parameterized
 from torch.distributed.checkpoint import state_dict as dsd
 
 from testing import dist_helpers, known_failures, multirank
-from testing.fsdp import cases, models, params, parity, training, wrapping
+from testing.fsdp import cases, models, params, parity, state_dicts, training, wrapping
 
 SPEC = models.get("tiny_params")
-FULL = dsd.StateDictOptions(full_state_dict=True)
 
 
 def _adamw(parameters):
     return torch.optim.AdamW(parameters, lr=1e-2, weight_decay=0.1)
-
-
-def _full_optim_state(model, opt):
-    """``{"<param>/<state key>": CPU tensor}``, gathered (a collective)."""
-    state = dsd.get_optimizer_state_dict(model, opt, options=FULL)["state"]
-    return {
-        f"{params.clean_name(str(name))}/{key}": torch.as_tensor(value).detach().cpu()
-        for name, entries in state.items()
-        for key, value in entries.items()
-    }
 
 
 class DcpEmptyShardTest(multirank.MultiRankTestCase, parameterized.TestCase):
@@ -60,7 +49,7 @@ class DcpEmptyShardTest(multirank.MultiRankTestCase, parameterized.TestCase):
         opt = _adamw(model.parameters())
         training.train(model, SPEC, steps=range(2), optimizer=opt)
         expected_params = params.full_params(model)
-        expected_optim = _full_optim_state(model, opt)
+        expected_optim = state_dicts.full_optim_state(model, opt)
 
         fresh = wrapping.wrap_spec(SPEC, api, seed=1, device=self.device)
         fresh_opt = _adamw(fresh.parameters())
@@ -75,17 +64,9 @@ class DcpEmptyShardTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 fresh, fresh_opt, model_state_dict=state["model"], optim_state_dict=state["optim"]
             )
         actual_params = params.full_params(fresh)  # collectives: before any assert
-        actual_optim = _full_optim_state(fresh, fresh_opt)
-        parity.assert_params_close(
-            actual_params, expected_params, rtol=0, atol=0, context=f"{what}: after load"
-        )
-        parity.assert_params_close(
-            actual_optim,
-            expected_optim,
-            rtol=0,
-            atol=0,
-            what="optimizer state",
-            context=f"{what}: after load",
+        actual_optim = state_dicts.full_optim_state(fresh, fresh_opt)
+        state_dicts.assert_loaded_exactly(
+            actual_params, actual_optim, expected_params, expected_optim, what
         )
 
         training.train(model, SPEC, steps=range(2, 4), optimizer=opt)

@@ -35,7 +35,7 @@ from torch.distributed.checkpoint import state_dict as dsd
 from torch.distributed.device_mesh import DeviceMesh
 
 from testing import dist_helpers, known_failures, multirank
-from testing.fsdp import cases, data, models, params, parity, training, wrapping
+from testing.fsdp import cases, data, models, params, parity, state_dicts, training, wrapping
 
 SPEC = models.get("nested_mlp")
 SAVED_AT = 2  # steps before the checkpoint
@@ -69,16 +69,6 @@ def _train_in_group(model, opt, steps, device):
         opt.zero_grad(set_to_none=True)
 
 
-def _full_optim_state(model, opt):
-    """``{"<param>/<state key>": CPU tensor}``, gathered (a collective on the model's ranks)."""
-    state = dsd.get_optimizer_state_dict(model, opt, options=FULL)["state"]
-    return {
-        f"{params.clean_name(str(name))}/{key}": torch.as_tensor(value).detach().cpu()
-        for name, entries in state.items()
-        for key, value in entries.items()
-    }
-
-
 def _from_rank0(obj):
     holder = [obj if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(holder, src=0)
@@ -104,22 +94,14 @@ class ResumeWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     def _assert_state(self, model, opt, expected_params, expected_optim, what):
         actual_params = params.full_params(model)  # collectives: before any assert
-        actual_optim = _full_optim_state(model, opt)
+        actual_optim = state_dicts.full_optim_state(model, opt)
         self.assertLen(
             expected_optim,
             3 * len(expected_params),
             f"{what}: AdamW keeps step, exp_avg and exp_avg_sq per parameter",
         )
-        parity.assert_params_close(
-            actual_params, expected_params, rtol=0, atol=0, context=f"{what}: after load"
-        )
-        parity.assert_params_close(
-            actual_optim,
-            expected_optim,
-            rtol=0,
-            atol=0,
-            what="optimizer state",
-            context=f"{what}: after load",
+        state_dicts.assert_loaded_exactly(
+            actual_params, actual_optim, expected_params, expected_optim, what
         )
 
     @parameterized.named_parameters(*cases.API_CASES)
@@ -133,7 +115,7 @@ class ResumeWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
         model_state = copy.deepcopy(dsd.get_model_state_dict(model))
         optim_state = copy.deepcopy(dsd.get_optimizer_state_dict(model, opt))
         expected_params = params.full_params(model)
-        expected_optim = _full_optim_state(model, opt)
+        expected_optim = state_dicts.full_optim_state(model, opt)
 
         fresh = _wrap(api, 1, self.device)
         fresh_opt = _adamw(fresh.parameters())
@@ -168,7 +150,7 @@ class ResumeWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 model = _wrap(api, 0, self.device, group)
                 opt = _adamw(model.parameters())
                 _train_in_group(model, opt, range(SAVED_AT), self.device)
-                saved = (params.full_params(model), _full_optim_state(model, opt))
+                saved = (params.full_params(model), state_dicts.full_optim_state(model, opt))
                 if how == "dcp":
                     model_state, optim_state = dsd.get_state_dict(model, opt)
                     dcp.save(

@@ -31,13 +31,6 @@ from testing.fsdp import (
 SPEC = models.get("nested_mlp")
 
 
-def _local_numel(tensor) -> int:
-    """Elements this rank holds of a ShardedTensor or DTensor."""
-    if compat.is_dtensor(tensor):
-        return tensor.to_local().numel()
-    return sum(shard.tensor.numel() for shard in tensor.local_shards())
-
-
 class ShardedStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def _trained(self, api, **wrap_options):
         model = wrapping.wrap_spec(SPEC, api, device=self.device, **wrap_options)
@@ -77,7 +70,7 @@ class ShardedStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 f"{name} is a {type(tensor).__name__}, not a sharded tensor",
             )
             self.assertLess(
-                _local_numel(tensor),
+                state_dicts.local_numel(tensor),
                 full_numel[name],
                 f"{name}: rank {self.rank} holds the whole tensor",
             )

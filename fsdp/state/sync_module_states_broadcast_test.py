@@ -16,54 +16,34 @@ SGD steps on rank-distinct data must match a reference trained from rank 0's
 initialization.
 """
 
-import torch
-import torch.distributed as dist
 from absl.testing import parameterized
-from torch.distributed.checkpoint import state_dict as dcp_state_dict
 
 from testing import multirank
-from testing.fsdp import cases, models, params, parity, training, wrapping
+from testing.fsdp import cases, models, rank_sync, wrapping
 
 SPEC = models.get("batchnorm_mlp")  # buffers: BatchNorm running statistics
 
 
 class SyncModuleStatesBroadcastTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def _assert_synced_and_trains(self, model, what):
-        parity.assert_params_close(
-            params.full_params(model, buffers=True),
-            params.full_params(models.rank_distinct_model(SPEC, 0), buffers=True),
-            rtol=0,
-            atol=0,
-            context=f"after sync: rank 0's init ({what})",
-        )
-        training.train(model, SPEC, steps=2, seed=0, device=self.device)
-        reference, _ = training.reference_train(SPEC, steps=2, seed=0, device=self.device)
-        parity.assert_params_close(
-            params.full_params(model),
-            params.full_params(reference),
-            context=f"after 2 steps vs reference ({what})",
+        rank_sync.assert_synced_and_trains(
+            model,
+            SPEC,
+            steps=2,
+            device=self.device,
+            synced_context=f"after sync: rank 0's init ({what})",
+            trained_context=f"after 2 steps vs reference ({what})",
         )
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_broadcast_from_rank0_full_state_dict_makes_ranks_identical(self, api):
-        model = wrapping.wrap(
-            models.rank_distinct_model(SPEC, self.rank), api, SPEC.units, device=self.device
-        )
-        state = models.rank_distinct_model(SPEC, 0).state_dict() if self.rank == 0 else {}
-        dcp_state_dict.set_model_state_dict(
-            model,
-            state,
-            options=dcp_state_dict.StateDictOptions(
-                full_state_dict=True, broadcast_from_rank0=True
-            ),
-        )
+        model = rank_sync.wrap_rank_distinct(SPEC, api, self.rank, device=self.device)
+        rank_sync.set_full_state_from_rank0(model, SPEC, self.rank)
         self._assert_synced_and_trains(model, f"set_model_state_dict broadcast api={api}")
 
     def test_broadcast_before_fully_shard_makes_ranks_identical_fsdp2(self):
         model = models.rank_distinct_model(SPEC, self.rank).to(self.device)
-        with torch.no_grad():
-            for tensor in list(model.parameters()) + list(model.buffers()):
-                dist.broadcast(tensor, src=0)
+        rank_sync.broadcast_from_rank0(model)
         model = wrapping.wrap(model, "fsdp2", SPEC.units, device=self.device)
         self._assert_synced_and_trains(model, "dist.broadcast before fully_shard")
 

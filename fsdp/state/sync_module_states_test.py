@@ -14,31 +14,27 @@ sync_module_states_broadcast_test.py and run on CPU.
 """
 
 from testing import multirank
-from testing.fsdp import models, params, parity, training, wrapping
+from testing.fsdp import models, rank_sync
 
 SPEC = models.get("batchnorm_mlp")  # buffers: BatchNorm running statistics
 
 
 class SyncModuleStatesTest(multirank.MultiRankTestCase):
     def test_sync_module_states_makes_ranks_identical_fsdp1(self):
-        model = wrapping.wrap(
-            models.rank_distinct_model(SPEC, self.rank),
+        model = rank_sync.wrap_rank_distinct(
+            SPEC,
             "fsdp1",
-            SPEC.units,
+            self.rank,
             device=self.device,
             extra={"sync_module_states": True},
         )
-        synced = params.full_params(model, buffers=True)
-        rank0_init = params.full_params(models.rank_distinct_model(SPEC, 0), buffers=True)
-        parity.assert_params_close(
-            synced, rank0_init, rtol=0, atol=0, context="after wrap: rank 0's init"
-        )
-        training.train(model, SPEC, steps=2, seed=0, device=self.device)
-        reference, _ = training.reference_train(SPEC, steps=2, seed=0, device=self.device)
-        parity.assert_params_close(
-            params.full_params(model),
-            params.full_params(reference),
-            context="after 2 steps vs reference from rank 0's init",
+        rank_sync.assert_synced_and_trains(
+            model,
+            SPEC,
+            steps=2,
+            device=self.device,
+            synced_context="after wrap: rank 0's init",
+            trained_context="after 2 steps vs reference from rank 0's init",
         )
 
 

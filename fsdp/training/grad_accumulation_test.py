@@ -17,11 +17,11 @@ import torch.distributed as dist
 from absl.testing import parameterized
 
 from testing import multirank
+from testing.fsdp import accumulation
 from testing.fsdp import cases
 from testing.fsdp import collective_spy
 from testing.fsdp import data
 from testing.fsdp import models
-from testing.fsdp import params
 from testing.fsdp import parity
 from testing.fsdp import training
 from testing.fsdp import wrapping
@@ -32,25 +32,6 @@ MICRO_BATCHES = 3
 
 def _micro_batch(rank, index, device):
     return data.rank_batch(SPEC, seed=0, rank=rank, step=index, device=device)
-
-
-def _reference_grads(ranks, micro_batches, device):
-    """Gradients of a plain model: mean loss over the given ranks' first micro-batches.
-
-    Per rank, each micro-batch loss is divided by MICRO_BATCHES as in the FSDP run, and
-    the ranks are averaged, as FSDP's reduction does.
-    """
-    model = SPEC.build(seed=0).to(device)
-    for rank in ranks:
-        for index in range(micro_batches):
-            inputs, targets = _micro_batch(rank, index, device)
-            loss = SPEC.loss_fn(model(inputs), targets) / (MICRO_BATCHES * len(ranks))
-            loss.backward()
-    return model
-
-
-def _grads(model):
-    return {params.clean_name(n): p.grad for n, p in model.named_parameters()}
 
 
 class GradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCase):
@@ -69,10 +50,12 @@ class GradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 calls, [], f"gradient collectives during unsynchronized micro-batch {index}"
             )
             if api == "fsdp1":
-                local = _reference_grads([self.rank], index + 1, self.device)
+                local = accumulation.reference(
+                    SPEC, [self.rank], index + 1, MICRO_BATCHES, self.device
+                )
                 parity.assert_params_close(
-                    _grads(model),
-                    _grads(local),
+                    accumulation.grads(model),
+                    accumulation.grads(local),
                     what="local gradient",
                     context=f"no_sync micro-batch {index}",
                 )
@@ -99,24 +82,14 @@ class GradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCase):
         if api == "fsdp2":
             model.set_requires_gradient_sync(True)
         inputs, targets = _micro_batch(self.rank, MICRO_BATCHES - 1, self.device)
-        with collective_spy.record_reductions(collective_spy.GRADIENT_REDUCTIONS) as calls:
-            (SPEC.loss_fn(model(inputs), targets) / MICRO_BATCHES).backward()
-        grads = params.full_grads(model)
-        optimizer.step()
-        actual = params.full_params(model)
-
-        ref = _reference_grads(range(self.world_size), MICRO_BATCHES, self.device)
-        ref_grads = _grads(ref)
-        training.default_optimizer(ref.parameters()).step()
-        self.assertNotEmpty(calls, "no gradient collective in the synchronized micro-batch")
-        parity.assert_params_close(
-            grads,
-            ref_grads,
-            what="gradient",
-            context=f"api={api} after the synchronized micro-batch",
-        )
-        parity.assert_params_close(
-            actual, params.full_params(ref), context=f"api={api} after the optimizer step"
+        accumulation.check_synchronized_step(
+            model,
+            optimizer,
+            lambda: (SPEC.loss_fn(model(inputs), targets) / MICRO_BATCHES).backward(),
+            SPEC,
+            micro_batches=MICRO_BATCHES,
+            device=self.device,
+            context=f"api={api}",
         )
 
 

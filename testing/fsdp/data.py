@@ -7,7 +7,7 @@ reference sees for the same step.
 """
 
 import hashlib
-from typing import List, Optional, Union
+from typing import Any, List, Optional, Union
 
 import torch
 
@@ -68,24 +68,10 @@ def rank_batches(
     ]
 
 
-def global_batch(
-    spec: ModelSpec,
-    *,
-    seed: int,
-    world_size: int,
-    step: int,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    device=None,
-    same_across_ranks: bool = False,
-) -> Batch:
-    """All ranks' batches for ``step`` concatenated along dim 0 in rank order."""
-    parts = rank_batches(
-        spec,
-        seed=seed,
-        world_size=world_size,
-        step=step,
-        batch_size=batch_size,
-        device=device,
-        same_across_ranks=same_across_ranks,
-    )
-    return tuple(torch.cat(ts) for ts in zip(*parts))
+def global_batch(spec: ModelSpec, **batch_args: Any) -> Batch:
+    """All ranks' batches for ``step`` concatenated along dim 0 in rank order.
+
+    Takes :func:`rank_batches`' keyword arguments (``seed``, ``world_size`` and
+    ``step``; optional ``batch_size``, ``device``, ``same_across_ranks``).
+    """
+    return tuple(torch.cat(ts) for ts in zip(*rank_batches(spec, **batch_args)))

@@ -18,7 +18,7 @@ reference) unless ``rtol``/``atol`` are given.
 
 import contextlib
 import dataclasses
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -197,6 +197,27 @@ def assert_params_close(
     """
     _check(
         actual, expected, what=what, rank=rank, dtype=dtype, rtol=rtol, atol=atol, context=context
+    )
+
+
+def assert_unchanged(
+    after: Mapping[str, Optional[torch.Tensor]],
+    before: Mapping[str, Optional[torch.Tensor]],
+    names: Iterable[str],
+    *,
+    context: str = "",
+) -> None:
+    """Asserts the ``names`` entries of ``after`` equal ``before``'s bit for bit.
+
+    For parameters a step must not move (frozen, ignored or unused ones).
+    """
+    names = list(names)
+    assert_params_close(
+        {n: after[n] for n in names},
+        {n: before[n] for n in names},
+        rtol=0,
+        atol=0,
+        context=context,
     )
 
 

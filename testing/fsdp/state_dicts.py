@@ -6,12 +6,15 @@ FSDP1 gives a sharded state dict (``ShardedTensor`` values) under
 """
 
 import contextlib
+from typing import Dict
 
+import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint import state_dict as dsd
 from torch.distributed.fsdp import StateDictType
 
-from testing.fsdp import compat
+from testing.fsdp import compat, params, parity
 
 
 def sharded_context(model: nn.Module, api: str):
@@ -39,3 +42,45 @@ def dcp_load(model: nn.Module, api: str, path: str, process_group=None) -> None:
         state = model.state_dict()
         dcp.load(state, checkpoint_id=path, process_group=process_group)
         model.load_state_dict(state)
+
+
+def local_numel(tensor) -> int:
+    """Elements this rank holds of a ShardedTensor (FSDP1) or DTensor (FSDP2) value."""
+    if compat.is_dtensor(tensor):
+        return tensor.to_local().numel()
+    return sum(shard.tensor.numel() for shard in tensor.local_shards())
+
+
+def full_optim_state(model: nn.Module, opt: torch.optim.Optimizer) -> Dict[str, torch.Tensor]:
+    """``{"<param>/<state key>": CPU tensor}``, gathered (a collective on the model's ranks)."""
+    options = dsd.StateDictOptions(full_state_dict=True)
+    state = dsd.get_optimizer_state_dict(model, opt, options=options)["state"]
+    return {
+        f"{params.clean_name(str(name))}/{key}": torch.as_tensor(value).detach().cpu()
+        for name, entries in state.items()
+        for key, value in entries.items()
+    }
+
+
+def assert_loaded_exactly(
+    actual_params: Dict[str, torch.Tensor],
+    actual_optim: Dict[str, torch.Tensor],
+    expected_params: Dict[str, torch.Tensor],
+    expected_optim: Dict[str, torch.Tensor],
+    what: str,
+) -> None:
+    """Asserts loaded full parameters and optimizer state equal the saved ones bit for bit.
+
+    Gather the actual values (collectives) on every rank before calling it.
+    """
+    parity.assert_params_close(
+        actual_params, expected_params, rtol=0, atol=0, context=f"{what}: after load"
+    )
+    parity.assert_params_close(
+        actual_optim,
+        expected_optim,
+        rtol=0,
+        atol=0,
+        what="optimizer state",
+        context=f"{what}: after load",
+    )

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from testing.fsdp import compat, data, params, parity, wrapping
+from testing.fsdp import collective_spy, compat, data, params, parity, wrapping
 from testing.fsdp.models import ModelSpec
 
 OptimFn = Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer]
@@ -53,6 +53,28 @@ def _device_of(model: nn.Module, device) -> torch.device:
 def step_indices(steps: Steps) -> Sequence[int]:
     """``range(steps)`` for a count, else the given batch indices unchanged."""
     return range(steps) if isinstance(steps, int) else steps
+
+
+def _batch_args(seed: int, batch_size: int, device, same_across_ranks: bool) -> Dict[str, Any]:
+    """The ``data`` batch arguments that the FSDP run and its reference share."""
+    return dict(
+        seed=seed, batch_size=batch_size, device=device, same_across_ranks=same_across_ranks
+    )
+
+
+def _backward_and_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    step: int,
+    before_step: Optional[Callable[[nn.Module, int], None]],
+) -> None:
+    """Backward of ``loss``, ``before_step(model, step)`` if given, optimizer step, zero grads."""
+    loss.backward()
+    if before_step is not None:
+        before_step(model, step)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 def train(
@@ -90,24 +112,13 @@ def train(
     device = _device_of(model, device)
     rank, world = compat.rank(), compat.world_size()
     opt = optimizer if optimizer is not None else optim_fn(_trainable(model))
+    batch_args = _batch_args(seed, batch_size, device, same_across_ranks)
     losses = []
     for step in step_indices(steps):
-        inputs, targets = data.rank_batch(
-            spec,
-            seed=seed,
-            rank=rank,
-            step=step,
-            batch_size=batch_size,
-            device=device,
-            same_across_ranks=same_across_ranks,
-        )
+        inputs, targets = data.rank_batch(spec, rank=rank, step=step, **batch_args)
         kwargs = forward_kwargs(step) if forward_kwargs is not None else {}
         loss = spec.loss_fn(model(inputs, **kwargs), targets)
-        loss.backward()
-        if before_step is not None:
-            before_step(model, step)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        _backward_and_step(model, opt, loss, step, before_step)
         losses.append(loss.detach().float())
     stacked = torch.stack(losses) if losses else torch.zeros(0, device=device)
     if world > 1:
@@ -148,16 +159,10 @@ def reference_train(
         model = spec.build(seed).to(device)
         optimizer = optim_fn(_trainable(model))
     opt = optimizer
+    batch_args = _batch_args(seed, batch_size, device, same_across_ranks)
     losses = []
     for step in step_indices(steps):
-        kwargs = dict(
-            seed=seed,
-            world_size=world_size,
-            step=step,
-            batch_size=batch_size,
-            device=device,
-            same_across_ranks=same_across_ranks,
-        )
+        kwargs = dict(world_size=world_size, step=step, **batch_args)
         fwd = forward_kwargs(step) if forward_kwargs is not None else {}
         if spec.local_batch_stats:
             per_rank = [
@@ -167,11 +172,7 @@ def reference_train(
         else:
             inputs, targets = data.global_batch(spec, **kwargs)
             loss = spec.loss_fn(model(inputs, **fwd), targets)
-        loss.backward()
-        if before_step is not None:
-            before_step(model, step)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        _backward_and_step(model, opt, loss, step, before_step)
         losses.append(float(loss.detach()))
     return model, losses
 
@@ -203,19 +204,8 @@ def check_against_reference(
     """
     units = spec.units if units is None else units
     model = wrapping.wrap(spec.build(seed), api, units, device=device, **wrap_options)
-    losses = train(
-        model,
-        spec,
-        steps=steps,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-        optim_fn=optim_fn,
-        before_step=before_step,
-        forward_kwargs=forward_kwargs,
-    )
-    ref, ref_losses = reference_train(
-        spec,
+    # The same steps, batches and optimizer for the FSDP run and its reference.
+    run_args = dict(
         steps=steps,
         seed=seed,
         batch_size=batch_size,
@@ -223,18 +213,85 @@ def check_against_reference(
         optim_fn=optim_fn,
         forward_kwargs=forward_kwargs,
     )
+    losses = train(model, spec, before_step=before_step, **run_args)
+    ref, ref_losses = reference_train(spec, **run_args)
     dtype = wrapping.compute_dtype(wrap_options.get("mixed_precision"))
     context = f"model={spec.name} api={api} steps={steps}"
     actual = params.full_params(model, buffers=buffers)  # collective: before any assert
-    parity.assert_params_close(
+    assert_matches_reference(
         actual,
         params.full_params(ref, buffers=buffers),
+        losses,
+        ref_losses,
         dtype=dtype,
         rtol=rtol,
         atol=atol,
         context=context,
     )
-    parity.assert_tensors_close(
-        losses, ref_losses, name="loss", dtype=dtype, rtol=rtol, atol=atol, context=context
-    )
     return {"model": model, "reference": ref, "losses": losses, "reference_losses": ref_losses}
+
+
+def assert_matches_reference(
+    actual: Dict[str, torch.Tensor],
+    expected: Dict[str, torch.Tensor],
+    losses: Sequence[float],
+    reference_losses: Sequence[float],
+    *,
+    dtype: Optional[torch.dtype] = None,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
+    rank: Optional[int] = None,
+    context: str = "",
+) -> None:
+    """Asserts full parameters, then per-step losses, match a reference run's.
+
+    ``actual`` and ``expected`` are ``params.full_params`` of the trained model
+    (gathered on every rank before calling) and of the reference; the keyword
+    arguments go to both ``parity`` assertions.
+    """
+    parity.assert_params_close(
+        actual, expected, rank=rank, dtype=dtype, rtol=rtol, atol=atol, context=context
+    )
+    parity.assert_tensors_close(
+        losses,
+        reference_losses,
+        name="loss",
+        rank=rank,
+        dtype=dtype,
+        rtol=rtol,
+        atol=atol,
+        context=context,
+    )
+
+
+def train_recording_reductions(
+    model: nn.Module,
+    spec: ModelSpec,
+    *,
+    steps: int,
+    optimizer: torch.optim.Optimizer,
+    device=None,
+    before_step: Optional[Callable[[nn.Module, int], None]] = None,
+    before_each: Optional[Callable[[int], None]] = None,
+) -> Tuple[List[float], List[List[Tuple[str, Optional[torch.dtype]]]]]:
+    """:func:`train` one step at a time, recording each step's reduce-scatters.
+
+    ``before_each(step)`` runs before the step (outside the recording). Returns
+    ``(losses, reductions)``: ``reductions[step]`` is
+    ``collective_spy.record_reductions``' ``(name, input dtype)`` list of that step.
+    """
+    losses, reductions = [], []
+    for step in range(steps):
+        if before_each is not None:
+            before_each(step)
+        with collective_spy.record_reductions() as calls:
+            losses += train(
+                model,
+                spec,
+                steps=[step],
+                optimizer=optimizer,
+                device=device,
+                before_step=before_step,
+            )
+        reductions.append(calls)
+    return losses, reductions

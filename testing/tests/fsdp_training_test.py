@@ -82,20 +82,21 @@ class WrapOptionsTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     def test_precision_options(self):
         build = models.get("nested_mlp").build
-        with self.assertRaisesRegex(ValueError, "output_dtype is an FSDP2 option"):
-            wrapping.wrap(
-                build(0),
+        # (error pattern, api, a policy with the other API's option)
+        for pattern, api, precision in (
+            (
+                "output_dtype is an FSDP2 option",
                 "fsdp1",
-                device=self.device,
-                mixed_precision=wrapping.Precision(torch.bfloat16, output_dtype=torch.float32),
-            )
-        with self.assertRaisesRegex(ValueError, "buffer_dtype is an FSDP1 option"):
-            wrapping.wrap(
-                build(0),
+                wrapping.Precision(torch.bfloat16, output_dtype=torch.float32),
+            ),
+            (
+                "buffer_dtype is an FSDP1 option",
                 "fsdp2",
-                device=self.device,
-                mixed_precision=wrapping.Precision(torch.bfloat16, buffer_dtype=torch.float32),
-            )
+                wrapping.Precision(torch.bfloat16, buffer_dtype=torch.float32),
+            ),
+        ):
+            with self.assertRaisesRegex(ValueError, pattern):
+                wrapping.wrap(build(0), api, device=self.device, mixed_precision=precision)
         with self.assertRaisesRegex(ValueError, "not units"):
             wrapping.wrap(
                 build(0),

@@ -13,7 +13,7 @@ import re
 import subprocess
 import xml.etree.ElementTree as ET
 import zipfile
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 try:
     from . import model
@@ -469,21 +469,13 @@ def parse_bazel_xml(
     for case in cases:
         name = case.get("name", "")
         classname = case.get("classname", "")
-        method, api = M.split_api(name)
-        status, msg, body = _case_status(case)
         out.append(
-            M.TestResult(
+            _case_result(
+                case,
+                test_id=(classname + "." + name.split(" (")[0]) if classname else name,
                 label=label,
                 behaviour=behaviour,
                 device=device,
-                method=method,
-                api=api,
-                status=status,
-                raw_name=name,
-                test_id=(classname + "." + name.split(" (")[0]) if classname else name,
-                message=msg,
-                text=tail(body),
-                duration=_float(case.get("time")),
                 shard=shard,
                 run=run,
                 ws=ws,
@@ -492,6 +484,24 @@ def parse_bazel_xml(
             )
         )
     return out
+
+
+def _case_result(case: ET.Element, test_id: str, **fields: Any) -> M.TestResult:
+    """The TestResult of one JUnit ``testcase``; ``fields`` are its other TestResult fields."""
+    name = case.get("name", "")
+    method, api = M.split_api(name)
+    status, msg, body = _case_status(case)
+    return M.TestResult(
+        method=method,
+        api=api,
+        status=status,
+        raw_name=name,
+        test_id=test_id,
+        message=msg,
+        text=tail(body),
+        duration=_float(case.get("time")),
+        **fields,
+    )
 
 
 def _junit_behaviour(classname: str, package: str) -> str:
@@ -539,22 +549,13 @@ def parse_pytest_junit(path: str, device: str, package: str = "fsdp") -> M.Colle
     for case in root.iter("testcase"):
         classname = case.get("classname", "")
         name = case.get("name", "")
-        behaviour = _junit_behaviour(classname, package)
-        method, api = M.split_api(name)
-        status, msg, body = _case_status(case)
         out.results.append(
-            M.TestResult(
-                label=label,
-                behaviour=behaviour,
-                device=device,
-                method=method,
-                api=api,
-                status=status,
-                raw_name=name,
+            _case_result(
+                case,
                 test_id=classname + "." + name,
-                message=msg,
-                text=tail(body),
-                duration=_float(case.get("time")),
+                label=label,
+                behaviour=_junit_behaviour(classname, package),
+                device=device,
                 source=path,
             )
         )

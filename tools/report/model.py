@@ -337,6 +337,20 @@ def hardware_summary(env: dict) -> str:
     )
 
 
+def environment_world_sizes(env: dict) -> str:
+    """'2, 4': the world sizes an environment's results ran at, ascending."""
+    return ", ".join(
+        str(w) for w in sorted(w for w in env.get("_world_sizes", ()) if w is not None)
+    )
+
+
+def missing_environment_reason(report: Report, dev: str) -> str:
+    """Why the environment table has no row for ``dev``."""
+    if dev in report.ran_devices:
+        return "no environment.json found"
+    return "no results for this device"
+
+
 def target_metadata(name: str, tags=(), generator_name: str = "") -> Tuple[str, str, Optional[int]]:
     """(behaviour, device, world size) of a test target, from `bazel query`.
 

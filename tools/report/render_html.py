@@ -265,11 +265,7 @@ def _environment(report: M.Report) -> List[str]:
     for dev in report.devices:
         envs = report.environments.get(dev)
         if not envs:
-            why = (
-                "no environment.json found"
-                if dev in report.ran_devices
-                else "no results for this device"
-            )
+            why = model.missing_environment_reason(report, dev)
             out.append(
                 '<tr><td class="mono">%s</td><td colspan="6" style="color:#777">'
                 "%s</td></tr>" % (esc(dev), why)
@@ -277,7 +273,6 @@ def _environment(report: M.Report) -> List[str]:
             continue
         for env, sources in envs:
             hw = model.hardware_summary(env)
-            ws = sorted(w for w in env.get("_world_sizes", ()) if w is not None)
             py = str(env.get("python", "")).split()[0] if env.get("python") else ""
             out.append(
                 '<tr><td class="mono">%s</td><td class="torch mono">%s</td><td>%s</td>'
@@ -288,7 +283,7 @@ def _environment(report: M.Report) -> List[str]:
                     esc(hw),
                     esc(env.get("device_count", "")),
                     esc(env.get("backend", "")),
-                    esc(", ".join(str(w) for w in ws)),
+                    esc(model.environment_world_sizes(env)),
                     esc(py),
                 )
             )

@@ -89,16 +89,11 @@ def render(report: M.Report, generated: str = "") -> str:
     for dev in report.devices:
         envs = report.environments.get(dev)
         if not envs:
-            why = (
-                "no environment.json found"
-                if dev in report.ran_devices
-                else "no results for this device"
-            )
+            why = model.missing_environment_reason(report, dev)
             out.append("| %s | | %s | | | |" % (dev, why))
             continue
         for env, _ in envs:
             hw = model.hardware_summary(env)
-            ws = sorted(w for w in env.get("_world_sizes", ()) if w is not None)
             out.append(
                 "| %s | `%s` | %s | %s | %s | %s |"
                 % (
@@ -107,7 +102,7 @@ def render(report: M.Report, generated: str = "") -> str:
                     _cellesc(hw),
                     env.get("device_count", ""),
                     _cellesc(env.get("backend", "")),
-                    ", ".join(str(w) for w in ws),
+                    model.environment_world_sizes(env),
                 )
             )
     out.append("")

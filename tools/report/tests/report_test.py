@@ -55,6 +55,12 @@ KNOWN_JUNIT = os.path.join(DATA, "pytest_known_bugs", "results.xml")
 UNFREEZE = "test_unfrozen_unit_keeps_reduce_dtype"
 
 
+def write_file(path, text):
+    """Writes ``text`` to ``path``."""
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def run_cli(*args):
     """Runs report.main in-process; returns (exit code, stdout, html, md)."""
     out = tempfile.mkdtemp()
@@ -385,18 +391,21 @@ class PytestJunitTest(absltest.TestCase):
     def test_subpackage_rows_environment_and_params_beside_junit(self):
         tmp = tempfile.mkdtemp()
         junit = os.path.join(tmp, "cuda.xml")
-        with open(junit, "w") as f:
-            f.write(
-                '<testsuites><testsuite name="pytest">'
-                '<testcase classname="fsdp.training.parity_test.ParityTest" '
-                'name="test_matches_fsdp2" time="0.5"/>'
-                '<testcase classname="fsdp.training.parity_test.ParityTest" '
-                'name="test_matches_a" time="0.5"/></testsuite></testsuites>'
-            )
-        with open(os.path.join(tmp, "environment.json"), "w") as f:
-            f.write('{"torch_version": "2.11.0+cu130", "device_names": ["NVIDIA H200"]}')
-        with open(os.path.join(tmp, "test_params.json"), "w") as f:
-            f.write('{"ParityTest.test_matches_a": {"api": "fsdp1"}}')
+        write_file(
+            junit,
+            '<testsuites><testsuite name="pytest">'
+            '<testcase classname="fsdp.training.parity_test.ParityTest" '
+            'name="test_matches_fsdp2" time="0.5"/>'
+            '<testcase classname="fsdp.training.parity_test.ParityTest" '
+            'name="test_matches_a" time="0.5"/></testsuite></testsuites>',
+        )
+        write_file(
+            os.path.join(tmp, "environment.json"),
+            '{"torch_version": "2.11.0+cu130", "device_names": ["NVIDIA H200"]}',
+        )
+        write_file(
+            os.path.join(tmp, "test_params.json"), '{"ParityTest.test_matches_a": {"api": "fsdp1"}}'
+        )
         col = collect.parse_pytest_junit(junit, "cuda")
         self.assertEqual([r.behaviour for r in col.results], ["training/parity_test"] * 2)
         self.assertEqual(
@@ -411,18 +420,18 @@ class PytestJunitTest(absltest.TestCase):
         tmp = tempfile.mkdtemp()
         target = os.path.join(tmp, "fsdp", "renamed_target")
         os.makedirs(os.path.join(target, "test.outputs"))
-        with open(os.path.join(target, "test.xml"), "w") as f:
-            f.write(
-                '<testsuites><testsuite name="T">'
-                '<testcase name="test_round_trip_a" classname="__main__.T" '
-                'time="0.1"/><testcase name="test_round_trip_b" '
-                'classname="__main__.T" time="0.1"/></testsuite></testsuites>'
-            )
-        with open(os.path.join(target, "test.outputs", "test_params.json"), "w") as f:
-            f.write(
-                '{"T.test_round_trip_a": {"api": "fsdp1", "n": 2},'
-                ' "T.test_round_trip_b": {"api": "fsdp2"}}'
-            )
+        write_file(
+            os.path.join(target, "test.xml"),
+            '<testsuites><testsuite name="T">'
+            '<testcase name="test_round_trip_a" classname="__main__.T" '
+            'time="0.1"/><testcase name="test_round_trip_b" '
+            'classname="__main__.T" time="0.1"/></testsuite></testsuites>',
+        )
+        write_file(
+            os.path.join(target, "test.outputs", "test_params.json"),
+            '{"T.test_round_trip_a": {"api": "fsdp1", "n": 2},'
+            ' "T.test_round_trip_b": {"api": "fsdp2"}}',
+        )
         query = (
             '<query version="2"><rule class="py_test" '
             'name="//fsdp:renamed_target"><string name="generator_name" '
@@ -452,8 +461,7 @@ class PytestJunitTest(absltest.TestCase):
     def test_bad_junit_is_a_problem(self):
         tmp = tempfile.mkdtemp()
         bad = os.path.join(tmp, "bad.xml")
-        with open(bad, "w") as f:
-            f.write("<testsuites><testcase")
+        write_file(bad, "<testsuites><testcase")
         rc, out, html_text, _ = run_cli(
             "--junit", bad + ":cuda", "--junit", os.path.join(tmp, "gone.xml:cuda")
         )
@@ -658,8 +666,7 @@ class CliTest(absltest.TestCase):
     def test_malformed_query_xml(self):
         tmp = tempfile.mkdtemp()
         q = os.path.join(tmp, "q.xml")
-        with open(q, "w") as f:
-            f.write("<query><rule")
+        write_file(q, "<query><rule")
         rc, out, html_text, _ = run_cli("--testlogs", CPU, "--query_xml", q)
         shutil.rmtree(tmp)
         self.assertEqual(rc, 0)
@@ -674,12 +681,12 @@ class CliTest(absltest.TestCase):
         tmp = tempfile.mkdtemp()
         d = os.path.join(tmp, "fsdp", "esc_test_cpu")
         os.makedirs(d)
-        with open(os.path.join(d, "test.xml"), "w") as f:
-            f.write(
-                '<testsuites><testsuite name="E"><testcase name="test_e_fsdp1" '
-                'classname="__main__.E" time="1"><failure message="a|b &lt;'
-                'script&gt;x">tb</failure></testcase></testsuite></testsuites>'
-            )
+        write_file(
+            os.path.join(d, "test.xml"),
+            '<testsuites><testsuite name="E"><testcase name="test_e_fsdp1" '
+            'classname="__main__.E" time="1"><failure message="a|b &lt;'
+            'script&gt;x">tb</failure></testcase></testsuite></testsuites>',
+        )
         rc, _, html_text, md = run_cli("--testlogs", tmp)
         shutil.rmtree(tmp)
         self.assertEqual(rc, 0)
