@@ -137,6 +137,12 @@ class MultiRankTestCase(absltest.TestCase):
     def _callTestMethod(self, method):
         del method  # runs on the ranks
         case_params.record(self, _output_dir())
+        # A misspelt entry would never apply, and its bug would fail as if unknown.
+        unknown = sorted(m for m in type(self).known_failures if not hasattr(type(self), m))
+        if unknown:
+            raise self.failureException(
+                f"{type(self).__name__}.known_failures names no test method: {unknown}"
+            )
         bug = type(self).known_failures.get(self._testMethodName)
         if bug is None:
             self._run_on_ranks()
