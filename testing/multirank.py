@@ -27,6 +27,7 @@ than the world size, fails the test with one line.
 """
 
 import atexit
+import inspect
 import json
 import os
 import signal
@@ -48,9 +49,19 @@ __unittest = True
 
 
 def timeout(seconds: float) -> Callable:
-    """Decorator: fail this test as hung after ``seconds`` on its ranks."""
+    """Decorator: fail this test as hung after ``seconds`` on its ranks.
+
+    With absl's ``parameterized``, put it below the ``@parameterized...`` line:
+    the generated cases copy the attributes of the function they wrap, and a
+    bound set on the parameterized object above it would be lost silently.
+    """
 
     def decorate(method):
+        if not inspect.isfunction(method):
+            raise TypeError(
+                f"@multirank.timeout needs the test function itself, not {type(method).__name__}: "
+                "put it below @parameterized.named_parameters/parameters"
+            )
         method.multirank_timeout_s = seconds
         return method
 
