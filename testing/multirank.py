@@ -37,11 +37,16 @@ from typing import Callable, Dict, Optional, Tuple
 
 from absl.testing import absltest
 
+from testing import applicability
 from testing import case_params
 from testing import known_failures as known_failures_lib
 from testing import options
 from testing import rank_pool
 from testing.rank_protocol import RankContext
+
+# The start of a skip reason that means "this case does not apply here": the report
+# and pytest's summary show such a case as not run, apart from skips.
+NOT_RUN_PREFIX = "not run: "
 
 # unittest leaves this module's frames out of failure tracebacks: the rank
 # tracebacks in the message are what matters, not how they were collected.
@@ -202,10 +207,22 @@ class MultiRankTestCase(absltest.TestCase):
                 f"fsdp_test (pytest: --world-size={required})"
             )
 
+    def _not_run_reason(self, device: str, size: int) -> Optional[str]:
+        """Why this case does not apply here, from its BUILD declaration, or None."""
+        module = sys.modules.get(type(self).__module__)
+        test_file = getattr(module, "__file__", None)
+        declaration = applicability.for_test_file(test_file) if test_file else None
+        if declaration is None:
+            return None
+        return declaration.not_run_reason(self._testMethodName, device, size)
+
     def _run_on_ranks(self) -> None:
         size = options.world_size()
         self._check_world_size(size)
         kind = options.device()
+        not_run = self._not_run_reason(kind.name, size)
+        if not_run:
+            raise unittest.SkipTest(f"{NOT_RUN_PREFIX}{not_run}")
         missing = kind.missing_reason(size)
         if missing:
             if options.skip_missing_device():

@@ -9,7 +9,12 @@ each needs (tags, remote execution properties) are in //tools:devices.bzl.
 load("@fsdp_python//:defs.bzl", "PYTHON_ENV_VERSIONS")
 load(":devices.bzl", "ALL_DEVICES", "DEVICES", "device_exec_properties", "device_tags")
 
-DEFAULT_WORLD_SIZES = [2]
+def _default_world_sizes(device):
+    """A device's world sizes when a test declares none (testing/applicability.py agrees).
+
+    Accelerators also run at 1, so a one-device host runs every test that holds there.
+    """
+    return [1, 2] if DEVICES[device].accelerator else [2]
 
 def _per_device(value, device, default, what):
     """Resolves an attribute given either for all devices or as a dict per device."""
@@ -22,14 +27,56 @@ def _per_device(value, device, default, what):
         return value.get(device, default)
     return value
 
-def _world_sizes_for(world_sizes, device):
-    sizes = _per_device(world_sizes, device, DEFAULT_WORLD_SIZES, "world_sizes")
+def _rule_terms(name, rule):
+    """Parses a world-size rule "TERMS: reason" (see testing/applicability.py)."""
+    head, sep, reason = rule.partition(":")
+    terms = [t.strip() for t in head.split(",") if t.strip()]
+    for term in terms:
+        digits = term[2:] if term.startswith(">=") or term.startswith("<=") else term
+        if term not in ("any", "even", "odd") and not digits.isdigit():
+            fail("fsdp_test %s: world-size rule %r: expected comma-separated N, >=N, <=N, even, odd or any, then ': reason'" % (name, rule))
+    if not terms:
+        fail("fsdp_test %s: world-size rule %r is empty" % (name, rule))
+    if terms != ["any"] and not (sep and reason.strip()):
+        fail("fsdp_test %s: world-size rule %r: say why after a colon ('>=2: why')" % (name, rule))
+    return terms
+
+def _rule_allows(terms, ws):
+    for term in terms:
+        if term == "any" or (term == "even" and ws % 2 == 0) or (term == "odd" and ws % 2 == 1):
+            return True
+        if term.startswith(">=") and ws >= int(term[2:]):
+            return True
+        if term.startswith("<=") and ws <= int(term[2:]):
+            return True
+        if term.isdigit() and ws == int(term):
+            return True
+    return False
+
+def _world_sizes_for(name, world_sizes, device, terms):
+    sizes = _per_device(world_sizes, device, None, "world_sizes")
+    if sizes == None:
+        sizes = [ws for ws in _default_world_sizes(device) if _rule_allows(terms, ws)]
+        if not sizes:
+            fail("fsdp_test %s: no default world size of %s (%s) satisfies valid_world_sizes; declare world_sizes" % (
+                name,
+                device,
+                _default_world_sizes(device),
+            ))
     if not sizes:
         fail("world_sizes for %s is empty" % device)
     for ws in sizes:
         if type(ws) != type(0) or ws < 1:
             fail("world_sizes for %s: %r is not a positive int" % (device, ws))
+        if not _rule_allows(terms, ws):
+            fail("fsdp_test %s: world size %d on %s is outside valid_world_sizes" % (name, ws, device))
     return sorted(sizes)
+
+def _target_name(name, device, ws, sizes):
+    """`<name>_<device>` for world size 2 (else the smallest), `..._ws<N>` for the others."""
+    main = 2 if 2 in sizes else sizes[0]
+    target = "%s_%s" % (name, device)
+    return target if ws == main else target + "_ws%d" % ws
 
 def fsdp_test(
         name,
@@ -38,6 +85,8 @@ def fsdp_test(
         data = [],
         api = None,
         world_sizes = None,
+        valid_world_sizes = "any",
+        cases = {},
         devices = None,
         disabled = {},
         shard_count = None,
@@ -47,8 +96,8 @@ def fsdp_test(
         **kwargs):
     """Defines one py_test per device and world size for an FSDP test file.
 
-    The first (smallest) world size of a device gets the target `<name>_<device>`; each
-    further one gets `<name>_<device>_ws<N>`. Every target runs `srcs[0]` with
+    World size 2 (else the smallest) of a device gets the target `<name>_<device>`; each
+    other one gets `<name>_<device>_ws<N>`. Every target runs `srcs[0]` with
     `--device=<device> --world_size=<N>` ahead of `args` and depends on `//testing`.
 
     Tags, which the report (tools/report) reads instead of parsing target names:
@@ -72,9 +121,16 @@ def fsdp_test(
       api: the FSDP API the test exercises, e.g. `"fsdp1"` or `"fsdp2"`; added as a tag
         so `--test_tag_filters=fsdp2` selects it.
       world_sizes: world sizes to run; a list for every device, or a dict from device
-        to list (devices missing from the dict get `[2]`). Defaults to `[2]`. Say why
-        in a comment beside a size other than the default, as `disabled` does for a
-        device.
+        to list. A device without one gets its defaults (`[2]` on cpu, `[1, 2]` on
+        accelerators) less those `valid_world_sizes` excludes. Say why in a comment
+        beside sizes other than the default. pytest runs the same sizes by default.
+      valid_world_sizes: the sizes at which the file's checks hold, as
+        `"TERMS: reason"` with comma-separated terms `N`, `>=N`, `<=N`, `even`, `odd`
+        or `any` (default). Every size in `world_sizes` must satisfy it; pytest's
+        `--world-size` outside it reports the file's tests as not run, with the reason.
+      cases: method-level deviations: `{method name or fnmatch glob: {"world_sizes":
+        rule, "disabled": {device: reason}}}`. Such a case is reported as not run, with
+        its reason, where it does not apply (testing/applicability.py).
       devices: devices to generate targets for, a subset of the keys of `DEVICES` in
         //tools:devices.bzl (`cpu`, `cuda`, `hpu`, `xpu`). Defaults to all of them.
       disabled: dict from device to a reason. That device's targets are still defined
@@ -129,20 +185,36 @@ def fsdp_test(
     # Part of every test's cache key: changing the interpreter's packages reruns tests.
     env.setdefault("FSDP_PYTHON_ENV", PYTHON_ENV_VERSIONS)
 
+    terms = _rule_terms(name, valid_world_sizes)
+    for pattern, case in cases.items():
+        for key in case:
+            if key not in ("world_sizes", "disabled"):
+                fail("fsdp_test %s: cases[%r] has unknown key %r" % (name, pattern, key))
+        if "world_sizes" in case:
+            _rule_terms(name, case["world_sizes"])
+        for device in case.get("disabled", {}):
+            if device not in DEVICES:
+                fail("fsdp_test %s: cases[%r] disables unknown device %r" % (name, pattern, device))
+
+    # The harness reads the rules from here (pytest reads them from this BUILD file);
+    # env, not args, because args are shell-tokenized and reasons have spaces.
+    env["FSDP_TEST_APPLICABILITY"] = json.encode({
+        "cases": cases,
+        "valid_world_sizes": valid_world_sizes,
+    })
+
     all_deps = list(deps)
     if "//testing" not in all_deps:
         all_deps.append("//testing")
 
     for device in devices:
         info = DEVICES[device]
-        sizes = _world_sizes_for(world_sizes, device)
+        sizes = _world_sizes_for(name, world_sizes, device, terms)
         disabled_tags = []
         if device in disabled:
             disabled_tags = ["manual", "disabled", "disabled:" + disabled[device]]
         for ws in sizes:
-            target = "%s_%s" % (name, device)
-            if ws != sizes[0]:
-                target += "_ws%d" % ws
+            target = _target_name(name, device, ws, sizes)
 
             # buildifier: disable=native-py
             native.py_test(
