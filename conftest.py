@@ -1,19 +1,28 @@
 """pytest path: the same options the Bazel targets pass as flags.
 
-    pytest fsdp/multiple_forward_test.py --device=cuda --world-size=2
+    pytest fsdp/multiple_forward_test.py --device=cuda
 
-Unlike Bazel targets (a pool of ranks per test class), a pytest session reuses
-one pool of ranks across test classes (``--pool-scope=session``, the default
-here), so device and communicator start-up is paid once.
+Each test runs at every world size its BUILD declaration gives for the device
+and the host can hold (``testing/pytest_plugin.py``); ``--world-size=N`` runs
+size N only. Unlike Bazel targets (a pool of ranks per test class), a pytest
+session reuses one pool of ranks across test classes (``--pool-scope=session``,
+the default here), so device and communicator start-up is paid once.
 """
 
 import os
 
 from testing import devices
 
+# The world-size plan: one item per declared world size, and the not-run block.
+pytest_plugins = ("testing.pytest_plugin",)
+
 _OPTIONS = {
     "--device": ("FSDP_TEST_DEVICE", "device the ranks run on: " + ", ".join(devices.DEVICES)),
-    "--world-size": ("FSDP_TEST_WORLD_SIZE", "world size of every test (default 2)"),
+    "--world-size": (
+        "FSDP_TEST_WORLD_SIZE",
+        "run this world size only (default: every size each test's BUILD declaration "
+        "gives for the device; sizes a test cannot run at are listed as not run)",
+    ),
     "--missing-device": (
         "FSDP_TEST_MISSING_DEVICE",
         "fail (default) or skip (opt-in) when the device is absent",

@@ -61,6 +61,13 @@ class DeviceKind:
             return -1
         return _count(self)
 
+    def visible_count(self) -> int:
+        """Like count(), but 0 when this torch cannot use the device at all."""
+        try:
+            return self.count()
+        except _Unavailable:
+            return 0
+
     def missing_reason(self, world_size: int) -> Optional[str]:
         """Returns a one-line reason why ``world_size`` ranks cannot run, or None."""
         if not self.is_accelerator:

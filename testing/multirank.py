@@ -16,9 +16,10 @@ Example::
         multirank.main()
 
 The world size is the target's (``--world_size``, set by the BUILD macro's
-``world_sizes``; ``--world-size`` under pytest). A class that only makes sense
-at one size says so with ``required_world_size``; run at another size, each of
-its tests fails with one line naming both sizes.
+``world_sizes``; under pytest, each declared size in turn). Where a test
+applies is declared in its BUILD ``fsdp_test`` (``valid_world_sizes``,
+``cases``, ``disabled``; see testing/applicability.py): a case outside its
+declaration is reported as not run, with the reason.
 
 Rank processes are started once per test class (or once per pytest session,
 see ``--pool_scope``) and reused; a test that fails, crashes or hangs replaces
@@ -40,13 +41,14 @@ from absl.testing import absltest
 from testing import applicability
 from testing import case_params
 from testing import known_failures as known_failures_lib
+from testing import not_run as not_run_lib
 from testing import options
 from testing import rank_pool
 from testing.rank_protocol import RankContext
 
 # The start of a skip reason that means "this case does not apply here": the report
 # and pytest's summary show such a case as not run, apart from skips.
-NOT_RUN_PREFIX = "not run: "
+NOT_RUN_PREFIX = not_run_lib.PREFIX
 
 # unittest leaves this module's frames out of failure tracebacks: the rank
 # tracebacks in the message are what matters, not how they were collected.
@@ -82,10 +84,6 @@ class MultiRankTestCase(absltest.TestCase):
     ``tearDown`` run on the ranks too.
 
     Class attributes:
-      required_world_size: the only world size this class's tests make sense
-        at (None: any). Checked, never applied: the world size comes from the
-        target, so a mismatch fails each test with one line saying what to
-        declare in BUILD.
       timeout_s: per-test timeout (None: ``--rank_timeout``, or the default).
       known_failures: ``{method name: known_failures.TorchBug}`` for the cases a
         known torch bug makes fail (see testing/known_failures.py).
@@ -96,7 +94,6 @@ class MultiRankTestCase(absltest.TestCase):
     group and must not touch an accelerator.
     """
 
-    required_world_size: Optional[int] = None
     timeout_s: Optional[float] = None
     known_failures: Dict[str, known_failures_lib.TorchBug] = {}
     # Set on a rank by bind_rank; a class-level value is a mistake (see _check_world_size).
@@ -190,21 +187,14 @@ class MultiRankTestCase(absltest.TestCase):
         )
 
     def _check_world_size(self, size: int) -> None:
-        """Fails the test if the class needs a world size this run does not have."""
+        """Fails the test if its class pins a world size (the target gives it)."""
         cls = type(self)
         if cls.world_size is not None:
             raise self.failureException(
                 f"{cls.__name__} sets world_size = {cls.world_size} as a class attribute; "
-                f"the world size comes from the target (this run: {size}). Remove it, "
-                f"declare world_sizes = [{cls.world_size}] in the BUILD fsdp_test, and set "
-                f"required_world_size = {cls.world_size} if the class needs that size"
-            )
-        required = cls.required_world_size
-        if required is not None and required != size:
-            raise self.failureException(
-                f"{cls.__name__} requires world size {required}, but this target runs "
-                f"world size {size}: declare world_sizes = [{required}] in its BUILD "
-                f"fsdp_test (pytest: --world-size={required})"
+                f"the world size comes from the target (this run: {size}). Remove it, and "
+                "declare the sizes in the BUILD fsdp_test: world_sizes, and "
+                "valid_world_sizes with the reason if others cannot apply"
             )
 
     def _not_run_reason(self, device: str, size: int) -> Optional[str]:
@@ -216,12 +206,28 @@ class MultiRankTestCase(absltest.TestCase):
             return None
         return declaration.not_run_reason(self._testMethodName, device, size)
 
+    def _record_not_run(self, device: str, size: int, reason: str) -> None:
+        """Keeps the reason for the report: absl's JUnit XML drops skip reasons."""
+        cls = type(self)
+        test_file = getattr(sys.modules.get(cls.__module__), "__file__", "") or ""
+        relative = os.path.relpath(test_file) if test_file else cls.__module__
+        case = not_run_lib.NotRun(
+            classname=f"{cls.__module__}.{cls.__qualname__}",
+            method=self._testMethodName,
+            file=test_file if relative.startswith("..") else relative,
+            device=device,
+            world_size=size,
+            reason=reason,
+        )
+        not_run_lib.record([case], _output_dir())
+
     def _run_on_ranks(self) -> None:
         size = options.world_size()
         self._check_world_size(size)
         kind = options.device()
         not_run = self._not_run_reason(kind.name, size)
         if not_run:
+            self._record_not_run(kind.name, size, not_run)
             raise unittest.SkipTest(f"{NOT_RUN_PREFIX}{not_run}")
         missing = kind.missing_reason(size)
         if missing:
@@ -319,8 +325,16 @@ def close_session_pools() -> None:
         pool.close()
 
 
+def output_dir() -> str:
+    """Where rank logs, environment.json and the report's records go.
+
+    Bazel's undeclared outputs; under pytest ``FSDP_TEST_OUTPUT_DIR``, else a
+    directory under the temporary directory.
+    """
+    return _output_dir()
+
+
 def _output_dir() -> str:
-    """Where rank logs and environment.json go: Bazel's undeclared outputs."""
     path = os.environ.get("TEST_UNDECLARED_OUTPUTS_DIR")
     if not path:
         path = os.environ.get("FSDP_TEST_OUTPUT_DIR") or os.path.join(

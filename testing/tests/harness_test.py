@@ -5,6 +5,7 @@ purpose) as a separate program, the way Bazel or pytest would, and asserts on
 what the harness reported and that no rank process was left behind.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -23,6 +24,14 @@ from testing import rank_server
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _CASES = os.path.join(_HERE, "harness_cases.py")
 _ROOT = os.path.dirname(os.path.dirname(_HERE))
+
+# ChecksAWorldOfThree's declaration, as the BUILD macro would pass it.
+_THREE_REASON = "valid at world size 3, not 2: the case checks a world of three"
+_ONLY_THREE = {
+    "FSDP_TEST_APPLICABILITY": json.dumps(
+        {"valid_world_sizes": "3: the case checks a world of three"}
+    )
+}
 
 
 def _processes_with_marker(marker: str):
@@ -64,6 +73,8 @@ class CasesRun:
             "FSDP_TEST_MISSING_DEVICE",
             "FSDP_TEST_WORLD_SIZE",
             "FSDP_TEST_POOL_SCOPE",
+            "FSDP_TEST_APPLICABILITY",
+            "FSDP_TEST_OUTPUT_DIR",
         ):
             self.env.pop(name, None)
         self.env.update(env or {})
@@ -182,19 +193,36 @@ class HarnessTest(absltest.TestCase):
         self.assertIn("2 passed", run.output)
         self.assertEqual(len(set(self.pids(run, 0))), 1, "the classes did not share ranks")
 
-    def test_required_world_size_mismatch_fails_with_one_line(self):
-        run = self.cases("RequiresWorldSizeThree")
-        self.assertNotEqual(run.returncode, 0)
-        self.assertIn(
-            "AssertionError: RequiresWorldSizeThree requires world size 3, but "
-            "this target runs world size 2: declare world_sizes = [3] in its BUILD "
-            "fsdp_test (pytest: --world-size=3)\n",
-            run.output,
+    def test_declared_exclusion_is_not_run_with_its_reason(self):
+        run = self.cases("ChecksAWorldOfThree", env=_ONLY_THREE)
+        self.assertEqual(run.returncode, 0, run.output)
+        self.assertEqual(run.testcases(), {"test_world_size_three": "skipped"})
+        # absl's XML drops skip reasons: the report reads them from not_run.json.
+        with open(os.path.join(run.state_dir, "out", "not_run.json")) as f:
+            cases = json.load(f)["cases"]
+        self.assertEqual(
+            [(c["test_id"], c["world_size"], c["reason"]) for c in cases],
+            [("ChecksAWorldOfThree.test_world_size_three", 2, _THREE_REASON)],
         )
 
-    def test_required_world_size_met_passes(self):
-        run = self.cases("RequiresWorldSizeThree", "--world_size=3")
+    def test_declared_size_runs(self):
+        run = self.cases("ChecksAWorldOfThree", "--world_size=3", env=_ONLY_THREE)
         self.assertEqual(run.returncode, 0, run.output)
+        self.assertEqual(run.testcases(), {"test_world_size_three": "passed"})
+
+    def test_pytest_lists_declared_exclusions_apart(self):
+        run = CasesRun(self, ["-k", "ChecksAWorldOfThree"], env=_ONLY_THREE, pytest=True).run()
+        self.assertEqual(run.returncode, 5, run.output)  # pytest: no tests ran
+        self.assertNotRegex(run.output, r"\d+ (passed|failed|skipped)")
+        self.assertIn("not run: 1 case\n", run.output)
+        self.assertIn(f"testing/tests/harness_cases.py  ws2  1 case  {_THREE_REASON}", run.output)
+        with open(os.path.join(run.state_dir, "not_run.json")) as f:
+            self.assertEqual(json.load(f)["cases"][0]["reason"], _THREE_REASON)
+        run = CasesRun(
+            self, ["-k", "ChecksAWorldOfThree", "--world-size=3"], env=_ONLY_THREE, pytest=True
+        ).run()
+        self.assertIn("1 passed", run.output)
+        self.assertNotIn("not run:", run.output)
 
     def test_class_attribute_world_size_fails_loudly(self):
         run = self.cases("SetsWorldSizeAttribute")
@@ -347,8 +375,11 @@ class HarnessTest(absltest.TestCase):
         run = CasesRun(
             self, ["-k", "test_all_reduce_sums_ranks", "--device=hpu"], pytest=True
         ).run()
+        # An absent device is no reason to leave a size out: each default size fails.
+        self.assertIn("hpu requested: 0 devices visible; world size 1 needs 1", run.output)
         self.assertIn("hpu requested: 0 devices visible; world size 2 needs 2", run.output)
-        self.assertIn("1 failed", run.output)
+        self.assertIn("2 failed", run.output)
+        self.assertNotIn("not run:", run.output)
 
 
 if __name__ == "__main__":
