@@ -165,27 +165,50 @@ def read_build(build_file: str) -> Dict[str, Dict[str, object]]:
     """Reads every ``fsdp_test(...)`` call of a BUILD file, without Bazel.
 
     Returns ``{name: keyword arguments}``. BUILD files are Python syntax and the
-    arguments ``fsdp_test`` reads here are literals, so ``ast.literal_eval``
-    reads them as Bazel does; a non-literal one raises ValueError naming it.
+    arguments ``fsdp_test`` reads here are literals, or names of literals assigned
+    at the top of the file (``_WORLD_SIZES = {...}``), so ``ast.literal_eval``
+    reads them as Bazel does; anything else raises ValueError naming it.
     """
     with open(build_file) as f:
         tree = ast.parse(f.read(), filename=build_file)
+    constants = _literal_constants(tree)
     found = {}
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "fsdp_test"):
             continue
         kwargs = {}
         for keyword in node.keywords:
+            value = keyword.value
+            if isinstance(value, ast.Name) and value.id in constants:
+                kwargs[keyword.arg] = constants[value.id]
+                continue
             try:
-                kwargs[keyword.arg] = ast.literal_eval(keyword.value)
+                kwargs[keyword.arg] = ast.literal_eval(value)
             except ValueError:
                 if keyword.arg in ("name", "world_sizes", "valid_world_sizes", "cases", "disabled"):
                     raise ValueError(
-                        f"{build_file}:{keyword.value.lineno}: fsdp_test's {keyword.arg} must be "
-                        "a literal, so that pytest reads it as Bazel does"
+                        f"{build_file}:{value.lineno}: fsdp_test's {keyword.arg} must be "
+                        "a literal, or a name assigned one at the top of the file, so that "
+                        "pytest reads it as Bazel does"
                     ) from None
         found[kwargs["name"]] = kwargs
     return found
+
+
+def _literal_constants(tree: ast.Module) -> Dict[str, object]:
+    """``NAME = <literal>`` assignments at the top level of a BUILD file."""
+    constants = {}
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+        ):
+            try:
+                constants[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass  # not a literal: an fsdp_test that uses it gets the error above
+    return constants
 
 
 _ENV = "FSDP_TEST_APPLICABILITY"

@@ -22,7 +22,6 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from testing import applicability
 from testing import multirank
 from testing import not_run
 from testing import options
@@ -87,14 +86,12 @@ def planned_items(item, device, visible: int, only: Optional[int]) -> List[objec
     """The items of ``item`` per planned world size (not-run ones marked)."""
     path = str(getattr(item, "path", None) or item.fspath)
     try:
-        declaration = applicability.for_test_file(path)
+        sizes = run_plan.plan(path, item.name, device, visible, only)
     except ValueError as e:
         raise pytest.UsageError(str(e)) from None
     sized = _sized_type(type(item))
     made = []
-    for planned in run_plan.plan_method(
-        declaration, item.name, device.name, device.accelerator, visible, only
-    ):
+    for planned in sizes:
         new = sized.from_parent(item.parent, name=f"{item.name}[ws{planned.world_size}]")
         setattr(new, _SIZE_ATTR, planned.world_size)
         setattr(new, _NOT_RUN_ATTR, planned.not_run)

@@ -21,6 +21,7 @@ import dataclasses
 from typing import List, Optional
 
 from testing import applicability
+from testing import devices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,3 +64,20 @@ def plan_method(
             reason = f"needs {size} {device} devices, {visible} visible"
         planned.append(PlannedSize(size, reason))
     return planned
+
+
+def plan(
+    test_file: str,
+    method: str,
+    device: devices.DeviceKind,
+    visible: int,
+    only: Optional[int] = None,
+) -> List[PlannedSize]:
+    """What the pytest plugin runs of ``method`` of ``test_file`` (see plan_method).
+
+    The declaration is the one the harness applies (``applicability.for_test_file``:
+    the package's BUILD file, or ``FSDP_TEST_APPLICABILITY`` when set). Raises
+    ValueError for a BUILD file it cannot read.
+    """
+    declaration = applicability.for_test_file(test_file)
+    return plan_method(declaration, method, device.name, device.accelerator, visible, only)

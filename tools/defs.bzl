@@ -9,6 +9,10 @@ each needs (tags, remote execution properties) are in //tools:devices.bzl.
 load("@fsdp_python//:defs.bzl", "PYTHON_ENV_VERSIONS")
 load(":devices.bzl", "ALL_DEVICES", "DEVICES", "device_exec_properties", "device_tags")
 
+# Targets of this world size or more are tagged `large`: the default test run leaves them
+# out (.bazelrc), so its cold time stays short on a small machine; --config=large runs them.
+LARGE_WORLD_SIZE = 8
+
 def _default_world_sizes(device):
     """A device's world sizes when a test declares none (testing/applicability.py agrees).
 
@@ -101,7 +105,8 @@ def fsdp_test(
     `--device=<device> --world_size=<N>` ahead of `args` and depends on `//testing`.
 
     Tags, which the report (tools/report) reads instead of parsing target names:
-    the device tag (`cpu`, `gpu`, `hpu` or `xpu`), `ws<N>`, the device's interoperable
+    the device tag (`cpu`, `gpu`, `hpu` or `xpu`), `ws<N>`, `large` from world size
+    `LARGE_WORLD_SIZE` (8) on (left out of the default run; `--config=large`), the device's interoperable
     tags (`requires-gpu-nvidia` on cuda), `requires-multi-device` on accelerator targets
     with more than one rank, `fsdp`, `block-network` (a private loopback where the sandbox
     provides one, e.g. linux-sandbox; ranks meet through a FileStore and bind ephemeral
@@ -216,6 +221,9 @@ def fsdp_test(
         for ws in sizes:
             target = _target_name(name, device, ws, sizes)
 
+            # Out of the default `bazel test //...` (.bazelrc: -large); --config=large runs them.
+            large_tags = ["large"] if ws >= LARGE_WORLD_SIZE and "large" not in tags else []
+
             # buildifier: disable=native-py
             native.py_test(
                 name = target,
@@ -230,17 +238,23 @@ def fsdp_test(
                 shard_count = _per_device(shard_count, device, info.shard_count, "shard_count"),
                 size = _per_device(size, device, info.size, "size"),
                 tags = device_tags(device, ws) + ["block-network", "fsdp"] +
-                       ([api] if api else []) + disabled_tags + tags,
+                       ([api] if api else []) + disabled_tags + tags + large_tags,
                 **kwargs
             )
 
 def fsdp_test_suites(name = None):
-    """Defines one test_suite per device tag for the tests of the calling package.
+    """Defines one test_suite per device tag, and the package's applicability record.
 
-    Call it at the end of a BUILD file. The suites are `<tag>_tests` for each device
-    tag of //tools:devices.bzl: `cpu_tests`, `gpu_tests`, `hpu_tests` and `xpu_tests`
-    (prefixed with `<name>_` when name is given); each holds the package's non-manual
-    tests with that tag.
+    Call it at the end of a BUILD file, after every `fsdp_test`. The suites are
+    `<tag>_tests` for each device tag of //tools:devices.bzl: `cpu_tests`, `gpu_tests`,
+    `hpu_tests` and `xpu_tests` (prefixed with `<name>_` when name is given); each holds
+    the package's non-manual tests with that tag.
+
+    It also defines `applicability` (`<name>_applicability`): `applicability.json`, the
+    targets the package's `fsdp_test`s made (device, world size, the declaration passed
+    to the harness, tags), with the BUILD file and test sources as runfiles.
+    //testing/tests:applicability_test compares it with what pytest reads from the same
+    BUILD file, so the two runners cannot drift apart.
 
     Args:
       name: optional prefix of the suite names.
@@ -258,3 +272,38 @@ def fsdp_test_suites(name = None):
             name = (name + "_" + suite) if name else suite,
             tags = [DEVICES[device].tag],
         )
+    targets = []
+    srcs = native.glob(["BUILD.bazel", "BUILD"])
+    for rule in native.existing_rules().values():
+        if rule["kind"] != "py_test" or "fsdp" not in rule["tags"]:
+            continue
+        targets.append({
+            "applicability": rule["env"].get("FSDP_TEST_APPLICABILITY"),
+            "args": rule["args"],
+            "generator": rule["generator_name"],
+            "name": rule["name"],
+            "srcs": rule["srcs"],
+            "tags": rule["tags"],
+        })
+        srcs.extend([src for src in rule["srcs"] if src not in srcs])
+    _applicability_json(
+        name = (name + "_applicability") if name else "applicability",
+        content = json.encode({"package": native.package_name(), "targets": targets}),
+        srcs = srcs,
+        visibility = ["//visibility:public"],
+    )
+
+def _applicability_json_impl(ctx):
+    out = ctx.actions.declare_file(ctx.label.name + ".json")
+    ctx.actions.write(out, ctx.attr.content + "\n")
+    files = depset([out])
+    return [DefaultInfo(files = files, runfiles = ctx.runfiles(files = [out] + ctx.files.srcs))]
+
+_applicability_json = rule(
+    implementation = _applicability_json_impl,
+    doc = "Writes `<name>.json` (fsdp_test_suites' record); the sources come along as runfiles.",
+    attrs = {
+        "content": attr.string(mandatory = True),
+        "srcs": attr.label_list(allow_files = True),
+    },
+)

@@ -3,7 +3,8 @@
 Passes when both tables name the same devices with the same tag,
 accelerator flag, visibility variable, environment prefixes and names, and
 interoperable tags, share the multi-device tag, and `.bazelrc` has for each device a
-`test:<device>` config whose `--test_tag_filters` selects exactly that device's tag.
+`test:<device>` config whose `--test_tag_filters` selects exactly that device's tag less
+`large`, and a `large` config that leaves out every accelerator's tag.
 Each mismatch is reported with the device, the field and both values.
 """
 
@@ -22,6 +23,8 @@ devices = device_table.load()
 # Written by //tools:devices_table from tools/devices.bzl.
 _STARLARK_JSON = os.path.join("tools", "devices_table.json")
 _BAZELRC = ".bazelrc"
+# The config of the targets the default run leaves out (tools/defs.bzl tags them).
+_LARGE = "large"
 # Fields both tables hold; the rest is one side's business (Python: backend and
 # plugin; Starlark: size and shard_count).
 _SHARED_FIELDS = (
@@ -89,14 +92,21 @@ class DeviceTableTest(absltest.TestCase):
         filters = _bazelrc_tag_filters()
         problems = []
         for name, kind in devices.DEVICES.items():
-            if filters.get(name) != kind.tag:
+            if filters.get(name) != f"{kind.tag},-large":
                 problems.append(
                     f"test:{name} --test_tag_filters is {filters.get(name)!r}, "
-                    f"expected {kind.tag!r}"
+                    f"expected '{kind.tag},-large'"
                 )
-        for config in sorted(set(filters) - set(devices.DEVICES)):
+        for config in sorted(set(filters) - set(devices.DEVICES) - {_LARGE}):
             problems.append(f"test:{config} filters tags but {config} is not a device")
         self.assertEmpty(problems, ".bazelrc device configs:\n" + "\n".join(problems))
+
+    def test_large_config_leaves_every_accelerator_out(self):
+        # A positive tag selects across devices: the large config must exclude every
+        # accelerator's tag, or a CPU-only CI would run (and fail) their large targets.
+        accelerators = sorted(k.tag for k in devices.DEVICES.values() if k.accelerator)
+        expected = ",".join([_LARGE] + [f"-{tag}" for tag in accelerators])
+        self.assertEqual(_bazelrc_tag_filters().get(_LARGE), expected)
 
 
 if __name__ == "__main__":

@@ -46,9 +46,6 @@ RESHARD_TO_2 = {
 
 
 class CollectiveCountsWs4Test(multirank.MultiRankTestCase, parameterized.TestCase):
-    # A 2 x 2 mesh and reshard_after_forward=2 both need exactly 4 ranks.
-    required_world_size = 4
-
     def _mesh_2x2(self):
         return compat.init_device_mesh(
             self.device.type, (2, 2), mesh_dim_names=("replicate", "shard")

@@ -4,7 +4,7 @@ With ``reshard_after_forward=2`` on world size 4, each unit keeps its
 parameters gathered over groups of 2 ranks between forward and backward
 instead of freeing them entirely. Training must still equal a model trained
 without FSDP on all ranks' data. The value must be a non-trivial divisor of
-the world size, so the class requires world size 4 (declared in BUILD).
+the world size, so the file holds at world size 4 (declared in BUILD).
 """
 
 from testing import multirank
@@ -15,8 +15,6 @@ SPEC = models.get("nested_mlp")
 
 
 class ReshardToSubgroupTest(multirank.MultiRankTestCase):
-    required_world_size = 4
-
     # Only non-root units reshard after forward, so this needs nested units.
     def test_matches_unsharded_training_reshard_after_forward_2_nested_fsdp2(self):
         training.check_against_reference(

@@ -13,8 +13,6 @@ from testing.fsdp import models, training, wrapping
 
 
 class UnevenWorldSize4Test(multirank.MultiRankTestCase, parameterized.TestCase):
-    required_world_size = 4
-
     @parameterized.parameters(*wrapping.APIS)
     def test_uneven_world_size_4(self, api):
         training.check_against_reference(

@@ -16,9 +16,10 @@ import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
 try:
-    from . import model
+    from . import model, not_run_records
 except ImportError:  # run as a script: tools/report is on sys.path
     import model
+    import not_run_records
 
 M = model
 
@@ -385,6 +386,9 @@ def _case_status(case: ET.Element) -> Tuple[str, str, str]:
             )
         if msg == "xfail-marked test passes unexpectedly":
             return M.FAIL, msg, ""
+        if msg.startswith(not_run_records.PREFIX):
+            # The harness's "does not apply here" (testing/not_run.py): not a skip.
+            return M.NOT_RUN, msg[len(not_run_records.PREFIX) :], ""
         return M.SKIPPED, msg, ""
     for prop in case.iter("property"):
         if prop.get("name") == "EXPECTED_FAILURE":
@@ -548,17 +552,22 @@ def parse_pytest_junit(path: str, device: str, package: str = "fsdp") -> M.Colle
         return out
     for case in root.iter("testcase"):
         classname = case.get("classname", "")
-        name = case.get("name", "")
-        out.results.append(
-            _case_result(
-                case,
-                test_id=classname + "." + name,
-                label=label,
-                behaviour=_junit_behaviour(classname, package),
-                device=device,
-                source=path,
-            )
+        # The pytest plugin names items <method>[ws<N>]: one row, the size on the result.
+        name, ws = not_run_records.split_world_size(case.get("name", ""))
+        result = _case_result(
+            case,
+            test_id=classname + "." + name,
+            label=label,
+            behaviour=_junit_behaviour(classname, package),
+            device=device,
+            source=path,
+            ws=ws,
         )
+        if ws is not None:
+            result.raw_name = name
+            result.method, result.api = M.split_api(name)
+        out.results.append(result)
+    _add_pytest_not_run(out, root, path, label, device, package)
     if not out.results:
         out.problems.append(M.Problem(path, "JUnit XML has no test cases"))
     params_path = os.path.join(os.path.dirname(path), "test_params.json")
@@ -591,6 +600,36 @@ def parse_pytest_junit(path: str, device: str, package: str = "fsdp") -> M.Colle
         except ValueError as e:
             out.problems.append(M.Problem(env_path, "bad environment.json: %s" % e))
     return out
+
+
+def _add_pytest_not_run(
+    out: M.Collected, root: ET.Element, path: str, label: str, device: str, package: str
+) -> None:
+    """Adds the cases the pytest plugin left out of the run (not_run.json beside the XML)."""
+    not_run_path = os.path.join(os.path.dirname(path), not_run_records.FILE_NAME)
+    if not os.path.isfile(not_run_path):
+        return
+    started = _junit_start(root)
+    if started is not None and os.path.getmtime(not_run_path) < started - 1:
+        out.problems.append(
+            M.Problem(not_run_path, "older than the JUnit run it sits beside; ignored")
+        )
+        return
+    entries = not_run_records.read(_read_text(not_run_path), not_run_path, out.problems)
+    # A case the harness itself found not to apply is in the XML already, as NOT_RUN.
+    have = {(r.test_id, r.ws) for r in out.results}
+    entries = [
+        e for e in entries if ("%s.%s" % (e["classname"], e["method"]), e["world_size"]) not in have
+    ]
+    out.results.extend(
+        not_run_records.results(
+            entries,
+            lambda classname: _junit_behaviour(classname, package),
+            label=label,
+            device=device,
+            source=not_run_path,
+        )
+    )
 
 
 def drop_stale(col: M.Collected) -> M.Collected:
@@ -701,6 +740,10 @@ def scan_testlogs(
         )
         apply_known_failures(
             results, read_known_failures(outputs.read("known_failures.json"), dirpath, out.problems)
+        )
+        not_run_records.apply(
+            results,
+            not_run_records.read(outputs.read(not_run_records.FILE_NAME), dirpath, out.problems),
         )
         attach_rank_logs(results, outputs)
         env = read_environment(outputs, dirpath, out.problems)

@@ -735,7 +735,18 @@ def _cell(mine, beh, dev, api, target_level, beh_targets, used, qdevs) -> Cell:
         if r.known_bug and r.status == PASS
     ]
     if mine:
-        return Cell(aggregate(mine), list(mine), notes=notes)
+        # Sizes the declaration or the host excluded (not_run_records), with their reasons.
+        not_run = sorted(
+            {
+                ("ws%d: %s" % (r.ws, r.message)) if r.ws else r.message
+                for r in mine
+                if r.status == NOT_RUN
+            }
+        )
+        status = aggregate(mine)
+        if status == NOT_RUN:
+            return Cell(NOT_RUN, list(mine), reason="; ".join(not_run), notes=notes)
+        return Cell(status, list(mine), notes=notes + ["not run at " + n for n in not_run])
     tl = [r for r in target_level.get((beh, dev), []) if api is None or r.api in (None, api)]
     if tl:
         used.update(id(r) for r in tl)

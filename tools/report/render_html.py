@@ -34,7 +34,7 @@ LEGEND = {
     M.KNOWN_BUG: "fails from a known torch bug (issue shown)",
     M.FLAKY: "failed in some runs",
     M.DISABLED: "tagged disabled (reason shown)",
-    M.NOT_RUN: "target exists, no result",
+    M.NOT_RUN: "does not apply here (reason shown), or target without result",
     M.SKIPPED: "skipped by the test",
     M.NO_RESULT: "test.xml missing",
     M.MALFORMED: "test.xml unreadable",
@@ -194,7 +194,7 @@ def _cell_html(cell: M.Cell, row: M.Row, dev: str, api: str, first: bool) -> str
     if cell.link:
         inner = '<a href="#%s">%s</a>' % (cell.link, inner)
     extra = ""
-    if cell.status == M.DISABLED:
+    if cell.status == M.DISABLED or (cell.status == M.NOT_RUN and cell.results):
         extra = '<span class="why">%s</span>' % esc(_short(cell.reason, 90))
     elif cell.status == M.KNOWN_BUG:
         bug = next((r.known_bug for r in cell.results if r.known_bug), None)

@@ -55,7 +55,7 @@ def _cell(cell: M.Cell) -> str:
     if cell.link:
         word = text.split(" ", 1)
         text = "%s [%s](#%s)" % (word[0], word[1].strip("*"), cell.link)
-    if cell.status == M.DISABLED and cell.reason:
+    if cell.reason and (cell.status == M.DISABLED or (cell.status == M.NOT_RUN and cell.results)):
         text += ": " + _cellesc(render_html._short(cell.reason, 60))
     bug = next((r.known_bug for r in cell.results if r.known_bug), None)
     if cell.status == M.KNOWN_BUG and bug:

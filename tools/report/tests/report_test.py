@@ -20,6 +20,7 @@ testdata/known_bugs/     testlogs with known torch bugs (known_failures.json):
                     outside seen_on
 testdata/pytest_known_bugs/  the same unfreeze run through pytest (xfail, and
                     "Unexpected success"), with known_failures.json beside it
+NotRunTest writes its own small fixtures (not_run.json under Bazel and beside JUnit).
 """
 
 import contextlib
@@ -638,6 +639,80 @@ class KnownTorchBugTest(absltest.TestCase):
         self.assertEqual(model.issue_url("a/b#3"), "https://github.com/a/b/issues/3")
         self.assertEqual(model.issue_url("https://x.org/1"), "https://x.org/1")
         self.assertEqual(model.issue_url("internal bug 5"), "")
+
+
+class NotRunTest(absltest.TestCase):
+    """Cases that do not apply on the host: NOT RUN cells with the reason, never skips."""
+
+    REASON = "valid at world size even, not 1: a 2-D mesh halves the world"
+
+    def test_bazel_skip_explained_by_not_run_json(self):
+        # absl writes a skip as status="notrun" with no reason; the harness's record has it.
+        tmp = tempfile.mkdtemp()
+        target = os.path.join(tmp, "fsdp", "mesh_test_cuda_ws1")
+        os.makedirs(os.path.join(target, "test.outputs"))
+        write_file(
+            os.path.join(target, "test.xml"),
+            '<testsuites><testsuite name="MeshTest">'
+            '<testcase name="test_mesh_fsdp2" status="notrun" result="suppressed" time="0.0" '
+            'classname="__main__.MeshTest"/>'
+            '<testcase name="test_flat_fsdp2" status="run" result="completed" time="0.5" '
+            'classname="__main__.MeshTest"/></testsuite></testsuites>',
+        )
+        write_file(
+            os.path.join(target, "test.outputs", "not_run.json"),
+            '{"cases": [{"classname": "__main__.MeshTest", "method": "test_mesh_fsdp2", '
+            '"device": "cuda", "world_size": 1, "reason": "%s"}]}' % self.REASON,
+        )
+        rc, out, html_text, md = run_cli("--testlogs", tmp)
+        shutil.rmtree(tmp)
+        self.assertEqual(rc, 0)
+        self.assertIn("1 passed, 0 failed, 0 disabled, 1 not run", out)
+        self.assertNotIn("skipped", out)
+        cells = html_cells(html_text, "test_mesh")
+        self.assertIn("NOT RUN", "".join(cells))
+        self.assertIn("ws1: " + self.REASON, "".join(cells))
+        self.assertIn("not run: ws1: valid at world size even", md_row(md, "test_mesh")[0])
+
+    def test_pytest_sizes_share_a_row_and_left_out_cases_come_from_the_record(self):
+        tmp = tempfile.mkdtemp()
+        junit = os.path.join(tmp, "results.xml")
+        cls = "fsdp.hsdp.mesh_test.MeshTest"
+        write_file(
+            junit,
+            '<testsuites><testsuite name="pytest">'
+            '<testcase classname="%s" name="test_mesh_fsdp2[ws2]" time="0.5"/>'
+            '<testcase classname="%s" name="test_flat_fsdp2[ws1]" time="0.5">'
+            '<skipped type="pytest.skip" message="not run: needs 2 cuda devices, 1 visible"/>'
+            "</testcase></testsuite></testsuites>" % (cls, cls),
+        )
+        write_file(
+            os.path.join(tmp, "not_run.json"),
+            '{"cases": [{"classname": "%s", "method": "test_mesh_fsdp2", "device": "cuda", '
+            '"world_size": 1, "reason": "%s"}]}' % (cls, self.REASON),
+        )
+        col = collect.parse_pytest_junit(junit, "cuda")
+        shutil.rmtree(tmp)
+        by_case = {(r.method, r.ws): r for r in col.results}
+        self.assertEqual(
+            {k: (r.status, r.message) for k, r in by_case.items()},
+            {
+                ("test_mesh", 2): (model.PASS, ""),
+                ("test_mesh", 1): (model.NOT_RUN, self.REASON),
+                ("test_flat", 1): (model.NOT_RUN, "needs 2 cuda devices, 1 visible"),
+            },
+        )
+        rep = model.build_report(col)
+        self.assertEqual((rep.counts.get(model.PASS), rep.counts.get(model.NOT_RUN)), (1, 1))
+        self.assertNotIn(model.SKIPPED, rep.counts)
+        mesh = next(row for g in rep.groups for row in g.rows if row.method == "test_mesh")
+        cell = next(c for c in mesh.cells.values() if c.status == model.PASS)
+        self.assertEqual(cell.notes, ["not run at ws1: " + self.REASON])
+
+    def test_bad_record_is_a_problem(self):
+        problems = []
+        self.assertEqual(collect.not_run_records.read('{"cases": [{}]}', "n", problems), [])
+        self.assertIn("bad not_run.json", problems[0].message)
 
 
 class CliTest(absltest.TestCase):
