@@ -28,17 +28,17 @@ def pytest_configure(config):
             os.environ[option.env] = str(value)
         elif option.pytest_default:
             os.environ.setdefault(option.env, option.pytest_default)
-    from absl import flags  # pylint: disable=g-import-not-at-top
+    from absl import flags
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS(["pytest"], known_only=True)
-    from testing import multirank  # pylint: disable=g-import-not-at-top
+    from testing import multirank
 
     multirank.install_process_guards()
 
 
 def pytest_sessionfinish(session, exitstatus):
     del session, exitstatus
-    from testing import multirank  # pylint: disable=g-import-not-at-top
+    from testing import multirank
 
     multirank.close_session_pools()

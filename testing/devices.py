@@ -92,7 +92,7 @@ class DeviceKind:
 
     def torch_module(self):
         """Returns the ``torch.<name>`` module of an accelerator."""
-        import torch  # pylint: disable=g-import-not-at-top
+        import torch
 
         if self.plugin:
             importlib.import_module(self.plugin)
@@ -104,7 +104,7 @@ class _Unavailable(Exception):
 
 
 def _count(kind: DeviceKind) -> int:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
 
     if kind.plugin:
         try:

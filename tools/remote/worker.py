@@ -29,6 +29,7 @@ action (a stand-in for a hosted fleet whose workers need, say, a container image
 """
 
 import argparse
+import hashlib
 import logging
 import os
 import shutil
@@ -65,8 +66,6 @@ HEARTBEAT_SECONDS = 5
 
 
 def _sha256(data):
-    import hashlib  # pylint: disable=import-outside-toplevel
-
     return hashlib.sha256(data).hexdigest()
 
 
@@ -309,7 +308,7 @@ class Job:
         root = os.path.join(self.worker.work_dir, "job-" + uuid.uuid4().hex[:12])
         try:
             self._execute(root)
-        except Exception as e:  # pylint: disable=broad-except
+        except Exception as e:
             LOG.exception("lease %s failed", self.lease.id)
             self.status = code_pb2.INTERNAL
             self.message = f"worker {self.worker.bot_id}: {type(e).__name__}: {e}"

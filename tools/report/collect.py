@@ -15,10 +15,7 @@ import xml.etree.ElementTree as ET
 import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
-try:
-    from . import model
-except ImportError:  # run as a script: tools/report is on sys.path
-    import model
+from tools.report import model
 
 M = model
 
