@@ -11,7 +11,7 @@ MIN_TORCH = (2, 6)
 
 def _require_torch() -> None:
     try:
-        import torch  # pylint: disable=g-import-not-at-top
+        import torch
     except ImportError as e:
         sys.exit(
             f"fsdp-conformance: torch is not importable in {sys.executable} "

@@ -36,7 +36,7 @@ def parameters(test: unittest.TestCase) -> Dict[str, Any]:
     ``testcase_params`` and ``functools.wraps``' ``__wrapped__``, checked with
     absl-py 2.5.1).
     """
-    method = getattr(type(test), test._testMethodName, None)  # pylint: disable=protected-access
+    method = getattr(type(test), test._testMethodName, None)
     original = getattr(method, "__wrapped__", None)
     if method is None or original is None or not getattr(method, "__closure__", None):
         return {}
@@ -59,7 +59,7 @@ def parameters(test: unittest.TestCase) -> Dict[str, Any]:
 
 def record(test: unittest.TestCase, output_dir: str) -> None:
     """Adds ``test``'s parameters to ``<output_dir>/test_params.json``."""
-    key = f"{type(test).__name__}.{test._testMethodName}"  # pylint: disable=protected-access
+    key = f"{type(test).__name__}.{test._testMethodName}"
     _RECORDED[key] = parameters(test)
     with open(os.path.join(output_dir, FILE_NAME), "w") as f:
         json.dump(_RECORDED, f, indent=1, sort_keys=True)

@@ -1,14 +1,16 @@
-"""Device registry: the Python half of the suite's device table.
+"""The device table: the one hand-edited list of the devices the suite runs on.
 
-The registry maps the device names the suite accepts (``cpu``, ``cuda``, ``hpu``,
-``xpu``) to their process-group backend, Bazel tag and host environment, and counts
-the devices that are visible without initializing an accelerator (so rank processes
-can still be forked).
+The table maps the device names the suite accepts (``cpu``, ``cuda``, ``hpu``,
+``xpu``) to their process-group backend, Bazel tag, target defaults, host environment
+and vendor listing tool, and counts the devices that are visible without initializing
+an accelerator (so rank processes can still be forked).
 
-``tools/devices.bzl`` is the Starlark half; ``//tools:devices_test`` fails when the
-facts both hold (tag, accelerator, visibility variable, environment, tags) differ.
-Tools that must not import torch (tools/remote, tools/report) load this file by
-path, so it imports nothing outside the standard library at module level.
+Everything else is derived from it: the repository rule in
+``tools/devices_repository.bzl`` writes the Starlark ``DEVICES`` (``@fsdp_devices``,
+loaded by ``tools/devices.bzl``) from it, and tools that must not import torch
+(tools/bazel, tools/device_lease.py, tools/remote, tools/report) load it through
+``tools/device_table.py``. So it imports nothing outside the standard library at
+module level.
 """
 
 import dataclasses
@@ -37,6 +39,13 @@ class DeviceKind:
             runtime and collectives read (``NCCL_``...).
         env_vars: exact names of further host variables they read.
         interop_tags: Bazel tags that CI filters of other projects understand.
+        size: the Bazel ``size`` of the device's targets (``fsdp_test`` default).
+        shard_count: the ``shard_count`` of the device's targets (``fsdp_test``
+            default).
+        list_command: the vendor command that lists the host's devices without
+            initializing a runtime (no CUDA context), () when there is none.
+        list_line: a regular expression matching, at the start of a line of that
+            command's output, each line that names one device.
         plugin: a module that must be imported to make the device usable, if any.
     """
 
@@ -48,6 +57,10 @@ class DeviceKind:
     env_prefixes: Tuple[str, ...] = ()
     env_vars: Tuple[str, ...] = ()
     interop_tags: Tuple[str, ...] = ()
+    size: str = "medium"
+    shard_count: int = 1
+    list_command: Tuple[str, ...] = ()
+    list_line: str = ""
     plugin: Optional[str] = None
 
     @property
@@ -86,7 +99,7 @@ class DeviceKind:
 
     def torch_module(self):
         """Returns the ``torch.<name>`` module of an accelerator."""
-        import torch  # pylint: disable=g-import-not-at-top
+        import torch
 
         if self.plugin:
             importlib.import_module(self.plugin)
@@ -98,7 +111,7 @@ class _Unavailable(Exception):
 
 
 def _count(kind: DeviceKind) -> int:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
 
     if kind.plugin:
         try:
@@ -114,7 +127,9 @@ def _count(kind: DeviceKind) -> int:
     return counter()
 
 
-# Tag of accelerator targets with more than one rank (see tools/devices.bzl).
+# Tag of accelerator targets with more than one rank. A scheduler or CI filter that knows
+# nothing of this suite can keep them off single-device hosts
+# (`--test_tag_filters=-requires-multi-device`); see tools/devices.bzl.
 MULTI_DEVICE_TAG = "requires-multi-device"
 
 # Variables every accelerator's runtime may need from the host: the vendor libraries.
@@ -132,6 +147,9 @@ DEVICES = {
             env_prefixes=("NCCL_", "TORCH_NCCL_", "CUDA_", "NVSHMEM_", "TORCH_SYMM_MEM_"),
             env_vars=_ACCELERATOR_ENV_VARS,
             interop_tags=("requires-gpu-nvidia",),
+            # One "GPU n: ..." line per GPU; MIG instances are indented lines below theirs.
+            list_command=("nvidia-smi", "-L"),
+            list_line=r"GPU \d+:",
         ),
         DeviceKind(
             "hpu",
@@ -140,6 +158,8 @@ DEVICES = {
             visible_devices_env="HABANA_VISIBLE_MODULES",
             env_prefixes=("HABANA_", "HCCL_", "PT_HPU_"),
             env_vars=_ACCELERATOR_ENV_VARS,
+            list_command=("hl-smi", "-Q", "module_id", "-f", "csv,noheader"),
+            list_line=r"\s*\d+",
             plugin="habana_frameworks.torch",
         ),
         DeviceKind(

@@ -1,4 +1,4 @@
-"""Small helpers for code running on a rank: barrier, seeding, a shared temporary directory.
+"""Helpers for code running on a rank: a temporary directory all ranks share.
 
 To check that ranks hold the same values, see ``testing.fsdp.parity.assert_same_across_ranks``.
 """
@@ -9,20 +9,7 @@ import shutil
 import tempfile
 from typing import Iterator
 
-import torch
 import torch.distributed as dist
-
-
-def barrier() -> None:
-    """Waits until every rank of the default group reaches this point."""
-    dist.barrier()
-
-
-def seed_per_rank(base: int = 0) -> int:
-    """Seeds torch's RNG with a value distinct per rank; returns the seed."""
-    seed = base * 1000 + dist.get_rank()
-    torch.manual_seed(seed)
-    return seed
 
 
 @contextlib.contextmanager

@@ -61,7 +61,7 @@ class TorchBug:
 
 def torch_release() -> str:
     """The running torch's ``major.minor``, e.g. ``"2.13"``."""
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
 
     return ".".join(torch.__version__.split("+")[0].split(".")[:2])
 

@@ -296,7 +296,7 @@ def _discard_pool(pool: rank_pool.RankPool) -> None:
     fresh one; a healthy one stays for the next class until close_session_pools().
     """
     for cls in _classes_holding(pool):
-        cls._pool = None  # pylint: disable=protected-access
+        cls._pool = None
     session_key = next((k for k, p in _SESSION_POOLS.items() if p is pool), None)
     if session_key is not None and not pool.broken:
         return
@@ -321,7 +321,7 @@ def close_session_pools() -> None:
     for key in list(_SESSION_POOLS):
         pool = _SESSION_POOLS.pop(key)
         for cls in _classes_holding(pool):
-            cls._pool = None  # pylint: disable=protected-access
+            cls._pool = None
         pool.close()
 
 
@@ -352,7 +352,7 @@ def _write_environment(info: dict) -> None:
 def _on_sigterm(signum, frame):
     """Bazel's timeout or an interrupted run: dump rank stacks, end the ranks."""
     del frame
-    for pool in list(rank_pool._LIVE_POOLS):  # pylint: disable=protected-access
+    for pool in list(rank_pool._LIVE_POOLS):
         pool.dump_stacks(list(range(pool.world_size)))
     rank_pool.kill_all_pools()
     sys.stderr.write(

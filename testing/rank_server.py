@@ -70,7 +70,7 @@ def rank_main(rank, world_size, device_name, store_path, conn, log_dir) -> None:
     try:
         context = _join_group(rank, world_size, device_name, store_path)
         baseline = _ProcessState.capture(context)
-    except BaseException:  # pylint: disable=broad-except
+    except BaseException:
         conn.send(("error", traceback.format_exc()))
         os._exit(1)
     conn.send(("ok", _describe(context)))
@@ -110,8 +110,8 @@ def rank_main(rank, world_size, device_name, store_path, conn, log_dir) -> None:
 
 
 def _join_group(rank, world_size, device_name, store_path) -> RankContext:
-    import torch  # pylint: disable=g-import-not-at-top
-    import torch.distributed as dist  # pylint: disable=g-import-not-at-top
+    import torch
+    import torch.distributed as dist
 
     kind = devices.get(device_name)
     if kind.is_accelerator:
@@ -137,7 +137,7 @@ def _join_group(rank, world_size, device_name, store_path) -> RankContext:
 
 def _describe(context: RankContext) -> dict:
     """Facts about the run that the report shows (rank 0's view)."""
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
 
     info = {
         "torch_version": torch.__version__,
@@ -179,7 +179,7 @@ class _ProcessState:
     """
 
     def __init__(self, context: RankContext):
-        import torch  # pylint: disable=g-import-not-at-top
+        import torch
 
         self._context = context
         self.environ = dict(os.environ)
@@ -202,7 +202,7 @@ class _ProcessState:
         return module if hasattr(module, "get_rng_state") else None
 
     def restore(self) -> None:
-        import torch  # pylint: disable=g-import-not-at-top
+        import torch
 
         if dict(os.environ) != self.environ:
             os.environ.clear()
@@ -229,7 +229,7 @@ def _resolve(request: RunRequest) -> Tuple[Optional[type], Optional[str]]:
         )
     try:
         module = sys.modules.get(request.module) or importlib.import_module(request.module)
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
         return None, (
             f"cannot run {what}.{request.method}: the rank process could not "
             f"import module {request.module!r}:\n{traceback.format_exc()}"
@@ -249,7 +249,7 @@ def _begin_class(test_class) -> Optional[str]:
     """Runs the class's rank-side set-up; returns an error message if it raised."""
     try:
         test_class.setUpClassOnRanks()
-    except BaseException:  # pylint: disable=broad-except
+    except BaseException:
         return (
             f"{test_class.__name__}.setUpClassOnRanks failed on this rank:\n"
             + traceback.format_exc()
@@ -261,7 +261,7 @@ def _end_class(test_class) -> None:
     """Runs the class's rank-side tear-down; a failure is only logged (no test to fail)."""
     try:
         test_class.tearDownClassOnRanks()
-    except BaseException:  # pylint: disable=broad-except
+    except BaseException:
         print(
             f"{test_class.__name__}.tearDownClassOnRanks failed:\n" + traceback.format_exc(),
             flush=True,
@@ -281,7 +281,7 @@ def _run_method(test_class, method_name, context: RankContext):
             test.doCleanups()
     except unittest.SkipTest as e:
         return ("skip", str(e))
-    except BaseException as e:  # pylint: disable=broad-except
+    except BaseException as e:
         # Leave out this function's own frame: the test's frames are the story.
         tb = e.__traceback__.tb_next or e.__traceback__
         return ("error", "".join(traceback.format_exception(type(e), e, tb)))
@@ -297,7 +297,7 @@ def _leave_group() -> None:
     torch 2.13's CPU build sometimes aborts in interpreter teardown after FSDP2
     ran; ``os._exit`` keeps that from turning a passed test into a crash.
     """
-    import torch.distributed as dist  # pylint: disable=g-import-not-at-top
+    import torch.distributed as dist
 
     try:
         if dist.is_initialized():

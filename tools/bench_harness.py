@@ -90,7 +90,7 @@ def _trivial_test(self):
 def _pool_test(self):
     # From the environment: ranks started by forkserver or spawn have no parsed flags.
     if os.environ.get("BENCH_HARNESS_WORKLOAD") == "fsdp":
-        from testing.fsdp import models, training  # pylint: disable=g-import-not-at-top
+        from testing.fsdp import models, training
 
         training.check_against_reference(
             models.get("nested_mlp"), "fsdp2", steps=1, device=self.device

@@ -108,9 +108,9 @@ def fsdp_test(
     the device tag (`cpu`, `gpu`, `hpu` or `xpu`), `ws<N>`, `large` from world size
     `LARGE_WORLD_SIZE` (8) on (left out of the default run; `--config=large`), the device's interoperable
     tags (`requires-gpu-nvidia` on cuda), `requires-multi-device` on accelerator targets
-    with more than one rank, `fsdp`, `block-network` (a private loopback where the sandbox
-    provides one, e.g. linux-sandbox; ranks meet through a FileStore and bind ephemeral
-    ports, so the local process-wrapper sandbox of .bazelrc needs none) and `api` if given. Remote execution properties:
+    with more than one rank, `fsdp`, `block-network` (no network needed: ranks meet
+    through a FileStore and bind ephemeral ports; .bazelrc's process-wrapper sandbox
+    ignores the tag) and `api` if given. Remote execution properties:
     `device=<device>`, plus `gpus=<N>` and `Pool=<device>-<N>` on accelerators. Both come
     from the device table in //tools:devices.bzl.
 

@@ -13,13 +13,14 @@ Several accelerator tests run at once on one host (`.bazelrc` raises
   2. takes the candidate devices from the kind's visibility variable when the host
      already set it (`CUDA_VISIBLE_DEVICES=4,5`: only those two), else 0..count-1,
      count being `FSDP_DEVICE_COUNT` (tools/bazel passes what it counted), else what
-     the vendor's tool lists (`nvidia-smi -L`, which creates no CUDA context); with
-     no count at all, the test runs unchanged and the harness reports the device;
+     the vendor's tool lists (the device table's `list_command`, which starts no
+     runtime); with no count at all, the test runs unchanged and the harness reports
+     the device;
   3. claims `world_size` of them with `flock` on one file per device in
      `${FSDP_DEVICE_LOCK_DIR:-/tmp/fsdp-device-locks}`, waiting while too few are
      free (one waiter at a time claims, so a 4-device test is not starved by
      2-device ones);
-  4. exports the visibility variable (testing/devices.py's `visible_devices_env`)
+  4. exports the visibility variable (the device table's `visible_devices_env`)
      naming only the claimed devices and execs the
      test. The lock descriptors stay open across exec and in the ranks the test
      forks, so the devices stay claimed until the last of those processes exits; a
@@ -33,11 +34,9 @@ interpreter.
 """
 
 import fcntl
-import importlib.util
 import os
 import random
 import re
-import subprocess
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -45,41 +44,32 @@ from typing import Dict, List, Optional, Sequence, Tuple
 ME = "device_lease"
 
 
-def visibility_env() -> Dict[str, str]:
-    """{device: visibility variable} of the accelerators in testing/devices.py.
+def _device_table():
+    """tools/device_table.py, the table's loader, imported from beside this file.
 
-    The table is loaded by path (it needs only the standard library): from the test's
-    runfiles, the working directory under Bazel, else beside this file's checkout.
+    Under Bazel the wrapper and its data (device_table.py, testing/devices.py) are in the
+    test's runfiles, so the loader is beside the path it was started by, locally and on
+    a remote worker; run by hand, it is beside the file's real path, in the checkout.
     """
-    here = os.path.dirname(os.path.realpath(__file__))
-    for path in (
-        os.path.join("testing", "devices.py"),
-        os.path.join(os.path.dirname(here), "testing", "devices.py"),
-    ):
-        if os.path.exists(path):
-            name = "fsdp_device_table"
-            if name not in sys.modules:
-                spec = importlib.util.spec_from_file_location(name, path)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[name] = module  # dataclasses look their module up by name
-                spec.loader.exec_module(module)
-            return {
-                k.name: k.visible_devices_env
-                for k in sys.modules[name].DEVICES.values()
-                if k.accelerator and k.visible_devices_env
-            }
-    raise LeaseError(
-        f"no testing/devices.py in the working directory or beside {os.path.realpath(__file__)}"
-    )
+    here = os.path.abspath(__file__)
+    for tools in (os.path.dirname(here), os.path.dirname(os.path.realpath(here))):
+        if os.path.exists(os.path.join(tools, "device_table.py")):
+            if tools not in sys.path:
+                sys.path.append(tools)  # append: tools/ holds packages named report, remote
+            import device_table
+
+            return device_table
+    raise LeaseError(f"no device_table.py beside {here} or {os.path.realpath(here)}")
 
 
-# Commands that list the devices without initializing a runtime, and the pattern of a
-# line that names one device (nvidia-smi lists MIG instances on indented lines below
-# their GPU).
-_LIST_COMMANDS: Dict[str, Tuple[Sequence[str], str]] = {
-    "cuda": (("nvidia-smi", "-L"), r"GPU \d+:"),
-    "hpu": (("hl-smi", "-Q", "module_id", "-f", "csv,noheader"), r"\s*\d+"),
-}
+def visibility_env() -> Dict[str, str]:
+    """{device: visibility variable} of the accelerators in the device table."""
+    return {
+        k.name: k.visible_devices_env
+        for k in _device_table().load().DEVICES.values()
+        if k.accelerator and k.visible_devices_env
+    }
+
 
 DEFAULT_LOCK_DIR = "/tmp/fsdp-device-locks"
 POLL_SECONDS = 0.5
@@ -115,20 +105,18 @@ def parse_test_args(argv: Sequence[str]) -> Tuple[Optional[str], Optional[int]]:
 
 
 def detect_count(kind: str) -> int:
-    """Devices of `kind` on this host: FSDP_DEVICE_COUNT, else the vendor tool's list."""
+    """Devices of `kind` on this host: FSDP_DEVICE_COUNT, else the vendor tool's list
+    (the device table's `list_command`)."""
     override = os.environ.get("FSDP_DEVICE_COUNT")
     if override:
         if not override.isdigit():
             raise LeaseError(f"FSDP_DEVICE_COUNT={override} is not a count")
         return int(override)
-    if kind not in _LIST_COMMANDS:
-        raise LeaseError(f"no tool to count {kind} devices")
-    command, device_line = _LIST_COMMANDS[kind]
+    table = _device_table()
     try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
-    except (OSError, subprocess.SubprocessError) as e:
-        raise LeaseError(f"`{' '.join(command)}` failed: {e}") from None
-    return len([line for line in out.splitlines() if re.match(device_line, line)])
+        return table.listed_count(kind)
+    except table.TableError as e:
+        raise LeaseError(str(e)) from None
 
 
 def candidates(kind: str, variable: str, env: Dict[str, str]) -> List[str]:

@@ -1,18 +1,21 @@
-"""The devices the suite runs on: the Starlark half of the device table.
+"""The devices the suite runs on, for Starlark: the table and what targets derive from it.
 
-`testing/devices.py` holds the Python half (backend, plugin, device counting) and
-`//tools:devices_test` fails when the two tables, or the `test:<device>` configs in
-`.bazelrc`, disagree. README.md, "Adding a device", lists the three places to edit.
+`DEVICES` and `MULTI_DEVICE_TAG` come from testing/devices.py, the one hand-edited
+device table, through the generated `@fsdp_devices//:devices.bzl`
+(tools/devices_repository.bzl). `//tools:devices_test` checks the generated table
+against the Python one and `.bazelrc`'s device configs. README.md, "Adding a device",
+lists the places to edit.
 """
 
+load("@fsdp_devices//:devices.bzl", _DEVICES = "DEVICES", _MULTI_DEVICE_TAG = "MULTI_DEVICE_TAG")
 load("@fsdp_remote_config//:defs.bzl", "POOL_NAMES")
 
 # Tag of accelerator targets with more than one rank. A scheduler or CI filter that knows
 # nothing of this suite can keep them off single-device hosts
 # (`--test_tag_filters=-requires-multi-device`).
-MULTI_DEVICE_TAG = "requires-multi-device"
+MULTI_DEVICE_TAG = _MULTI_DEVICE_TAG
 
-# Per device:
+# Per device, a struct of:
 #   tag: what `--test_tag_filters` selects on; `.bazelrc`'s `test:<device>` uses it.
 #   accelerator: each rank gets a device of its own, so targets ask remote execution for
 #     `gpus=<world size>` and the pool `<device>-<world size>`.
@@ -23,48 +26,7 @@ MULTI_DEVICE_TAG = "requires-multi-device"
 #     passes these.
 #   interop_tags: tags that CI filters written for other projects already understand.
 #   size, shard_count: `fsdp_test` defaults, which a test may override per device.
-DEVICES = {
-    "cpu": struct(
-        tag = "cpu",
-        accelerator = False,
-        visible_devices_env = "",
-        env_prefixes = [],
-        env_vars = [],
-        interop_tags = [],
-        size = "medium",
-        shard_count = 1,
-    ),
-    "cuda": struct(
-        tag = "gpu",
-        accelerator = True,
-        visible_devices_env = "CUDA_VISIBLE_DEVICES",
-        env_prefixes = ["NCCL_", "TORCH_NCCL_", "CUDA_", "NVSHMEM_", "TORCH_SYMM_MEM_"],
-        env_vars = ["LD_LIBRARY_PATH"],
-        interop_tags = ["requires-gpu-nvidia"],
-        size = "medium",
-        shard_count = 1,
-    ),
-    "hpu": struct(
-        tag = "hpu",
-        accelerator = True,
-        visible_devices_env = "HABANA_VISIBLE_MODULES",
-        env_prefixes = ["HABANA_", "HCCL_", "PT_HPU_"],
-        env_vars = ["LD_LIBRARY_PATH"],
-        interop_tags = [],
-        size = "medium",
-        shard_count = 1,
-    ),
-    "xpu": struct(
-        tag = "xpu",
-        accelerator = True,
-        visible_devices_env = "ZE_AFFINITY_MASK",
-        env_prefixes = ["ZE_", "CCL_", "ONEAPI_"],
-        env_vars = ["LD_LIBRARY_PATH"],
-        interop_tags = [],
-        size = "medium",
-        shard_count = 1,
-    ),
-}
+DEVICES = _DEVICES
 
 ALL_DEVICES = sorted(DEVICES.keys())
 

@@ -1,11 +1,14 @@
-"""The device table agrees across tools/devices.bzl, testing/devices.py and .bazelrc.
+"""The Starlark device table Bazel uses is testing/devices.py's, and .bazelrc follows it.
 
-Passes when both tables name the same devices with the same tag,
-accelerator flag, visibility variable, environment prefixes and names, and
-interoperable tags, share the multi-device tag, and `.bazelrc` has for each device a
-`test:<device>` config whose `--test_tag_filters` selects exactly that device's tag less
-`large`, and a `large` config that leaves out every accelerator's tag.
-Each mismatch is reported with the device, the field and both values.
+Passes when the table tools/devices.bzl hands to the macros (generated into
+@fsdp_devices from testing/devices.py) names the same devices as testing/devices.py,
+with the same tag, accelerator flag, visibility variable, environment prefixes and
+names, interoperable tags, size and shard count, and the same multi-device tag, and
+when `.bazelrc` has for each device a `test:<device>` config whose
+`--test_tag_filters` selects exactly that device's tag less `large`, and a `large`
+config that leaves out every accelerator's tag. A stale or wrong generator
+fails the first part; each mismatch is reported with the device, the field and both
+values.
 """
 
 import json
@@ -16,25 +19,15 @@ from absl.testing import absltest
 
 import device_table  # tools/device_table.py, beside this file
 
-# Loaded by path, as tools/remote and tools/report load it: importing the `testing`
-# package would import torch (seconds) for a table that needs none.
+# Loaded as every tool loads it: importing the `testing` package would import torch
+# (seconds) for a table that needs none.
 devices = device_table.load()
 
-# Written by //tools:devices_table from tools/devices.bzl.
+# Written by //tools:devices_table from tools/devices.bzl's DEVICES.
 _STARLARK_JSON = os.path.join("tools", "devices_table.json")
 _BAZELRC = ".bazelrc"
 # The config of the targets the default run leaves out (tools/defs.bzl tags them).
 _LARGE = "large"
-# Fields both tables hold; the rest is one side's business (Python: backend and
-# plugin; Starlark: size and shard_count).
-_SHARED_FIELDS = (
-    "tag",
-    "accelerator",
-    "visible_devices_env",
-    "env_prefixes",
-    "env_vars",
-    "interop_tags",
-)
 _TAG_FILTER = re.compile(r"^test:(\S+)\s+--test_tag_filters=(\S+)\s*$")
 
 
@@ -46,7 +39,7 @@ def _starlark_table() -> dict:
 def _python_fields(kind) -> dict:
     return {
         field: (list(value) if isinstance(value, tuple) else value)
-        for field in _SHARED_FIELDS
+        for field in device_table.STARLARK_FIELDS
         for value in [getattr(kind, field)]
     }
 
@@ -68,7 +61,7 @@ class DeviceTableTest(absltest.TestCase):
         self.assertEqual(
             starlark,
             sorted(devices.DEVICES),
-            f"devices in tools/devices.bzl: {starlark}; in testing/devices.py: "
+            f"devices in @fsdp_devices (tools/devices.bzl): {starlark}; in testing/devices.py: "
             f"{sorted(devices.DEVICES)}",
         )
 
@@ -80,10 +73,14 @@ class DeviceTableTest(absltest.TestCase):
             for field, value in _python_fields(kind).items():
                 if starlark.get(field) != value:
                     mismatches.append(
-                        f"{name}.{field}: tools/devices.bzl has "
+                        f"{name}.{field}: @fsdp_devices (tools/devices.bzl) has "
                         f"{starlark.get(field)!r}, testing/devices.py {value!r}"
                     )
-        self.assertEmpty(mismatches, "device tables disagree:\n" + "\n".join(mismatches))
+        self.assertEmpty(
+            mismatches,
+            "the generated device table disagrees with testing/devices.py:\n"
+            + "\n".join(mismatches),
+        )
 
     def test_multi_device_tag_agrees(self):
         self.assertEqual(_starlark_table()["multi_device_tag"], devices.MULTI_DEVICE_TAG)

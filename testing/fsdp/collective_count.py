@@ -86,18 +86,6 @@ class StepLog:
         """Appends a mark (e.g. ``"forward layers.1"``) between the collectives."""
         self.events.append(Event(self.current_phase, mark=label))
 
-    def collectives(
-        self, phase: Optional[str] = None, kind: Optional[str] = None
-    ) -> List[collective_spy.Collective]:
-        """The recorded collectives, optionally of one phase and/or kind, in order."""
-        return [
-            e.collective
-            for e in self.events
-            if e.collective is not None
-            and (phase is None or e.phase == phase)
-            and (kind is None or e.collective.kind == kind)
-        ]
-
     def counts(self, by_group: bool = False) -> Dict[str, Dict[str, Tuple[int, int]]]:
         """``{phase: {kind: (calls, summed bytes)}}`` of the recorded collectives.
 

@@ -9,13 +9,14 @@ Two spies, at two levels:
           loss.backward()
       # calls == [("reduce_scatter_tensor", torch.bfloat16), ...]
 
-* :func:`record_collectives` watches the dispatcher's collective ops
+* :func:`observe_collectives` watches the dispatcher's collective ops
   (``c10d.*`` and functional collectives), below every Python entry point, so it
   sees each collective whatever function name a torch release calls it by
   (``all_gather_into_tensor`` or ``all_gather_single``, ``reduce_scatter_tensor``
   or ``reduce_scatter_single``, list or tensor forms, DTensor redistributions):
 
-      with collective_spy.record_collectives() as events:
+      events = []
+      with collective_spy.observe_collectives(events.append):
           loss.backward()
       # events == [Collective(kind="all_gather", op="c10d._allgather_base_",
       #                       bytes=576, group_size=2, dtype=torch.float32), ...]
@@ -206,15 +207,7 @@ def observe_collectives(sink: Callable[[Collective], None]) -> Iterator[None]:
     """Calls ``sink(Collective)`` for every collective op dispatched inside the block.
 
     Covers backward hooks and the autograd engine's threads too (torch carries the
-    dispatch mode into them). :func:`record_collectives` is the list form.
+    dispatch mode into them). ``collective_count.StepLog`` records them by phase.
     """
     with _CollectiveMode(sink):
         yield
-
-
-@contextlib.contextmanager
-def record_collectives() -> Iterator[List[Collective]]:
-    """Yields a list that gets a :class:`Collective` for every collective inside the block."""
-    events: List[Collective] = []
-    with observe_collectives(events.append):
-        yield events

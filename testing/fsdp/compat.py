@@ -127,7 +127,7 @@ def current_device(device_type: str = "cuda") -> torch.device:
 
 # --- Private torch APIs, isolated here with the versions they were checked on. ---
 
-# Base class of dispatch-level interceptors (collective_spy.record_collectives).
+# Base class of dispatch-level interceptors (collective_spy.observe_collectives).
 # torch.utils._python_dispatch.TorchDispatchMode: same constructor and
 # __torch_dispatch__(func, types, args, kwargs) protocol in torch 2.6 through 2.13
 # (checked: 2.13.0+cpu here; the 2.11 source). The public

@@ -233,7 +233,7 @@ class HarnessTest(absltest.TestCase):
         request = rank_protocol.RunRequest(
             "testing.tests.harness_cases", "NoSuchClass", "test_x", "id", "/tmp"
         )
-        _, problem = rank_server._resolve(request)  # pylint: disable=protected-access
+        _, problem = rank_server._resolve(request)
         self.assertEqual(
             problem,
             "cannot run testing.tests.harness_cases.NoSuchClass.test_x: "
@@ -241,7 +241,7 @@ class HarnessTest(absltest.TestCase):
             "class 'NoSuchClass'",
         )
         request = rank_protocol.RunRequest("no_such_module", "X", "test_x", "id", "/tmp")
-        _, problem = rank_server._resolve(request)  # pylint: disable=protected-access
+        _, problem = rank_server._resolve(request)
         self.assertIn("could not import module 'no_such_module'", problem)
 
     def test_exception_on_one_rank_names_the_rank_and_traceback(self):

@@ -27,7 +27,7 @@ def _problem(quick):
                     raise ImportError("No module named %r" % module)
             else:
                 importlib.import_module(module)
-        except Exception as e:  # pylint: disable=broad-except
+        except Exception as e:
             return "%s is not importable (%s)" % (module if module != "absl" else "absl-py", e)
     try:
         version = importlib.metadata.version("torch")

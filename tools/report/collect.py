@@ -15,11 +15,7 @@ import xml.etree.ElementTree as ET
 import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
-try:
-    from . import model, not_run_records
-except ImportError:  # run as a script: tools/report is on sys.path
-    import model
-    import not_run_records
+from tools.report import model, not_run_records
 
 M = model
 

@@ -7,17 +7,11 @@ only read the resulting Report.
 """
 
 import dataclasses
-import os
 import re
-import sys
 from typing import Dict, List, Optional, Tuple
 
-# tools/device_table.py loads the suite's device table (testing/devices.py) without
-# importing torch, which this standard-library-only tool must not need.
-_TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _TOOLS not in sys.path:
-    sys.path.append(_TOOLS)
-import device_table  # noqa: E402 (importable only once _TOOLS is on sys.path)
+# The device table's loader, which needs no torch (nor does this standard-library tool).
+from tools import device_table
 
 _DEVICE_TABLE = device_table.load().DEVICES
 

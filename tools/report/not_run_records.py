@@ -12,10 +12,7 @@ import json
 import re
 from typing import Callable, Dict, List, Optional, Tuple
 
-try:
-    from . import model
-except ImportError:  # run as a script: tools/report is on sys.path
-    import model
+from tools.report import model
 
 M = model
 

@@ -9,10 +9,7 @@ the failing test's part of each rank log.
 import html
 from typing import List, Optional
 
-try:
-    from . import model
-except ImportError:
-    import model
+from tools.report import model
 
 M = model
 

@@ -7,12 +7,7 @@ sections (cut to their last lines; the HTML page has them in full).
 
 from typing import List
 
-try:
-    from . import model
-    from . import render_html
-except ImportError:
-    import model
-    import render_html
+from tools.report import model, render_html
 
 M = model
 

@@ -17,13 +17,12 @@ import os
 import sys
 
 if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import collect
-    import model
-    import render_html
-    import render_md
-else:
-    from . import collect, model, render_html, render_md
+    # Run as a file (python3 tools/report/report.py, or Bazel's py_binary): the report is
+    # the package tools.report, so the checkout (or runfiles) root goes first on the path
+    # instead of this directory.
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tools.report import collect, model, render_html, render_md  # noqa: E402 (path set above)
 
 
 def _workspace() -> str:

@@ -34,16 +34,10 @@ import tempfile
 
 from absl.testing import absltest
 
+from tools.report import collect, model, render_md, report
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _TOOL = os.path.dirname(_HERE)
-sys.path.insert(0, _TOOL)
-
-# The report's modules import each other by bare name, as tools/report/report.py runs them,
-# so they can only be imported once their directory is on sys.path (the line above).
-import collect  # noqa: E402
-import model  # noqa: E402
-import render_md  # noqa: E402
-import report  # noqa: E402
 
 DATA = os.path.join(_HERE, "testdata")
 CPU = os.path.join(DATA, "cpu")

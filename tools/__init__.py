@@ -1,0 +1,1 @@
+"""The suite's tools; a package so that tools.report and tools.device_table import one way."""

@@ -1,0 +1,1 @@
+"""The local remote-execution stack (start, stop, status) and its REAPI worker."""
