@@ -8,6 +8,9 @@ here), so device and communicator start-up is paid once.
 """
 
 import os
+import random
+
+import pytest
 
 from testing import devices
 
@@ -44,6 +47,25 @@ def pytest_addoption(parser):
     group = parser.getgroup("fsdp-conformance")
     for option, (_, help_text) in _OPTIONS.items():
         group.addoption(option, default=None, choices=_CHOICES.get(option), help=help_text)
+    group.addoption(
+        "--order",
+        default=None,
+        help="run the tests reversed (reverse) or shuffled (random:SEED), across classes "
+        "and files: results must not depend on which tests ran before on the same ranks",
+    )
+
+
+def pytest_collection_modifyitems(session, config, items):
+    del session
+    order = config.getoption("--order")
+    if order is None:
+        return
+    if order == "reverse":
+        items.reverse()
+    elif order.startswith("random:") and order[len("random:") :].isdigit():
+        random.Random(int(order[len("random:") :])).shuffle(items)
+    else:
+        raise pytest.UsageError(f"--order must be reverse or random:SEED, not {order!r}")
 
 
 def pytest_configure(config):

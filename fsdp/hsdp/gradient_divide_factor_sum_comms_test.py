@@ -42,7 +42,10 @@ class HsdpGradientDivideFactorSumCommsTest(multirank.MultiRankTestCase, paramete
             "FSDP2 divide factor with SUM-only reductions on an N x 1 mesh",
             "the custom gradient divide factor is applied twice (before the replica "
             "all-reduce and after it), so gradients come out 1/factor too small",
-            seen_on=("2.11", "2.13"),
+            affected=">=2.10",
+            # N x 1: as many replicas as ranks; the second division needs a replica
+            # all-reduce, so at least 2 of them.
+            world_sizes=">=2",
         ),
     }
 

@@ -59,7 +59,8 @@ class UnfreezeTest(multirank.MultiRankTestCase, parameterized.TestCase):
             "FSDP2 resolves a unit's reduce dtype at its first forward from its trainable "
             "parameters; a unit frozen then gets the param dtype, and after unfreezing its "
             "backward fails (grad dtype bf16 vs float32)",
-            seen_on=("2.11", "2.13"),
+            affected=">=2.10,<2.14.1",
+            fixed_by="PR #187376",
         ),
     }
 

@@ -47,8 +47,9 @@ class SharedParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         "test_tied_modules_in_separate_units_refused_or_correct_fsdp2": known_failures.TorchBug(
             "FSDP2 tied weight split across units",
             "fully_shard(embed) and fully_shard(lm_head) sharing one weight are accepted and "
-            "train wrongly (torch 2.13 refuses them with an error)",
-            seen_on=("2.11",),
+            "train wrongly (from torch 2.12 on they are refused with an error)",
+            affected=">=2.10,<2.12",
+            fixed_by="PRs #176257, #179532",
         ),
     }
 
