@@ -191,10 +191,9 @@ class MultiRankTestCase(absltest.TestCase):
         known_failures_lib.record(key, bug, "passed", _output_dir(), case=case, expected=expected)
         if expected:
             sys.stderr.write(
-                f"{self.id()}: {bug.issue} did not reproduce on torch "
-                f"{known_failures_lib.torch_version()}, where it applies ({bug.releases()}"
-                f"{'; shows with ' + bug.conditions() if bug.conditions() else ''}): either the test no "
-                "longer catches it, or this build has a fix (then update affected)\n"
+                f"{self.id()}: did not fail on torch {known_failures_lib.torch_version()}, "
+                f"where this bug applies: {bug.describe()}. Either the test no longer catches "
+                "it, or this build has a fix (then update affected)\n"
             )
 
     def _setting(self, name: str):

@@ -4,9 +4,7 @@ from absl.testing import absltest, parameterized
 
 from testing import known_failures as kf
 
-_N_BY_1 = kf.TorchBug(
-    "pytorch#1", "replicas train apart", affected=">=2.10", world_sizes=">=2"
-)
+_N_BY_1 = kf.TorchBug("pytorch#1", "replicas train apart", affected=">=2.10", world_sizes=">=2")
 _FIXED = kf.TorchBug(
     "pytorch#2",
     "unfreeze",
