@@ -67,8 +67,10 @@ def main(argv) -> int:
         print("matrix_summary.py: usage: matrix_summary.py OUT RELEASE...", file=sys.stderr)
         return 2
     out, names = argv[0], argv[1:]
-    print("| release | torch | targets | cases passed | cases failed | expected failures "
-          "(known bugs) | environment | bazel test | result |")
+    print(
+        "| release | torch | targets | cases passed | cases failed | expected failures "
+        "(known bugs) | environment | bazel test | result |"
+    )
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for name in names:
         print(row(out, name))

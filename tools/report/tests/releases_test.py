@@ -69,20 +69,38 @@ class ReleaseColumnsTest(absltest.TestCase):
         old = _testlogs(
             os.path.join(cls.tmp, "2.13", "testlogs"),
             "2.13.0+cpu",
-            dict(_BUG, outcome="failed as expected", expected="yes", torch="2.13.0",
-                 torch_version="2.13.0+cpu", message="grad dtype bf16 vs float32"),
+            dict(
+                _BUG,
+                outcome="failed as expected",
+                expected="yes",
+                torch="2.13.0",
+                torch_version="2.13.0+cpu",
+                message="grad dtype bf16 vs float32",
+            ),
             None,
         )
         new = _testlogs(
             os.path.join(cls.tmp, "2.14", "testlogs"),
             "2.14.1+cu130",
-            dict(_BUG, outcome="passed", expected="no", torch="2.14.1",
-                 torch_version="2.14.1+cu130",
-                 not_expected_because="torch 2.14.1 is outside >=2.10,<2.14.1"),
-            dict(_MADE_UP, outcome="passed", expected="yes", torch="2.14.1",
-                 torch_version="2.14.1+cu130"),
+            dict(
+                _BUG,
+                outcome="passed",
+                expected="no",
+                torch="2.14.1",
+                torch_version="2.14.1+cu130",
+                not_expected_because="torch 2.14.1 is outside >=2.10,<2.14.1",
+            ),
+            dict(
+                _MADE_UP,
+                outcome="passed",
+                expected="yes",
+                torch="2.14.1",
+                torch_version="2.14.1+cu130",
+            ),
         )
-        cls.rc, cls.out, cls.html, cls.md = report_test.run_cli("--testlogs", old, "--testlogs", new)
+        cls.rc, cls.out, cls.html, cls.md = report_test.run_cli(
+            "--testlogs", old, "--testlogs", new
+        )
 
     @classmethod
     def tearDownClass(cls):
