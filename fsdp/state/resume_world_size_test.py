@@ -87,7 +87,8 @@ _FSDP1_SUBGROUP_OPTIM = known_failures.TorchBug(
 class ResumeWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
     # Seen on 2x H200 (torch 2.11, NCCL; 1 saving rank, 2 loading): the saver hangs
     # in FSDP1's _check_missing_keys_on_rank while rank 1 receives its collective
-    # in broadcast_object_list. torch 2.13 (CPU, gloo) passes.
+    # in broadcast_object_list. 2.10 and 2.12 fail the same way on CPU (gloo, 2
+    # saving ranks of 4); 2.13 and 2.14.1 pass.
     known_failures = {
         "test_resume_on_more_ranks_dcp_fsdp1": _FSDP1_SUBGROUP_OPTIM,
         "test_resume_on_more_ranks_full_fsdp1": _FSDP1_SUBGROUP_OPTIM,
