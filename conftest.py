@@ -10,6 +10,9 @@ the default here), so device and communicator start-up is paid once.
 """
 
 import os
+import random
+
+import pytest
 
 from testing import options
 
@@ -24,6 +27,25 @@ def pytest_addoption(parser):
         group.addoption(
             option.pytest_flag, default=None, choices=option.choices, help=option.describe()
         )
+    group.addoption(
+        "--order",
+        default=None,
+        help="run the tests reversed (reverse) or shuffled (random:SEED), across classes "
+        "and files: results must not depend on which tests ran before on the same ranks",
+    )
+
+
+def pytest_collection_modifyitems(session, config, items):
+    del session
+    order = config.getoption("--order")
+    if order is None:
+        return
+    if order == "reverse":
+        items.reverse()
+    elif order.startswith("random:") and order[len("random:") :].isdigit():
+        random.Random(int(order[len("random:") :])).shuffle(items)
+    else:
+        raise pytest.UsageError(f"--order must be reverse or random:SEED, not {order!r}")
 
 
 def pytest_configure(config):

@@ -86,7 +86,8 @@ class MultiRankTestCase(absltest.TestCase):
     Class attributes:
       timeout_s: per-test timeout (None: ``--rank_timeout``, or the default).
       known_failures: ``{method name: known_failures.TorchBug}`` for the cases a
-        known torch bug makes fail (see testing/known_failures.py).
+        known torch bug makes fail, with the releases and conditions it needs
+        (see testing/known_failures.py).
 
     Class hooks ``setUpClassOnRanks``/``tearDownClassOnRanks`` run on every
     rank before the class's first test there and after its last; unittest's
@@ -143,9 +144,21 @@ class MultiRankTestCase(absltest.TestCase):
         # unittest reads this before the test runs: a case whose known torch bug
         # must reproduce here is an expected failure, and passing is unexpected.
         bug = type(self).known_failures.get(self._testMethodName)
-        if known_failures_lib.expected_here(bug, options.known_failures()):
+        if bug is not None and known_failures_lib.expected_here(
+            bug, options.known_failures(), self._known_failure_case()
+        ):
             self.__unittest_expecting_failure__ = True
         return super().run(result)
+
+    def _known_failure_case(self) -> known_failures_lib.Case:
+        """What a known bug's conditions are matched against: where this case runs."""
+        kind = options.device()
+        return known_failures_lib.Case(
+            world_size=options.world_size(),
+            device=kind.name,
+            backend=kind.backend,
+            params=case_params.parameters(self),
+        )
 
     def _callTestMethod(self, method):
         del method  # runs on the ranks
@@ -162,19 +175,27 @@ class MultiRankTestCase(absltest.TestCase):
             return
         key = f"{type(self).__name__}.{self._testMethodName}"
         expected = getattr(self, "__unittest_expecting_failure__", False)
+        case = self._known_failure_case()
         try:
             self._run_on_ranks()
         except self.failureException as e:
             outcome = "failed as expected" if expected else "failed"
-            known_failures_lib.record(key, bug, outcome, _output_dir(), message=str(e))
-            raise self.failureException(f"{bug.describe()}\n{e}") from None
-        known_failures_lib.record(key, bug, "passed", _output_dir())
+            known_failures_lib.record(
+                key, bug, outcome, _output_dir(), case=case, expected=expected, message=str(e)
+            )
+            why = ""
+            if not expected:
+                mismatches = bug.mismatches(case, known_failures_lib.torch_release())
+                why = "not expected here: " + ("; ".join(mismatches) or "--known_failures=strict")
+            raise self.failureException(
+                "\n".join(filter(None, [bug.describe(), why, str(e)]))
+            ) from None
+        known_failures_lib.record(key, bug, "passed", _output_dir(), case=case, expected=expected)
         if expected:
             sys.stderr.write(
-                f"{self.id()}: {bug.issue} did not reproduce on torch "
-                f"{known_failures_lib.torch_release()}, one of the releases it was seen on: "
-                "either the test no longer catches it, or this build has a fix (then "
-                "update seen_on)\n"
+                f"{self.id()}: did not fail on torch {known_failures_lib.torch_version()}, "
+                f"where this bug applies: {bug.describe()}. Either the test no longer catches "
+                "it, or this build has a fix (then update affected)\n"
             )
 
     def _setting(self, name: str):
@@ -254,7 +275,9 @@ class MultiRankTestCase(absltest.TestCase):
         key = (kind.name, size, start_method)
         held = cls.__dict__.get("_pool")
         pool = _SESSION_POOLS.get(key) if options.pool_scope() == "session" else held
-        if pool is not None and (pool.world_size != size or pool.broken or not pool.can_run(cls)):
+        if pool is not None and (
+            pool.world_size != size or pool.broken or pool.retired or not pool.can_run(cls)
+        ):
             _discard_pool(pool)
             pool = None
         if pool is None:
@@ -280,7 +303,7 @@ class MultiRankTestCase(absltest.TestCase):
         )
         logs = f"Per-rank logs: {pool.log_dir}/rank*.log"
         # A rank that died is usually the cause of its peers' errors: first.
-        order = {"died": 0, "error": 1, "hung": 2}
+        order = {"died": 0, "error": 1, "hung": 2, "leaked": 3}
         failed = sorted(failed, key=lambda r: (order.get(r.status, 3), r.rank))
         return "\n".join([header, rank_pool.format_results(failed), logs])
 
@@ -292,13 +315,14 @@ _SESSION_POOLS: Dict[Tuple[str, int, str], rank_pool.RankPool] = {}
 def _discard_pool(pool: rank_pool.RankPool) -> None:
     """Lets go of ``pool``: closes it unless it is a healthy session-wide pool.
 
-    A session pool that broke is closed and forgotten, so the next test gets a
-    fresh one; a healthy one stays for the next class until close_session_pools().
+    A session pool that broke or retired is closed and forgotten, so the next test
+    gets a fresh one; a healthy one stays for the next class until
+    close_session_pools().
     """
     for cls in _classes_holding(pool):
         cls._pool = None
     session_key = next((k for k, p in _SESSION_POOLS.items() if p is pool), None)
-    if session_key is not None and not pool.broken:
+    if session_key is not None and not pool.broken and not pool.retired:
         return
     if session_key is not None:
         del _SESSION_POOLS[session_key]

@@ -4,8 +4,9 @@ The controller (the test runner's process) starts ``world_size`` rank processes
 once, each joins one process group (testing/rank_server.py runs inside them),
 and then every test method is sent to all ranks over a pipe, naming its class
 by module and qualified name, so one pool can serve several test classes. A
-test that fails, crashes or hangs breaks the pool; the caller replaces it, so
-the next test gets fresh ranks.
+test that fails, crashes, hangs or leaks process state breaks the pool, and one
+that destroyed a process group retires it; the caller replaces either, so the
+next test gets fresh ranks.
 """
 
 import multiprocessing
@@ -48,6 +49,8 @@ class RankPool:
         self.device_kind = device_kind
         self.start_method = start_method
         self.broken = False
+        # Why the ranks must not serve another test although they are healthy ("": they may).
+        self.retired = ""
         self.info: Dict[str, object] = {}
         self._context = multiprocessing.get_context(start_method)
         self._processes: List[multiprocessing.Process] = []
@@ -132,6 +135,9 @@ class RankPool:
         results = self._collect(test_id, timeout_s)
         if any(r.status not in ("ok", "skip") for r in results):
             self.broken = True
+        for r in results:
+            if r.status == "ok" and isinstance(r.detail, dict):
+                self.retired = self.retired or str(r.detail.get(rank_protocol.RETIRE, ""))
         return results
 
     def _collect(self, what: str, timeout_s: float) -> List[RankResult]:

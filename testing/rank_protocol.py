@@ -16,6 +16,9 @@ STACK_DUMP_SIGNAL = signal.SIGUSR1
 # stack dump are the runner's, inherited through fork.
 ENTRY_POINT = "rank_main"
 EXIT = "exit"
+# Key of an "ok" answer's detail dict when the test passed but the ranks must not
+# serve another (it destroyed a process group; see testing/rank_state.py).
+RETIRE = "retire"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +41,10 @@ class RankResult:
     """What one rank reported for one test."""
 
     rank: int
-    status: str  # ok | skip | error | died | hung
-    detail: object = ""  # a message; rank 0's facts dict on a good start
+    status: str  # ok | skip | error | leaked | died | hung
+    # A message; rank 0's facts dict on a good start; {RETIRE: why} on an "ok" after
+    # which the ranks must be replaced.
+    detail: object = ""
 
 
 @dataclasses.dataclass

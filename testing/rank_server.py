@@ -6,8 +6,10 @@ test class by module and qualified name, runs ``setUp``, the method and
 ``tearDown``, and answers ``(status, detail)``. A pool may serve several test
 classes (session-wide pools under pytest); between two classes the rank ends
 the first class (``tearDownClassOnRanks``), restores the process state it had
-after joining the group, and starts the next (``setUpClassOnRanks``), so one
-class's state does not leak into the next.
+after joining the group, and starts the next (``setUpClassOnRanks``). After
+each test it checks that the test left process-wide state as it found it
+(testing/rank_state.py): a test that leaked state fails, and one that destroyed
+a process group retires the ranks, so the next test gets fresh ones.
 """
 
 import ctypes
@@ -15,7 +17,6 @@ import datetime
 import faulthandler
 import importlib
 import os
-import random
 import re
 import signal
 import sys
@@ -25,6 +26,7 @@ from typing import Optional, Tuple
 
 from testing import devices
 from testing import rank_protocol
+from testing import rank_state
 from testing.rank_protocol import RankContext, RunRequest
 
 _output_redirected = False  # sys.stdout/stderr already write to fds 1 and 2
@@ -69,7 +71,8 @@ def rank_main(rank, world_size, device_name, store_path, conn, log_dir) -> None:
     print(f"==== rank {rank} of {world_size} starting (pid {os.getpid()}) ====", flush=True)
     try:
         context = _join_group(rank, world_size, device_name, store_path)
-        baseline = _ProcessState.capture(context)
+        rank_state.watch_group_destruction()
+        baseline = class_state = rank_state.Snapshot(context)
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         os._exit(1)
@@ -100,10 +103,11 @@ def rank_main(rank, world_size, device_name, store_path, conn, log_dir) -> None:
             problem = _begin_class(test_class)
             if problem is None:
                 current_class = test_class
+                class_state = rank_state.Snapshot(context)
         if problem is not None:
             conn.send(("error", problem))
             continue
-        conn.send(_run_method(test_class, request.method, context))
+        conn.send(_run_checked(test_class, request.method, context, class_state))
     if current_class is not None:
         _end_class(current_class)
     _leave_group()
@@ -170,55 +174,6 @@ def _describe(context: RankContext) -> dict:
     return info
 
 
-class _ProcessState:
-    """Process-wide settings a test class may change, captured after joining the group.
-
-    Restored between two test classes served by the same ranks: environment,
-    working directory, default dtype, grad mode, deterministic algorithms and
-    the RNG states (Python, torch CPU and the rank's accelerator).
-    """
-
-    def __init__(self, context: RankContext):
-        import torch
-
-        self._context = context
-        self.environ = dict(os.environ)
-        self.cwd = os.getcwd()
-        self.default_dtype = torch.get_default_dtype()
-        self.grad_enabled = torch.is_grad_enabled()
-        self.deterministic = torch.are_deterministic_algorithms_enabled()
-        self.python_rng = random.getstate()
-        self.torch_rng = torch.get_rng_state()
-        module = self._device_module()
-        self.device_rng = module.get_rng_state() if module is not None else None
-
-    @classmethod
-    def capture(cls, context: RankContext) -> "_ProcessState":
-        return cls(context)
-
-    def _device_module(self):
-        kind = self._context.device_kind
-        module = kind.torch_module() if kind.is_accelerator else None
-        return module if hasattr(module, "get_rng_state") else None
-
-    def restore(self) -> None:
-        import torch
-
-        if dict(os.environ) != self.environ:
-            os.environ.clear()
-            os.environ.update(self.environ)
-        os.chdir(self.cwd)
-        torch.set_default_dtype(self.default_dtype)
-        torch.set_grad_enabled(self.grad_enabled)
-        # Only when changed: its first call imports enough of torch to take seconds.
-        if torch.are_deterministic_algorithms_enabled() != self.deterministic:
-            torch.use_deterministic_algorithms(self.deterministic)
-        random.setstate(self.python_rng)
-        torch.set_rng_state(self.torch_rng)
-        if self.device_rng is not None:
-            self._device_module().set_rng_state(self.device_rng)
-
-
 def _resolve(request: RunRequest) -> Tuple[Optional[type], Optional[str]]:
     """Finds the test class named by ``request``; (class, None) or (None, why not)."""
     what = f"{request.module}.{request.qualname}"
@@ -266,6 +221,27 @@ def _end_class(test_class) -> None:
             f"{test_class.__name__}.tearDownClassOnRanks failed:\n" + traceback.format_exc(),
             flush=True,
         )
+
+
+def _run_checked(test_class, method_name, context: RankContext, class_state):
+    """Runs one test from the class's state; fails it if it left process state changed."""
+    class_state.restore_rng()
+    rank_state.begin_test()
+    status, detail = _run_method(test_class, method_name, context)
+    if status != "ok":
+        return status, detail
+    leaks = class_state.leaks()
+    if leaks:
+        return (
+            "leaked",
+            "the test passed, but left process-wide state changed, which later tests on "
+            "these ranks would inherit (the ranks are replaced):\n"
+            + "\n".join("  - " + leak for leak in leaks),
+        )
+    retire = rank_state.retire_reasons()
+    if retire:
+        return ("ok", {rank_protocol.RETIRE: "; ".join(retire)})
+    return ("ok", "")
 
 
 def _run_method(test_class, method_name, context: RankContext):

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Regenerates third_party/requirements.lock: exact versions and sha256 hashes of
-# the suite's Python environment and all its transitive dependencies.
+# Regenerates a lock: exact versions and sha256 hashes of an environment and all its
+# transitive dependencies, installed by tools/make_venv.
 #
-# Usage: third_party/update_lock.sh [python3] [remote]
-# With `remote`, regenerates tools/remote/requirements.lock (BuildGrid's environment for
-# tools/remote/start) instead. Both are installed by tools/make_venv.
+# Usage: third_party/update_lock.sh [python3] [remote | RELEASE]
+#   (nothing)  third_party/requirements.lock, the pinned environment (TOP_LEVEL below);
+#   RELEASE    third_party/requirements-torch<major.minor>.lock for torch==RELEASE
+#              (e.g. 2.14.1), one environment of the release matrix (tools/matrix); its
+#              other packages keep the versions of requirements.lock where torch allows;
+#   remote     tools/remote/requirements.lock (BuildGrid's environment for tools/remote/start).
 # Edit TOP_LEVEL below to change what is pinned. Needs pip >= 23 and access to
 # the package index that serves the wanted torch build (see third_party/README.md).
 set -euo pipefail
@@ -13,16 +16,48 @@ cd "$(dirname "$0")"
 PYTHON="${1:-python3}"
 TOP_LEVEL=(torch==2.13.0 absl-py pytest numpy ruff==0.17.6)
 LOCK=requirements.lock
-if [[ "${2:-}" == remote ]]; then
-  TOP_LEVEL=("buildgrid[database]==0.4.4")
-  LOCK=../tools/remote/requirements.lock
-fi
+CONSTRAINTS=()
+case "${2:-}" in
+  "") ;;
+  remote)
+    TOP_LEVEL=("buildgrid[database]==0.4.4")
+    LOCK=../tools/remote/requirements.lock
+    ;;
+  [0-9]*.[0-9]*)
+    release="$2"
+    [[ "$release" =~ ^[0-9]+\.[0-9]+(\.[0-9]+)?$ ]] ||
+      { echo "update_lock.sh: release '$release' is not N.N or N.N.N" >&2; exit 2; }
+    TOP_LEVEL=("torch==$release" "${TOP_LEVEL[@]:1}")
+    minor="$(cut -d. -f1-2 <<<"$release")"
+    LOCK="requirements-torch$minor.lock"
+    ;;
+  *)
+    echo "update_lock.sh: second argument must be 'remote' or a torch release like 2.14.1," \
+      "not '$2'" >&2
+    exit 2
+    ;;
+esac
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
-"$PYTHON" -m pip install --quiet --dry-run --ignore-installed \
-  --report "$tmp/report.json" "${TOP_LEVEL[@]}"
+if [[ -n "${release:-}" ]]; then
+  # The pinned environment's versions, as preferences: packages torch does not constrain
+  # stay the same across the matrix, so releases differ in torch (and what it pins) only.
+  sed -n 's/^\([A-Za-z0-9_.-]*\)==\([^ ]*\) .*/\1==\2/p' requirements.lock |
+    grep -v '^torch==' >"$tmp/pinned.txt"
+  if "$PYTHON" -m pip install --quiet --dry-run --ignore-installed -c "$tmp/pinned.txt" \
+    --report "$tmp/report.json" "${TOP_LEVEL[@]}" 2>"$tmp/err.txt"; then
+    CONSTRAINTS=(done)
+  else
+    echo "update_lock.sh: torch==$release conflicts with requirements.lock's versions;" \
+      "resolving without them" >&2
+  fi
+fi
+if ((${#CONSTRAINTS[@]} == 0)); then
+  "$PYTHON" -m pip install --quiet --dry-run --ignore-installed \
+    --report "$tmp/report.json" "${TOP_LEVEL[@]}"
+fi
 
 "$PYTHON" - "$tmp/report.json" "${TOP_LEVEL[*]}" "$(realpath --relative-to=.. "$LOCK")" > "$LOCK.new" <<'PY'
 import json

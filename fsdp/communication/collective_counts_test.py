@@ -28,7 +28,7 @@ import torch.distributed as dist
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import cases, collective_count, compat, sized_chain, wrapping
+from testing.fsdp import cases, collective_count, meshes, sized_chain, wrapping
 
 SPEC = sized_chain.SPEC
 B = sized_chain.unit_bytes
@@ -142,9 +142,8 @@ class CollectiveCountsTest(multirank.MultiRankTestCase, parameterized.TestCase):
     @parameterized.named_parameters(("2x1_fsdp2", 2, 1), ("1x2_fsdp2", 1, 2))
     def test_step_counts_degenerate_hsdp_mesh(self, replicate, shard):
         self.assertEqual(replicate * shard, self.world_size, "mesh must cover the world")
-        mesh = compat.init_device_mesh(
-            self.device.type, (replicate, shard), mesh_dim_names=("replicate", "shard")
-        )
+        # Cached for the ranks' lifetime (a mesh made per test would leak its groups).
+        mesh = meshes.hsdp_mesh((replicate, shard), self.device.type)
         model = sized_chain.wrap_fsdp2(self.device, mesh=mesh)
         log = sized_chain.record_step(model, self.device)
         collective_count.assert_counts(

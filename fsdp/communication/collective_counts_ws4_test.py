@@ -22,7 +22,7 @@ reference.
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import collective_count, compat, sized_chain, wrapping
+from testing.fsdp import collective_count, meshes, sized_chain, wrapping
 
 SPEC = sized_chain.SPEC
 ALL = sum(sized_chain.unit_bytes(u) for u in sized_chain.NUMEL)  # 3632
@@ -47,9 +47,8 @@ RESHARD_TO_2 = {
 
 class CollectiveCountsWs4Test(multirank.MultiRankTestCase, parameterized.TestCase):
     def _mesh_2x2(self):
-        return compat.init_device_mesh(
-            self.device.type, (2, 2), mesh_dim_names=("replicate", "shard")
-        )
+        # Cached for the ranks' lifetime (a mesh made per test would leak its groups).
+        return meshes.hsdp_mesh((2, 2), self.device.type)
 
     def test_step_counts_hybrid_shard_2x2_fsdp1(self):
         model = wrapping.wrap_spec(

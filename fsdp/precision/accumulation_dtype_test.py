@@ -58,7 +58,7 @@ class AccumulationDtypeTest(multirank.MultiRankTestCase, parameterized.TestCase)
             "FSDP1 no_sync accumulation dtype",
             "FSDP1 accumulates no_sync() gradients on the unsharded flat parameter in "
             "param_dtype (bf16), ignoring reduce_dtype=float32",
-            seen_on=("2.11", "2.13"),
+            affected=">=2.10",
         ),
     }
 

@@ -6,10 +6,10 @@ forward, when FSDP resolves its dtypes lazily) and is unfrozen for steps 1-2.
 The optimizer holds every parameter from the start. pytorch#186998: FSDP2 took
 the group's reduce dtype from its trainable parameters at that first forward,
 found none, and after unfreezing either reduced the unit in bf16 or failed in
-backward. torch 2.13.0 still fails in backward at step 1 ("attempting to assign
+backward. torch 2.10 to 2.13 fail in backward at step 1 ("attempting to assign
 a gradient with dtype 'c10::BFloat16' to a tensor with grad_dtype 'Float'");
-with the upstream fix (falling back to all of the group's parameters) emulated,
-the FSDP2 case passes.
+2.14.1, with the upstream fix (falling back to all of the group's parameters),
+passes.
 
 Pass, on every step: every gradient reduce-scatter runs in float32; every
 gradient handed to the optimizer is float32, and ``layers.1`` has none at step
@@ -59,7 +59,8 @@ class UnfreezeTest(multirank.MultiRankTestCase, parameterized.TestCase):
             "FSDP2 resolves a unit's reduce dtype at its first forward from its trainable "
             "parameters; a unit frozen then gets the param dtype, and after unfreezing its "
             "backward fails (grad dtype bf16 vs float32)",
-            seen_on=("2.11", "2.13"),
+            affected=">=2.10,<2.14.1",
+            fixed_by="PR #187376",
         ),
     }
 

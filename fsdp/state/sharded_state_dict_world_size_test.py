@@ -35,9 +35,13 @@ class ShardedStateDictWorldSizeTest(multirank.MultiRankTestCase, parameterized.T
         with torch.no_grad():
             expected_out = trained(inputs)
         loaders = list(range(self.world_size // 2))
-        group = dist.new_group(loaders)  # collective over the world: every rank calls it
         what = f"saved on {self.world_size} ranks, loaded on {len(loaders)}, api={api}"
-        with dist_helpers.shared_tempdir(prefix="ckpt-") as path:
+        # new_group is a collective over the world: every rank enters it. The group is
+        # destroyed at the end of the block (the harness then replaces the ranks).
+        with (
+            dist_helpers.new_group(loaders) as group,
+            dist_helpers.shared_tempdir(prefix="ckpt-") as path,
+        ):
             dcp.save(state_dicts.sharded_state_dict(trained, api), checkpoint_id=path)
             dist.barrier()
             if self.rank in loaders:
@@ -54,7 +58,6 @@ class ShardedStateDictWorldSizeTest(multirank.MultiRankTestCase, parameterized.T
                     parity.assert_tensors_close(
                         fresh(inputs), expected_out, rtol=0, atol=0, name=f"output, {what}"
                     )
-        dist.destroy_process_group(group)
 
 
 if __name__ == "__main__":

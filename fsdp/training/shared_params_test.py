@@ -7,11 +7,12 @@ root, or grouped into one unit with ``fully_shard([embed, lm_head])``. Each must
 keep the tie (one parameter, two uses) and, over three SGD steps on
 rank-distinct data, match the model trained without FSDP on all ranks' data,
 buffers included. FSDP2 given the tied modules as separate units must either
-refuse it or still train correctly; torch 2.13 refuses with a ValueError.
+refuse it or still train correctly; torch 2.12 and newer refuse with a ValueError.
 
-Known torch bug: torch 2.11 accepts the separate units and trains wrongly
-(27 of 29 parameters diverge, measured on 2 H200s); that case is listed in
-``known_failures``, so it must still fail there and the report explains it.
+Known torch bug: torch 2.10 and 2.11 accept the separate units and train wrongly
+(27 of 29 parameters diverge on 2.11, measured on 2 H200s; 2.10 fails on CPU);
+that case is listed in ``known_failures`` for those releases, so it must still
+fail there and the report explains it.
 """
 
 from absl.testing import parameterized
@@ -47,8 +48,9 @@ class SharedParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         "test_tied_modules_in_separate_units_refused_or_correct_fsdp2": known_failures.TorchBug(
             "FSDP2 tied weight split across units",
             "fully_shard(embed) and fully_shard(lm_head) sharing one weight are accepted and "
-            "train wrongly (torch 2.13 refuses them with an error)",
-            seen_on=("2.11",),
+            "train wrongly (from torch 2.12 on they are refused with an error)",
+            affected=">=2.10,<2.12",
+            fixed_by="PRs #176257, #179532",
         ),
     }
 

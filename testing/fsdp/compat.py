@@ -82,6 +82,7 @@ __all__ = [
     "dispatched_group_size",
     "set_gradient_divide_factor",
     "set_force_sum_reduction_for_comms",
+    "registered_groups",
 ]
 
 
@@ -209,3 +210,19 @@ def set_force_sum_reduction_for_comms(model: torch.nn.Module, enable: bool) -> N
                 "set_force_sum_reduction_for_comms (added in 2.8)"
             )
         module.set_force_sum_reduction_for_comms(enable)
+
+
+def registered_groups():
+    """``{group name: global ranks}`` of the process groups this rank belongs to, or None.
+
+    The harness compares it before and after each test (testing/rank_state.py) to
+    find groups a test left behind. torch has no public list of groups: it keeps
+    them in ``torch.distributed.distributed_c10d._world.pg_names`` (process group ->
+    name; private, the same in torch 2.10, 2.12, 2.13 and 2.14, checked on the
+    installed releases). Returns None where that registry is missing.
+    """
+    world = getattr(dist.distributed_c10d, "_world", None)
+    names = getattr(world, "pg_names", None)
+    if not isinstance(names, dict):
+        return None
+    return {str(name): tuple(dist.get_process_group_ranks(group)) for group, name in names.items()}

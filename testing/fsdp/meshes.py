@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Tuple
 
 import torch.distributed as dist
 
+from testing import dist_helpers
 from testing.fsdp import compat
 
 # Names of the two mesh dimensions, outermost first, as every mesh here has them.
@@ -30,7 +31,8 @@ HYBRID_STRATEGIES = ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2")
 
 # Process groups and meshes made in this process, keyed by the default group
 # they were made from: rank processes serve many tests, and gloo takes a
-# noticeable time to connect each new group.
+# noticeable time to connect each new group. They are the ranks' own
+# (dist_helpers.pool_owned), so the harness does not count them as leaked.
 _CACHE: Dict[Tuple[Any, ...], Any] = {}
 
 
@@ -139,9 +141,10 @@ def hsdp_mesh(shape: Shape, device_type: str):
     _check(shape)
     key = _key("mesh", device_type, tuple(shape))
     if key not in _CACHE:
-        _CACHE[key] = compat.init_device_mesh(
-            device_type, tuple(shape), mesh_dim_names=MESH_DIM_NAMES
-        )
+        with dist_helpers.pool_owned():
+            _CACHE[key] = compat.init_device_mesh(
+                device_type, tuple(shape), mesh_dim_names=MESH_DIM_NAMES
+            )
     return _CACHE[key]
 
 
@@ -162,14 +165,15 @@ def hybrid_groups(shape: Shape) -> Tuple["dist.ProcessGroup", "dist.ProcessGroup
         me_replica, me_shard = coordinates(dist.get_rank(), shape)
         intra = inter = None
         # Every rank must call new_group for every group, in the same order.
-        for replica in range(replicate):
-            group = dist.new_group([replica * shard + s for s in range(shard)])
-            if replica == me_replica:
-                intra = group
-        for position in range(shard):
-            group = dist.new_group([r * shard + position for r in range(replicate)])
-            if position == me_shard:
-                inter = group
+        with dist_helpers.pool_owned():
+            for replica in range(replicate):
+                group = dist.new_group([replica * shard + s for s in range(shard)])
+                if replica == me_replica:
+                    intra = group
+            for position in range(shard):
+                group = dist.new_group([r * shard + position for r in range(replicate)])
+                if position == me_shard:
+                    inter = group
         _CACHE[key] = (intra, inter)
     return _CACHE[key]
 

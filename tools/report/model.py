@@ -76,8 +76,11 @@ class TestResult:
     rank_logs: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
     anchor: str = ""  # set by build_report for results with detail
     # The case's known torch bug, as recorded in known_failures.json: issue,
-    # summary, seen_on, outcome, torch (see apply_known_failure).
+    # summary, affected, fixed_by, conditions, expected, outcome, torch (older
+    # records: seen_on instead of the range; see apply_known_failure).
     known_bug: Optional[Dict[str, str]] = None
+    # The torch version of the run (its environment.json), for release columns.
+    torch: str = ""
 
     @property
     def where(self) -> str:
@@ -248,13 +251,38 @@ def _releases(text: str) -> List[str]:
     return [t.strip() for t in str(text or "").split(",") if t.strip()]
 
 
+def bug_scope(bug: Dict[str, str]) -> str:
+    """Where a recorded bug applies, in words.
+
+    Records with a release range (``affected``, testing/known_failures.py):
+    ``"affects torch >=2.10,<2.14.1, fixed by PR #187376; shows with world size
+    >=2"``. Records written before ranges: ``"seen on torch 2.11, 2.13"``.
+    """
+    if not bug.get("affected"):
+        return "seen on torch %s" % bug.get("seen_on", "?")
+    text = "affects torch " + bug["affected"]
+    if bug.get("fixed_by"):
+        text += ", fixed by " + bug["fixed_by"]
+    if bug.get("conditions"):
+        text += "; shows with " + bug["conditions"]
+    return text
+
+
 def describe_known_bug(bug: Dict[str, str]) -> str:
     """One line naming the bug, as the harness's TorchBug.describe writes it."""
-    return "known torch bug %s: %s (seen on torch %s)" % (
+    return "known torch bug %s: %s (%s)" % (
         bug.get("issue", "?"),
         bug.get("summary", ""),
-        bug.get("seen_on", "?"),
+        bug_scope(bug),
     )
+
+
+def _expected_to_fail(bug: Dict[str, str]) -> bool:
+    """Whether the bug applied to the run that recorded it (its case had to fail)."""
+    if bug.get("expected") in ("yes", "no"):
+        return bug["expected"] == "yes"
+    torch = bug.get("torch", "")  # a record from before ranges: its seen_on list
+    return bool(torch) and torch in _releases(bug.get("seen_on"))
 
 
 def apply_known_failure(r: TestResult, bug: Dict[str, str]) -> None:
@@ -262,11 +290,11 @@ def apply_known_failure(r: TestResult, bug: Dict[str, str]) -> None:
 
     The harness reports a known bug that reproduced as an expected failure, which
     absl's XML writes as a passing case and pytest's as a skipped one: the record
-    is what says it failed. Such a case, and one that failed under
-    --known_failures=strict, becomes KNOWN_BUG. A case that passed on a torch
-    release the bug was seen on is a FAIL: the bug did not reproduce, so either
-    the test lost its power to catch it or this build has a fix. A pass on any
-    other release stays a pass.
+    is what says it failed. Such a case, and one that failed where the bug was not
+    expected (outside its range or conditions, or --known_failures=strict),
+    becomes KNOWN_BUG. A case that passed where the bug applies is a FAIL: the bug
+    did not reproduce, so either the test lost its power to catch it or this
+    build has a fix. A pass anywhere else stays a pass.
     """
     r.known_bug = dict(bug)
     outcome = bug.get("outcome", "")
@@ -281,25 +309,37 @@ def apply_known_failure(r: TestResult, bug: Dict[str, str]) -> None:
             # leaves no message in the XML).
             if bug.get("message") and bug["message"] not in r.message:
                 r.message += "\n" + bug["message"]
-    elif outcome == KNOWN_PASSED:
-        torch = bug.get("torch", "")
-        if torch and torch in _releases(bug.get("seen_on")):
-            junit = r.message
-            r.status = FAIL
+    elif outcome == KNOWN_PASSED and _expected_to_fail(bug):
+        junit = r.message
+        r.status = FAIL
+        if bug.get("affected"):
+            r.message = (
+                "known bug did not reproduce: %s passed on torch %s, where %s applies "
+                "(%s). Either the test no longer catches the bug, or this build has a "
+                "fix (then update affected). The bug: %s"
+                % (
+                    r.test_id or r.raw_name,
+                    bug.get("torch_version") or bug.get("torch", "?"),
+                    bug.get("issue", "?"),
+                    bug_scope(bug),
+                    bug.get("summary", ""),
+                )
+            )
+        else:
             r.message = (
                 "known bug did not reproduce: %s passed on torch %s, and %s was "
                 "seen on torch %s. Either the test no longer catches the bug, or "
                 "this build has a fix (then update seen_on). The bug: %s"
                 % (
                     r.test_id or r.raw_name,
-                    torch,
+                    bug.get("torch", ""),
                     bug.get("issue", "?"),
                     bug.get("seen_on", ""),
                     bug.get("summary", ""),
                 )
             )
-            if junit and junit not in r.text:
-                r.text = junit + ("\n" + r.text if r.text else "")
+        if junit and junit not in r.text:
+            r.text = junit + ("\n" + r.text if r.text else "")
 
 
 _ISSUE_RE = re.compile(r"^(?:(?P<repo>[\w.-]+/[\w.-]+)|(?P<short>pytorch))#(?P<n>\d+)$")
@@ -453,7 +493,13 @@ def _split_params(text: str) -> List[str]:
 def _order(values, known) -> List[str]:
     values = set(values)
     head = [v for v in known if v in values]
-    return head + sorted(values - set(head))
+    # Numbers by value, so that a "cpu · torch 2.9.1" column comes before "... 2.10.0".
+    return head + sorted(values - set(head), key=natural_key)
+
+
+def natural_key(text: str) -> Tuple:
+    """Sort key that orders the numbers in ``text`` by value: 2.9 < 2.10."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", text))
 
 
 # --------------------------------------------------------------------------
@@ -494,7 +540,7 @@ def only_devices(col: Collected, devices) -> Collected:
 
 def build_report(col: Collected) -> Report:
     """Arranges collected results into the report's matrix, details and counts."""
-    _inherit_target_api(col.results, col.targets)
+    inherit_target_api(col.results, col.targets)
     layout = _Layout.of(col)
     groups = [_group(layout, beh) for beh in layout.behaviours]
     return Report(
@@ -512,7 +558,7 @@ def build_report(col: Collected) -> Report:
     )
 
 
-def _inherit_target_api(results: List[TestResult], targets: Dict[str, TargetInfo]) -> None:
+def inherit_target_api(results: List[TestResult], targets: Dict[str, TargetInfo]) -> None:
     """A target tagged with a single API makes its API-neutral methods that API's."""
     for r in results:
         t = targets.get(r.label)
@@ -719,11 +765,11 @@ def _cell(mine, beh, dev, api, target_level, beh_targets, used, qdevs) -> Cell:
         if t.disabled
     ]
     notes += [
-        "%s did not occur on torch %s (seen on torch %s)"
+        "%s did not occur on torch %s (%s)"
         % (
             r.known_bug.get("issue", "?"),
-            r.known_bug.get("torch", "?"),
-            r.known_bug.get("seen_on", "?"),
+            r.known_bug.get("torch_version") or r.known_bug.get("torch", "?"),
+            r.known_bug.get("not_expected_because") or bug_scope(r.known_bug),
         )
         for r in mine
         if r.known_bug and r.status == PASS

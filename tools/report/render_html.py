@@ -197,6 +197,9 @@ def _cell_html(cell: M.Cell, row: M.Row, dev: str, api: str, first: bool) -> str
         bug = next((r.known_bug for r in cell.results if r.known_bug), None)
         why = "%s: %s" % (bug.get("issue", "?"), bug.get("summary", "")) if bug else cell.message
         extra = '<span class="why">%s</span>' % esc(_short(why, 48))
+        if bug and bug.get("affected"):
+            # The releases it affects, whole: the one thing a release column must show.
+            extra += '<span class="why">torch %s</span>' % esc(bug["affected"])
     elif cell.status in (M.FAIL, M.FLAKY, M.NO_RESULT, M.MALFORMED):
         extra = '<span class="why">%s</span>' % esc(_short(cell.message, 48))
     dur = fmt_duration(cell.duration)
@@ -297,13 +300,13 @@ def _known_bug(bug: dict) -> str:
     if url:
         issue = '<a href="%s">%s</a>' % (esc(url), issue)
     return (
-        '<div class="bug"><b>Known torch bug %s</b>: %s<br>seen on torch %s'
+        '<div class="bug"><b>Known torch bug %s</b>: %s<br>%s'
         " \u00b7 this run: torch %s, %s</div>"
         % (
             issue,
             esc(bug.get("summary", "")),
-            esc(bug.get("seen_on", "?")),
-            esc(bug.get("torch", "?")),
+            esc(M.bug_scope(bug)),
+            esc(bug.get("torch_version") or bug.get("torch", "?")),
             esc(bug.get("outcome", "?")),
         )
     )

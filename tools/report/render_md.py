@@ -55,6 +55,8 @@ def _cell(cell: M.Cell) -> str:
     bug = next((r.known_bug for r in cell.results if r.known_bug), None)
     if cell.status == M.KNOWN_BUG and bug:
         text += " " + _cellesc(bug.get("issue", ""))
+        if bug.get("affected"):
+            text += " (torch %s)" % _cellesc(bug["affected"])
     if len(cell.results) > 1 and cell.status in (M.PASS, M.FAIL, M.FLAKY):
         failed = sum(1 for r in cell.results if r.status == M.FAIL)
         text += (
@@ -160,10 +162,10 @@ def render(report: M.Report, generated: str = "") -> str:
                 issue = "[%s](%s)" % (b.get("issue"), url) if url else b.get("issue", "?")
                 out.append("**Known torch bug %s**: %s  " % (issue, _cellesc(b.get("summary", ""))))
                 out.append(
-                    "seen on torch %s \u00b7 this run: torch %s, %s"
+                    "%s \u00b7 this run: torch %s, %s"
                     % (
-                        _cellesc(b.get("seen_on", "?")),
-                        _cellesc(b.get("torch", "?")),
+                        _cellesc(M.bug_scope(b)),
+                        _cellesc(b.get("torch_version") or b.get("torch", "?")),
                         _cellesc(b.get("outcome", "?")),
                     )
                 )

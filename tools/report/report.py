@@ -5,7 +5,8 @@
 
 Merges any number of Bazel testlogs trees (--testlogs, repeatable) and pytest
 JUnit files (--junit FILE:DEVICE) into one matrix of behaviour x device x FSDP
-API.  Disabled targets come from `bazel query --output=xml` (--query_xml FILE,
+API; results from several torch versions (tools/matrix) get a column per device
+and version.  Disabled targets come from `bazel query --output=xml` (--query_xml FILE,
 or tools/bazel is run when present unless --no_bazel_query).
 
 Exits 0 whether or not tests failed; 2 on usage errors.
@@ -22,7 +23,7 @@ if __package__ in (None, ""):
     # instead of this directory.
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.report import collect, model, render_html, render_md  # noqa: E402 (path set above)
+from tools.report import collect, model, releases, render_html, render_md  # noqa: E402 (path set above)
 
 
 def _workspace() -> str:
@@ -129,14 +130,22 @@ def main(argv=None) -> int:
     else:
         col.notes.append("no target list (--query_xml); disabled targets are not shown")
     for d in testlogs:
-        col.merge(collect.scan_testlogs(resolve(d), args.package, col.targets))
+        part = collect.scan_testlogs(resolve(d), args.package, col.targets)
+        releases.tag(part)
+        col.merge(part)
     for path, device in junits:
-        col.merge(collect.parse_pytest_junit(path, device, args.package))
+        part = collect.parse_pytest_junit(path, device, args.package)
+        releases.tag(part)
+        col.merge(part)
     col = collect.drop_stale(col)
 
     if args.devices:
         col = model.only_devices(col, [d.strip() for d in args.devices.split(",") if d.strip()])
+    # Results of several torch versions (tools/matrix): a column per device and version.
+    versions = releases.split_columns(col)
+    per_release = releases.counts(col) if versions else []
     report = model.build_report(col)
+    releases.dedupe_disabled(report)
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     out_dir = resolve(args.out)
     os.makedirs(out_dir, exist_ok=True)
@@ -146,9 +155,13 @@ def main(argv=None) -> int:
         f.write(render_html.render(report, now))
     with open(md_path, "w", encoding="utf-8") as f:
         f.write(render_md.render(report, now))
+        if per_release:
+            f.write("\n" + releases.markdown_table(per_release))
     print(html_path)
     print(md_path)
     print(report.summary())
+    for row in per_release:
+        print(row.line())
     return 0
 
 

@@ -1,0 +1,161 @@
+"""Self-tests of the report's torch release dimension (tools/report/releases.py).
+
+Two hand-written testlogs trees of the same target, one per torch release, as
+tools/matrix copies them: ``fsdp/precision/unfreeze_test_cpu`` with records of
+the harness's release-range format. On torch 2.13.0+cpu the FSDP2 case is a known
+bug that reproduced (an expected failure, written as a pass by absl); on
+2.14.1+cu130 it is outside the bug's range and passed; the FSDP1 case carries a
+made-up bug whose range covers 2.14.1 but passed there (did not reproduce).
+"""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+from absl.testing import absltest
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(_HERE))
+sys.path.insert(0, _HERE)
+
+import matrix_summary  # noqa: E402
+import report_test  # noqa: E402  (its CLI and HTML helpers)
+
+_XML = """<?xml version="1.0"?>
+<testsuites><testsuite name="UnfreezeTest" tests="2">
+<testcase name="test_unfrozen_unit_keeps_reduce_dtype_fsdp1" time="1.5"
+  classname="__main__.UnfreezeTest"/>
+<testcase name="test_unfrozen_unit_keeps_reduce_dtype_fsdp2" time="2.5"
+  classname="__main__.UnfreezeTest"/>
+</testsuite></testsuites>
+"""
+_BUG = {
+    "issue": "pytorch#186998",
+    "summary": "FSDP2 resolves a unit's reduce dtype at its first forward",
+    "affected": ">=2.10,<2.14.1",
+    "fixed_by": "PR #187376",
+    "conditions": "",
+}
+_MADE_UP = {
+    "issue": "example/repo#7",
+    "summary": "made up",
+    "affected": ">=2.14",
+    "fixed_by": "",
+    "conditions": "world size >=2",
+}
+
+
+def _testlogs(root, version, fsdp2, fsdp1):
+    """A testlogs tree of one unfreeze_test_cpu run on torch ``version``."""
+    target = os.path.join(root, "fsdp", "precision", "unfreeze_test_cpu")
+    os.makedirs(os.path.join(target, "test.outputs"))
+    report_test.write_file(os.path.join(target, "test.xml"), _XML)
+    env = {"torch_version": version, "device": "cpu", "backend": "gloo", "world_size": 2}
+    records = {"UnfreezeTest.test_unfrozen_unit_keeps_reduce_dtype_fsdp2": fsdp2}
+    if fsdp1:
+        records["UnfreezeTest.test_unfrozen_unit_keeps_reduce_dtype_fsdp1"] = fsdp1
+    for name, data in (("environment.json", env), ("known_failures.json", records)):
+        report_test.write_file(os.path.join(target, "test.outputs", name), json.dumps(data))
+    return root
+
+
+class ReleaseColumnsTest(absltest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tmp = tempfile.mkdtemp()
+        old = _testlogs(
+            os.path.join(cls.tmp, "2.13", "testlogs"),
+            "2.13.0+cpu",
+            dict(
+                _BUG,
+                outcome="failed as expected",
+                expected="yes",
+                torch="2.13.0",
+                torch_version="2.13.0+cpu",
+                message="grad dtype bf16 vs float32",
+            ),
+            None,
+        )
+        new = _testlogs(
+            os.path.join(cls.tmp, "2.14", "testlogs"),
+            "2.14.1+cu130",
+            dict(
+                _BUG,
+                outcome="passed",
+                expected="no",
+                torch="2.14.1",
+                torch_version="2.14.1+cu130",
+                not_expected_because="torch 2.14.1 is outside >=2.10,<2.14.1",
+            ),
+            dict(
+                _MADE_UP,
+                outcome="passed",
+                expected="yes",
+                torch="2.14.1",
+                torch_version="2.14.1+cu130",
+            ),
+        )
+        cls.rc, cls.out, cls.html, cls.md = report_test.run_cli(
+            "--testlogs", old, "--testlogs", new
+        )
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp)
+        super().tearDownClass()
+
+    def test_one_column_per_release(self):
+        self.assertEqual(self.rc, 0, self.out)
+        self.assertIn("cpu \u00b7 torch 2.13.0+cpu", self.html)
+        self.assertIn("cpu \u00b7 torch 2.14.1+cu130", self.html)
+        cells = report_test.html_cells(self.html, report_test.UNFREEZE)
+        self.assertLen(cells, 4)  # (2.13, 2.14.1) x (fsdp1, fsdp2)
+
+    def test_known_bug_cell_names_the_releases_it_affects(self):
+        cells = report_test.html_cells(self.html, report_test.UNFREEZE)
+        self.assertEqual(report_test.cell_status(cells[1]), "st-known-bug")  # 2.13 fsdp2
+        self.assertIn("torch &gt;=2.10,&lt;2.14.1", cells[1])
+        row = report_test.md_row(self.md, report_test.UNFREEZE)
+        self.assertIn("pytorch#186998 (torch &gt;=2.10,&lt;2.14.1)", row[1])
+
+    def test_fixed_release_passes_with_a_note(self):
+        cell = report_test.html_cells(self.html, report_test.UNFREEZE)[3]  # 2.14.1 fsdp2
+        self.assertEqual(report_test.cell_status(cell), "st-pass")
+        self.assertIn(
+            "pytorch#186998 did not occur on torch 2.14.1+cu130 (torch 2.14.1 is outside "
+            "&gt;=2.10,&lt;2.14.1)",
+            cell,
+        )
+
+    def test_bug_that_applies_but_did_not_reproduce_fails(self):
+        cell = report_test.html_cells(self.html, report_test.UNFREEZE)[2]  # 2.14.1 fsdp1
+        self.assertEqual(report_test.cell_status(cell), "st-fail")
+        self.assertIn(
+            "passed on torch 2.14.1+cu130, where example/repo#7 applies (affects torch "
+            "&gt;=2.14; shows with world size &gt;=2)",
+            self.html,
+        )
+
+    def test_per_release_table(self):
+        self.assertIn("| 2.13.0+cpu | 1 | 0 | 1 | 0 | 4 s |", self.md)
+        self.assertIn("| 2.14.1+cu130 | 1 | 1 | 0 | 0 | 4 s |", self.md)
+        self.assertIn("torch 2.13.0+cpu: 1 passed, 0 failed, 1 expected failures", self.out)
+
+    def test_matrix_summary_row(self):
+        folder = os.path.join(self.tmp, "2.13")
+        report_test.write_file(os.path.join(folder, "times.tsv"), "2.13\t2.13.0+cpu\t0\t1\t95\n")
+        report_test.write_file(
+            os.path.join(folder, "bazel.log"),
+            "//fsdp/precision:unfreeze_test_cpu                PASSED in 9.1s\n",
+        )
+        self.assertEqual(
+            matrix_summary.row(self.tmp, "2.13"),
+            "| 2.13 | 2.13.0+cpu | 1 passed, 0 failed | 1 | 0 | 1 | 1 s | 95 s | green |",
+        )
+
+
+if __name__ == "__main__":
+    absltest.main()
