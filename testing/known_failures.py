@@ -8,7 +8,7 @@ have it, where it was fixed, and under which conditions it shows::
         known_failures = {
             "test_unfrozen_unit_keeps_reduce_dtype_fsdp2": known_failures.TorchBug(
                 "pytorch#186998", "FSDP2 fixes a unit's reduce dtype while it is frozen",
-                affected=">=2.10,<2.14.1", fixed_by="PR #187376"),
+                affected=">=2.10,<2.14.1", fixed_by="pytorch#187376"),
         }
 
 ``affected`` is a ``packaging`` specifier set, matched against the release part
@@ -138,7 +138,7 @@ class TorchBug:
       summary: one line saying what goes wrong, shown in failures and the report.
       affected: the releases that have it, a ``packaging`` specifier set such as
         ``">=2.10,<2.14.1"`` (open-ended ``">=2.10"`` while unfixed).
-      fixed_by: the upstream change that fixed it, e.g. ``"PR #187376"``.
+      fixed_by: the upstream change that fixed it, e.g. ``"pytorch#187376"``.
       world_sizes: the world sizes it shows at (see :func:`world_size_matches`).
       devices: the devices it shows on (empty: every device).
       backends: the backends it shows with (empty: every backend).
@@ -201,7 +201,7 @@ class TorchBug:
         return ", ".join(parts)
 
     def releases(self) -> str:
-        """``"torch >=2.10,<2.14.1, fixed by PR #187376"``: the releases it affects."""
+        """``"torch >=2.10,<2.14.1, fixed by pytorch#187376"``: the releases it affects."""
         text = f"torch {self.affected}"
         return text + (f", fixed by {self.fixed_by}" if self.fixed_by else "")
 

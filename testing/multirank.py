@@ -34,7 +34,7 @@ import os
 import signal
 import sys
 import unittest
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional
 
 from absl.testing import absltest
 
@@ -44,6 +44,7 @@ from testing import known_failures as known_failures_lib
 from testing import not_run as not_run_lib
 from testing import options
 from testing import rank_pool
+from testing import session_pools
 from testing.rank_protocol import RankContext
 
 # The start of a skip reason that means "this case does not apply here": the report
@@ -129,7 +130,7 @@ class MultiRankTestCase(absltest.TestCase):
         # A session-wide pool outlives the class; close_session_pools() ends it.
         pool = cls.__dict__.get("_pool")
         if pool is not None:
-            _discard_pool(pool)
+            session_pools.discard(pool)
         super().tearDownClass()
 
     def _callSetUp(self):
@@ -162,7 +163,7 @@ class MultiRankTestCase(absltest.TestCase):
 
     def _callTestMethod(self, method):
         del method  # runs on the ranks
-        case_params.record(self, _output_dir())
+        case_params.record(self, output_dir())
         # A misspelt entry would never apply, and its bug would fail as if unknown.
         unknown = sorted(m for m in type(self).known_failures if not hasattr(type(self), m))
         if unknown:
@@ -181,7 +182,7 @@ class MultiRankTestCase(absltest.TestCase):
         except self.failureException as e:
             outcome = "failed as expected" if expected else "failed"
             known_failures_lib.record(
-                key, bug, outcome, _output_dir(), case=case, expected=expected, message=str(e)
+                key, bug, outcome, output_dir(), case=case, expected=expected, message=str(e)
             )
             why = ""
             if not expected:
@@ -190,7 +191,7 @@ class MultiRankTestCase(absltest.TestCase):
             raise self.failureException(
                 "\n".join(filter(None, [bug.describe(), why, str(e)]))
             ) from None
-        known_failures_lib.record(key, bug, "passed", _output_dir(), case=case, expected=expected)
+        known_failures_lib.record(key, bug, "passed", output_dir(), case=case, expected=expected)
         if expected:
             sys.stderr.write(
                 f"{self.id()}: did not fail on torch {known_failures_lib.torch_version()}, "
@@ -240,7 +241,7 @@ class MultiRankTestCase(absltest.TestCase):
             world_size=size,
             reason=reason,
         )
-        not_run_lib.record([case], _output_dir())
+        not_run_lib.record([case], output_dir())
 
     def _run_on_ranks(self) -> None:
         size = options.world_size()
@@ -256,14 +257,14 @@ class MultiRankTestCase(absltest.TestCase):
                 raise unittest.SkipTest(missing + " (skipped: --missing_device=skip)")
             raise self.failureException(missing)
         cls = type(self)
-        log_dir = os.path.join(_output_dir(), "rank_logs", cls.__name__)
+        log_dir = os.path.join(output_dir(), "rank_logs", cls.__name__)
         pool = self._ensure_pool(size, kind, log_dir)
         results = pool.run(
             cls, self._testMethodName, self.id(), self._planned_timeout(), log_dir=log_dir
         )
         failed = [r for r in results if r.status not in ("ok", "skip")]
         if failed:
-            _discard_pool(pool)
+            session_pools.discard(pool)
             raise self.failureException(self._failure_message(failed, pool))
         if all(r.status == "skip" for r in results):
             raise unittest.SkipTest(results[0].detail)
@@ -274,11 +275,11 @@ class MultiRankTestCase(absltest.TestCase):
         start_method = options.start_method()
         key = (kind.name, size, start_method)
         held = cls.__dict__.get("_pool")
-        pool = _SESSION_POOLS.get(key) if options.pool_scope() == "session" else held
+        pool = session_pools.get(key) if options.pool_scope() == "session" else held
         if pool is not None and (
             pool.world_size != size or pool.broken or pool.retired or not pool.can_run(cls)
         ):
-            _discard_pool(pool)
+            session_pools.discard(pool)
             pool = None
         if pool is None:
             pool = rank_pool.RankPool(size, kind, start_method, log_dir=log_dir)
@@ -288,10 +289,10 @@ class MultiRankTestCase(absltest.TestCase):
                 raise self.failureException(str(e)) from None
             _write_environment(pool.info)
             if options.pool_scope() == "session":
-                _SESSION_POOLS[key] = pool
+                session_pools.register(key, pool)
         # The class's pool, also when shared: its tearDownClass then lets go of it.
         if held is not None and held is not pool:
-            _discard_pool(held)
+            session_pools.discard(held)
         cls._pool = pool
         return pool
 
@@ -308,57 +309,12 @@ class MultiRankTestCase(absltest.TestCase):
         return "\n".join([header, rank_pool.format_results(failed), logs])
 
 
-# Session-wide pools by (device, world size, start method); see --pool_scope.
-_SESSION_POOLS: Dict[Tuple[str, int, str], rank_pool.RankPool] = {}
-
-
-def _discard_pool(pool: rank_pool.RankPool) -> None:
-    """Lets go of ``pool``: closes it unless it is a healthy session-wide pool.
-
-    A session pool that broke or retired is closed and forgotten, so the next test
-    gets a fresh one; a healthy one stays for the next class until
-    close_session_pools().
-    """
-    for cls in _classes_holding(pool):
-        cls._pool = None
-    session_key = next((k for k, p in _SESSION_POOLS.items() if p is pool), None)
-    if session_key is not None and not pool.broken and not pool.retired:
-        return
-    if session_key is not None:
-        del _SESSION_POOLS[session_key]
-    pool.close()
-
-
-def _classes_holding(pool: rank_pool.RankPool):
-    """Test classes whose ``_pool`` is ``pool`` (a session pool is held by one at a time)."""
-    found, stack = [], [MultiRankTestCase]
-    while stack:
-        cls = stack.pop()
-        if cls.__dict__.get("_pool") is pool:
-            found.append(cls)
-        stack.extend(cls.__subclasses__())
-    return found
-
-
-def close_session_pools() -> None:
-    """Ends every session-wide pool cleanly (pytest's session end; conftest.py)."""
-    for key in list(_SESSION_POOLS):
-        pool = _SESSION_POOLS.pop(key)
-        for cls in _classes_holding(pool):
-            cls._pool = None
-        pool.close()
-
-
 def output_dir() -> str:
     """Where rank logs, environment.json and the report's records go.
 
     Bazel's undeclared outputs; under pytest ``FSDP_TEST_OUTPUT_DIR``, else a
     directory under the temporary directory.
     """
-    return _output_dir()
-
-
-def _output_dir() -> str:
     path = os.environ.get("TEST_UNDECLARED_OUTPUTS_DIR")
     if not path:
         path = os.environ.get("FSDP_TEST_OUTPUT_DIR") or os.path.join(
@@ -369,7 +325,7 @@ def _output_dir() -> str:
 
 
 def _write_environment(info: dict) -> None:
-    with open(os.path.join(_output_dir(), "environment.json"), "w") as f:
+    with open(os.path.join(output_dir(), "environment.json"), "w") as f:
         json.dump(info, f, indent=1, sort_keys=True)
 
 
@@ -380,7 +336,7 @@ def _on_sigterm(signum, frame):
         pool.dump_stacks(list(range(pool.world_size)))
     rank_pool.kill_all_pools()
     sys.stderr.write(
-        f"multirank: terminated by signal {signum}; rank stacks are in {_output_dir()}/rank_logs\n"
+        f"multirank: terminated by signal {signum}; rank stacks are in {output_dir()}/rank_logs\n"
     )
     sys.stderr.flush()
     os._exit(128 + signum)
@@ -418,3 +374,8 @@ def main() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def close_session_pools() -> None:
+    """Ends every session-wide pool cleanly (pytest's session end; conftest.py)."""
+    session_pools.close_all()

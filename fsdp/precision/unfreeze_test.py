@@ -60,7 +60,7 @@ class UnfreezeTest(multirank.MultiRankTestCase, parameterized.TestCase):
             "parameters; a unit frozen then gets the param dtype, and after unfreezing its "
             "backward fails (grad dtype bf16 vs float32)",
             affected=">=2.10,<2.14.1",
-            fixed_by="PR #187376",
+            fixed_by="pytorch#187376",
         ),
     }
 

@@ -80,7 +80,7 @@ _FSDP1_SUBGROUP_OPTIM = known_failures.TorchBug(
     "the optimizer state dict of an FSDP1 model sharded on a subgroup issues a collective "
     "on the default group, so ranks outside the subgroup deadlock or receive its data",
     affected=">=2.10,<2.13",
-    fixed_by="PR #181261",
+    fixed_by="pytorch#181261",
 )
 
 

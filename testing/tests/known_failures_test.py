@@ -9,7 +9,7 @@ _FIXED = kf.TorchBug(
     "pytorch#2",
     "unfreeze",
     affected=">=2.10,<2.14.1",
-    fixed_by="PR #187376",
+    fixed_by="pytorch#187376",
     devices=("cpu", "cuda"),
     condition=kf.Condition("an fsdp2 case", lambda case: case.params.get("api") == "fsdp2"),
 )
@@ -76,7 +76,7 @@ class ConditionsTest(absltest.TestCase):
         self.assertEqual(
             _FIXED.describe(),
             "known torch bug pytorch#2: unfreeze (affects torch >=2.10,<2.14.1, fixed by "
-            "PR #187376; shows with device cpu/cuda, an fsdp2 case)",
+            "pytorch#187376; shows with device cpu/cuda, an fsdp2 case)",
         )
 
     def test_strict_mode_never_expects(self):

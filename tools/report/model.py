@@ -255,7 +255,7 @@ def bug_scope(bug: Dict[str, str]) -> str:
     """Where a recorded bug applies, in words.
 
     Records with a release range (``affected``, testing/known_failures.py):
-    ``"affects torch >=2.10,<2.14.1, fixed by PR #187376; shows with world size
+    ``"affects torch >=2.10,<2.14.1, fixed by pytorch#187376; shows with world size
     >=2"``. Records written before ranges: ``"seen on torch 2.11, 2.13"``.
     """
     if not bug.get("affected"):

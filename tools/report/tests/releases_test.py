@@ -35,7 +35,7 @@ _BUG = {
     "issue": "pytorch#186998",
     "summary": "FSDP2 resolves a unit's reduce dtype at its first forward",
     "affected": ">=2.10,<2.14.1",
-    "fixed_by": "PR #187376",
+    "fixed_by": "pytorch#187376",
     "conditions": "",
 }
 _MADE_UP = {
