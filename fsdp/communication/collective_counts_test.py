@@ -4,21 +4,33 @@ Model: ``sized_chain`` (units ``layers.0``/``layers.1``/``layers.2`` of 576, 163
 and 1200 bytes, plus the root's own 224 bytes: 4 FSDP units, 3632 bytes in all,
 3408 bytes outside the root). The second step of a run (after lazy
 initialization) is recorded at the dispatcher per phase (forward, backward,
-optimizer) and must match, call for call and byte for byte, a table derived
-from that structure in each test: every unit all-gathers once in forward; units
-that reshard after forward all-gather again in backward, the root never does
-(FSDP1 and FSDP2 keep the root unsharded between forward and backward); every
-unit reduces its gradient once in backward, unless accumulating; the optimizer
-step (elementwise SGD on local shards) issues nothing. An extra, missing or
-resized collective fails with the rank, phase, kind and expected versus
-observed calls and bytes. Parameters after the step must also equal an
-unsharded reference, so counting never replaces correctness.
+optimizer) and must match, call for call, byte for byte and on the right group
+size (kinds are keyed ``<kind>@<group size>``), a table derived in this file
+from that structure and the world size N: every unit all-gathers once in
+forward; units that reshard after forward all-gather again in backward, the
+root never does (FSDP1 and FSDP2 keep the root unsharded between forward and
+backward); every unit reduces its gradient once in backward, unless
+accumulating; the optimizer step (elementwise SGD on local shards) issues
+nothing. An extra, missing or resized collective fails with the rank, phase,
+kind and expected versus observed calls and bytes. Parameters after the step
+must also equal an unsharded reference, so counting never replaces correctness.
 
-Covers FSDP1 FULL_SHARD, SHARD_GRAD_OP and NO_SHARD; FSDP2
-``reshard_after_forward`` True and False; gradient accumulation (FSDP1
+What the world size changes:
+
+* bytes: a gather or reduce-scatter carries its unit padded for the shard group
+  (``sized_chain.padded_bytes``): exact at 1, 2 and 4; at 3, FSDP1 3636 B and
+  FSDP2 3816 B; at 8, FSDP1 3648 B and FSDP2 4256 B;
+* world size 1: FSDP1 turns FULL_SHARD and SHARD_GRAD_OP into NO_SHARD (an
+  all-reduce of every unit on a group of one, no gather); FSDP2 on a one-rank
+  1-D mesh issues no collective at all;
+* 2-D meshes with both dimensions above 1 (2x2 at 4; 2x4 and 4x2 at 8) and
+  ``reshard_after_forward`` to a proper divisor of N exist only at composite N:
+  elsewhere those cases are declared not applicable in BUILD.
+
+Covers FSDP1 FULL_SHARD, SHARD_GRAD_OP, NO_SHARD and HYBRID_SHARD; FSDP2
+``reshard_after_forward`` True, False and an int; gradient accumulation (FSDP1
 ``no_sync``, FSDP2 ``set_requires_gradient_sync(False)``); FSDP2 on the
-degenerate 2-D meshes 2x1 and 1x2 at world size 2. World size 4 (HYBRID_SHARD,
-a 2x2 mesh, ``reshard_after_forward=2``) is ``collective_counts_ws4_test.py``.
+degenerate 2-D meshes N x 1 and 1 x N and on every 2-D mesh.
 """
 
 import contextlib
@@ -28,63 +40,160 @@ import torch.distributed as dist
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import cases, collective_count, meshes, sized_chain, wrapping
+from testing.fsdp import cases, collective_count, meshes, parity, sized_chain, wrapping
 
 SPEC = sized_chain.SPEC
-B = sized_chain.unit_bytes
-ALL = sum(B(u) for u in sized_chain.NUMEL)  # every unit, root included: 3632
-NON_ROOT = ALL - B(sized_chain.ROOT)  # units that may reshard after forward: 3408
-N_UNITS = len(sized_chain.NUMEL)  # 4: three layers and the root
-N_NON_ROOT = N_UNITS - 1
+ALL_UNITS = tuple(sized_chain.NUMEL)  # three layers, then the root
+NON_ROOT = sized_chain.UNITS  # units that may reshard after forward
+N_UNITS = len(ALL_UNITS)  # 4
+N_NON_ROOT = len(NON_ROOT)  # 3
+ALL = sum(sized_chain.unit_bytes(u) for u in ALL_UNITS)  # unpadded: 3632
 
 AG, RS, AR = "all_gather", "reduce_scatter", "all_reduce"
 FWD, BWD = collective_count.FORWARD, collective_count.BACKWARD
 
-# One synchronized step, per configuration. (calls, bytes) per phase and kind.
-FSDP1_STEP = {
-    # Gather each unit for forward and, resharded after forward, every unit but
-    # the root again for backward; reduce-scatter every unit's gradient.
-    "FULL_SHARD": {
-        FWD: {AG: (N_UNITS, ALL)},
-        BWD: {AG: (N_NON_ROOT, NON_ROOT), RS: (N_UNITS, ALL)},
-    },
-    # Parameters stay gathered from forward to backward: no backward all-gather.
-    "SHARD_GRAD_OP": {FWD: {AG: (N_UNITS, ALL)}, BWD: {RS: (N_UNITS, ALL)}},
-    # Nothing is sharded: no all-gather; every unit all-reduces its whole gradient.
-    "NO_SHARD": {BWD: {AR: (N_UNITS, ALL)}},
-}
-FSDP2_STEP = {
-    True: FSDP1_STEP["FULL_SHARD"],  # same algorithm: reshard non-root units after forward
-    False: FSDP1_STEP["SHARD_GRAD_OP"],
-}
-# An unsynchronized micro-batch, resharding after forward: gather as usual, but
-# no gradient collective (gradients accumulate locally). The next micro-batch
-# is a normal synchronized step (the root, resharded after backward, is gathered
-# again in its forward as every step).
-ACCUMULATE = {FWD: {AG: (N_UNITS, ALL)}, BWD: {AG: (N_NON_ROOT, NON_ROOT)}}
 
+def _bytes(api, shard, units=ALL_UNITS):
+    """Summed bytes of ``units`` as ``api`` pads them for a shard group of ``shard``.
 
-def _hsdp_step(replicate: int, shard: int):
-    """FSDP2 on a (replicate, shard) mesh, kinds keyed ``<kind>@<group size>``.
-
-    The flat algorithm runs on the shard group (size ``shard``), then every unit
-    all-reduces its gradient shard (ALL / shard bytes) over the replicate group.
-    With a shard group of one rank there is nothing to gather or scatter (FSDP2
-    copies locally); the replicate all-reduce stays even on a replicate group of
-    one rank: FSDP2 issues it whenever the mesh is 2-D.
+    All units: 3632 at 1, 2 and 4 (nothing pads); at 3, FSDP1 3636 (the root's
+    flat parameter 56 -> 57 elements) and FSDP2 3816 (dim 0 of 16 -> 18 rows in
+    ``layers.0``, of 4 -> 6 in the root); at 8, FSDP1 3648 (``layers.2`` 300 ->
+    304 elements) and FSDP2 4256 (dim 0 of 12 -> 16 in ``layers.2``, 4 -> 8 in
+    the root). Outside the root: 3408, or 3408 (FSDP1) / 3480 (FSDP2) at 3 and
+    3424 / 3808 at 8.
     """
-    step = {FWD: {}, BWD: {f"{AR}@{replicate}": (N_UNITS, ALL // shard)}}
-    if shard > 1:
-        step[FWD][f"{AG}@{shard}"] = (N_UNITS, ALL)
-        step[BWD].update({f"{AG}@{shard}": (N_NON_ROOT, NON_ROOT), f"{RS}@{shard}": (N_UNITS, ALL)})
+    return sum(sized_chain.padded_bytes(u, api, shard) for u in units)
+
+
+def _key(kind, group):
+    return f"{kind}@{group}"
+
+
+def flat_step(api, shard, reshard):
+    """One synchronized step sharded over a group of ``shard`` > 1 ranks.
+
+    ``reshard``: FSDP1 FULL_SHARD (True) or SHARD_GRAD_OP (False); FSDP2
+    ``reshard_after_forward`` on the layer units. Every unit gathers once for
+    forward and reduce-scatters its gradient once, both carrying the padded
+    unit; units resharded after forward gather again for backward, the root
+    never.
+    """
+    step = {
+        FWD: {_key(AG, shard): (N_UNITS, _bytes(api, shard))},
+        BWD: {_key(RS, shard): (N_UNITS, _bytes(api, shard))},
+    }
+    if reshard:
+        step[BWD][_key(AG, shard)] = (N_NON_ROOT, _bytes(api, shard, NON_ROOT))
     return step
 
 
-def _prefixed(table, prefix):
-    return {prefix + phase: kinds for phase, kinds in table.items()}
+def no_shard_step(world_size):
+    """FSDP1 NO_SHARD: no gather; every unit all-reduces its whole unpadded gradient."""
+    return {BWD: {_key(AR, world_size): (N_UNITS, ALL)}}
+
+
+def fsdp1_step(strategy, world_size):
+    """FSDP1 under ``strategy`` on the world."""
+    if strategy == "NO_SHARD" or world_size == 1:
+        # On one rank FSDP1 turns FULL_SHARD and SHARD_GRAD_OP into NO_SHARD, and
+        # still all-reduces each unit, on a group of one.
+        return no_shard_step(world_size)
+    return flat_step("fsdp1", world_size, reshard=strategy == "FULL_SHARD")
+
+
+def fsdp2_step(reshard, world_size):
+    """FSDP2 on a 1-D mesh over the world."""
+    if world_size == 1:
+        # A one-rank 1-D mesh: FSDP2 copies locally and issues nothing at all.
+        return {}
+    return flat_step("fsdp2", world_size, reshard)
+
+
+def accumulating(step):
+    """An unsynchronized micro-batch of ``step``: its gathers, without gradient reductions.
+
+    The next micro-batch is a normal synchronized step (the root, resharded after
+    backward, is gathered again in its forward as every step).
+    """
+    return {
+        phase: {k: v for k, v in kinds.items() if not k.startswith((RS, AR))}
+        for phase, kinds in step.items()
+    }
+
+
+def hsdp_step(api, replicate, shard):
+    """Hybrid sharding on a ``(replicate, shard)`` mesh.
+
+    The flat algorithm runs on the shard group (resharding after forward: FSDP1
+    HYBRID_SHARD, FSDP2's default for the layer units), then every unit
+    all-reduces its gradient shard (its padded bytes / ``shard``) over the
+    replicate group. With a shard group of one rank there is nothing to gather
+    or scatter (FSDP2 copies locally); FSDP2 issues the replicate all-reduce even
+    on a replicate group of one rank: whenever the mesh is 2-D.
+    """
+    step = flat_step(api, shard, reshard=True) if shard > 1 else {FWD: {}, BWD: {}}
+    step[BWD][_key(AR, replicate)] = (N_UNITS, _bytes(api, shard) // shard)
+    return step
+
+
+def reshard_to_subgroup_step(world_size, subgroup):
+    """FSDP2 ``reshard_after_forward=subgroup`` on the world.
+
+    Forward gathers every unit over the world. After forward each layer unit
+    keeps ``1 / subgroup`` of the unit as padded for the world, so its backward
+    gather runs on a group of ``subgroup`` and still carries the whole padded
+    unit (at 8: 3808 B for groups of 2 and 4); gradients reduce-scatter over the
+    world.
+    """
+    everything = _bytes("fsdp2", world_size)
+    return {
+        FWD: {_key(AG, world_size): (N_UNITS, everything)},
+        BWD: {
+            _key(AG, subgroup): (N_NON_ROOT, _bytes("fsdp2", world_size, NON_ROOT)),
+            _key(RS, world_size): (N_UNITS, everything),
+        },
+    }
+
+
+def two_d_shapes(world_size):
+    """Meshes with both dimensions above 1: (2, 2) at 4; (2, 4), (4, 2) at 8."""
+    return [s for s in meshes.mesh_shapes(world_size) if min(s) > 1]
+
+
+def subgroup_sizes(world_size):
+    """Proper divisors of the world size above 1: [2] at 4, [2, 4] at 8."""
+    return [d for d in range(2, world_size) if world_size % d == 0]
+
+
+@contextlib.contextmanager
+def _fsdp2_no_gradient_sync(model):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 class CollectiveCountsTest(multirank.MultiRankTestCase, parameterized.TestCase):
+    def _check(self, model, expected, context, accumulate=None, failures=None):
+        """Records a step of ``model``, then asserts its table and its parameters.
+
+        Failures go to ``failures`` (raised here when None), so a rank whose count
+        differs still joins the reference comparison's collectives.
+        """
+        own = failures is None
+        failures = parity.DeferredFailures() if own else failures
+        log = sized_chain.record_step(model, self.device, accumulate)
+        with failures.check(f"{context}: collectives"):
+            collective_count.assert_counts(log, expected, by_group=True, context=context)
+        with failures.check(f"{context}: parameters"):
+            sized_chain.check_parameters(
+                model, self.device, context, accumulated=accumulate is not None
+            )
+        if own:
+            failures.raise_if_any()
+
     @parameterized.named_parameters(
         ("full_shard_fsdp1", "FULL_SHARD"),
         ("shard_grad_op_fsdp1", "SHARD_GRAD_OP"),
@@ -92,89 +201,115 @@ class CollectiveCountsTest(multirank.MultiRankTestCase, parameterized.TestCase):
     )
     def test_step_counts_sharding_strategy(self, strategy):
         model = wrapping.wrap_spec(SPEC, "fsdp1", device=self.device, sharding_strategy=strategy)
-        log = sized_chain.record_step(model, self.device)
-        collective_count.assert_counts(
-            log, FSDP1_STEP[strategy], context=f"api=fsdp1 sharding_strategy={strategy}"
-        )
-        sized_chain.check_parameters(model, self.device, f"api=fsdp1 sharding_strategy={strategy}")
+        expected = fsdp1_step(strategy, self.world_size)
+        self._check(model, expected, f"api=fsdp1 sharding_strategy={strategy}")
 
     @parameterized.named_parameters(("reshard_true_fsdp2", True), ("reshard_false_fsdp2", False))
     def test_step_counts_reshard_after_forward(self, reshard):
         model = sized_chain.wrap_fsdp2(self.device, reshard)
-        log = sized_chain.record_step(model, self.device)
-        collective_count.assert_counts(
-            log, FSDP2_STEP[reshard], context=f"api=fsdp2 reshard_after_forward={reshard}"
-        )
-        sized_chain.check_parameters(
-            model, self.device, f"api=fsdp2 reshard_after_forward={reshard}"
-        )
+        expected = fsdp2_step(reshard, self.world_size)
+        self._check(model, expected, f"api=fsdp2 reshard_after_forward={reshard}")
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_step_counts_gradient_accumulation(self, api):
         if api == "fsdp1":
-
-            def accumulate(model):
-                return model.no_sync()
-
             model = wrapping.wrap_spec(
                 SPEC, api, device=self.device, sharding_strategy="FULL_SHARD"
             )
-            synced = FSDP1_STEP["FULL_SHARD"]
+            synced, accumulate = fsdp1_step("FULL_SHARD", self.world_size), lambda m: m.no_sync()
         else:
-
-            @contextlib.contextmanager
-            def accumulate(model):
-                model.set_requires_gradient_sync(False)
-                try:
-                    yield
-                finally:
-                    model.set_requires_gradient_sync(True)
-
             model = sized_chain.wrap_fsdp2(self.device, True)
-            synced = FSDP2_STEP[True]
-        log = sized_chain.record_step(model, self.device, accumulate)
-        expected = {**_prefixed(ACCUMULATE, "accumulate_"), **synced}
-        collective_count.assert_counts(log, expected, context=f"api={api} accumulation")
-        sized_chain.check_parameters(
-            model, self.device, f"api={api} accumulation", accumulated=True
+            synced, accumulate = fsdp2_step(True, self.world_size), _fsdp2_no_gradient_sync
+        expected = {
+            **{"accumulate_" + phase: kinds for phase, kinds in accumulating(synced).items()},
+            **synced,
+        }
+        self._check(model, expected, f"api={api} accumulation", accumulate)
+
+    @parameterized.named_parameters(("nx1_fsdp2", "nx1"), ("1xn_fsdp2", "1xn"))
+    def test_step_counts_degenerate_hsdp_mesh(self, which):
+        n = self.world_size
+        shape = (n, 1) if which == "nx1" else (1, n)
+        mesh = meshes.hsdp_mesh(shape, self.device.type)
+        model = sized_chain.wrap_fsdp2(self.device, mesh=mesh)
+        self._check(model, hsdp_step("fsdp2", *shape), f"api=fsdp2 mesh={meshes.shape_name(shape)}")
+
+    def _check_each(self, configs):
+        """``_check`` for each ``(label, make_model, expected)``; failures raised together."""
+        configs = list(configs)
+        # BUILD runs these cases only at sizes that have such configurations.
+        self.assertNotEmpty(configs, f"no configuration at world size {self.world_size}")
+        failures = parity.DeferredFailures()  # every rank builds every mesh and group
+        for label, make_model, expected in configs:
+            self._check(make_model(), expected, label, failures=failures)
+        failures.raise_if_any()
+
+    def test_step_counts_hybrid_shard_fsdp1(self):
+        self._check_each(
+            (
+                f"api=fsdp1 HYBRID_SHARD mesh={meshes.shape_name(shape)}",
+                lambda shape=shape: wrapping.wrap_spec(
+                    SPEC,
+                    "fsdp1",
+                    device=self.device,
+                    **meshes.hsdp_wrap_options("fsdp1", shape, self.device.type),
+                ),
+                hsdp_step("fsdp1", *shape),
+            )
+            for shape in two_d_shapes(self.world_size)
         )
 
-    @parameterized.named_parameters(("2x1_fsdp2", 2, 1), ("1x2_fsdp2", 1, 2))
-    def test_step_counts_degenerate_hsdp_mesh(self, replicate, shard):
-        self.assertEqual(replicate * shard, self.world_size, "mesh must cover the world")
-        # Cached for the ranks' lifetime (a mesh made per test would leak its groups).
-        mesh = meshes.hsdp_mesh((replicate, shard), self.device.type)
-        model = sized_chain.wrap_fsdp2(self.device, mesh=mesh)
-        log = sized_chain.record_step(model, self.device)
-        collective_count.assert_counts(
-            log,
-            _hsdp_step(replicate, shard),
-            by_group=True,
-            context=f"api=fsdp2 mesh={replicate}x{shard}",
+    def test_step_counts_hybrid_mesh_fsdp2(self):
+        self._check_each(
+            (
+                f"api=fsdp2 mesh={meshes.shape_name(shape)}",
+                lambda shape=shape: sized_chain.wrap_fsdp2(
+                    self.device, mesh=meshes.hsdp_mesh(shape, self.device.type)
+                ),
+                hsdp_step("fsdp2", *shape),
+            )
+            for shape in two_d_shapes(self.world_size)
         )
-        sized_chain.check_parameters(model, self.device, f"api=fsdp2 mesh={replicate}x{shard}")
+
+    def test_step_counts_reshard_after_forward_to_subgroup_fsdp2(self):
+        self._check_each(
+            (
+                f"api=fsdp2 reshard_after_forward={d}",
+                lambda d=d: sized_chain.wrap_fsdp2(self.device, reshard=d),
+                reshard_to_subgroup_step(self.world_size, d),
+            )
+            for d in subgroup_sizes(self.world_size)
+        )
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_extra_all_gather_fails_the_count(self, api):
         """One all-gather more than the table, issued in forward, fails with its phase."""
-        model = (
-            wrapping.wrap_spec(SPEC, api, device=self.device, sharding_strategy="FULL_SHARD")
-            if api == "fsdp1"
-            else sized_chain.wrap_fsdp2(self.device, True)
-        )
-        out = torch.empty(self.world_size * 4, device=self.device)
+        n = self.world_size
+        if api == "fsdp1":
+            model = wrapping.wrap_spec(
+                SPEC, api, device=self.device, sharding_strategy="FULL_SHARD"
+            )
+            expected = fsdp1_step("FULL_SHARD", n)
+        else:
+            model = sized_chain.wrap_fsdp2(self.device, True)
+            expected = fsdp2_step(True, n)
+        out = torch.empty(n * 4, device=self.device)
         model.register_forward_pre_hook(
             lambda module, args: dist.all_gather_into_tensor(out, torch.ones(4, device=self.device))
         )
         log = sized_chain.record_step(model, self.device)
         with self.assertRaises(AssertionError) as caught:
-            collective_count.assert_counts(log, FSDP1_STEP["FULL_SHARD"], context=f"api={api}")
+            collective_count.assert_counts(log, expected, by_group=True, context=f"api={api}")
         message = str(caught.exception)
-        extra = 4 * self.world_size * 4
-        self.assertIn(f"rank {self.rank}: collectives differ", message)
+        # The table's forward gathers (none at world size 1), plus 4 float32 from each rank.
+        calls, nbytes = expected.get(FWD, {}).get(_key(AG, n), (0, 0))
+        extra = 4 * n * 4
         self.assertIn(
-            f"phase 'forward', all_gather: expected {N_UNITS} calls / {ALL} B, "
-            f"observed {N_UNITS + 1} calls / {ALL + extra} B",
+            f"rank {self.rank}: collectives differ from the expected table in 1 ", message
+        )
+        self.assertIn(
+            f"phase 'forward', {_key(AG, n)}: expected {calls} calls / {nbytes} B, "
+            f"observed {calls + 1} calls / {nbytes + extra} B",
             message,
         )
 

@@ -32,10 +32,19 @@ Notation: ``AG x`` all-gather of unit x, ``RS x`` its reduce-scatter, ``F x`` /
 * FSDP2 ``unshard(async_op=True)`` before forward: that unit is gathered first
   and not again at its own pre-forward.
 
+At any world size above 1 these orders hold as written; a unit's collectives
+are named by their bytes padded for the world (``sized_chain.unit_of``). On one
+rank there is nothing to gather or scatter: FSDP1 runs NO_SHARD (no gather; the
+reduce-scatter becomes an all-reduce, ``AR x``, at the same place) and FSDP2
+issues no collective at all, so the expected order is the table's without
+``AG`` and with ``RS`` made ``AR`` (FSDP1) or dropped (FSDP2)
+(:func:`at_world_size`).
+
 On CPU (gloo) collectives complete in issue order, so this checks issue order
 and correctness; overlap under slow collectives is ``delayed_collectives_test``.
 """
 
+import functools
 from typing import Dict, List
 
 from absl.testing import parameterized
@@ -50,7 +59,13 @@ FWD, BWD = collective_count.FORWARD, collective_count.BACKWARD
 
 def _expand(short: str) -> List[str]:
     """``"AG 0, F 0"`` -> ``["all_gather layers.0", "forward layers.0"]``."""
-    words = {"AG": "all_gather", "RS": "reduce_scatter", "F": "forward", "B": "backward"}
+    words = {
+        "AG": "all_gather",
+        "RS": "reduce_scatter",
+        "AR": "all_reduce",
+        "F": "forward",
+        "B": "backward",
+    }
     out = []
     for item in short.split(","):
         what, unit = item.split()
@@ -100,9 +115,27 @@ FSDP1_CASES = {
 }
 
 
-def layer_sequence(log: collective_count.StepLog, phase: str) -> List[str]:
+def at_world_size(short: str, api: str, world_size: int) -> str:
+    """The order ``short`` (written for world sizes above 1) as ``api`` issues it at ``world_size``.
+
+    On one rank nothing is gathered; FSDP1's NO_SHARD all-reduces where it would
+    reduce-scatter, FSDP2 reduces nothing.
+    """
+    if world_size > 1:
+        return short
+    kept = []
+    for item in short.split(","):
+        what, unit = item.split()
+        if what == "AG" or (what == "RS" and api == "fsdp2"):
+            continue
+        kept.append(f"{'AR' if what == 'RS' else what} {unit}")
+    return ", ".join(kept)
+
+
+def layer_sequence(log: collective_count.StepLog, phase: str, api: str) -> List[str]:
     """The log's events of ``phase`` that concern the layer units, in order."""
-    return [e for e in log.sequence(sized_chain.unit_of, phase=phase) if "layers." in e]
+    name_of = functools.partial(sized_chain.unit_of, api=api)
+    return [e for e in log.sequence(name_of, phase=phase) if "layers." in e]
 
 
 def _fsdp1_options(options: Dict) -> Dict:
@@ -113,10 +146,11 @@ def _fsdp1_options(options: Dict) -> Dict:
 
 
 class PrefetchOrderTest(multirank.MultiRankTestCase, parameterized.TestCase):
-    def _check(self, model, context, forward, backward, **record_options):
+    def _check(self, model, api, context, forward, backward, **record_options):
         log = sized_chain.record_step(model, self.device, trace=True, **record_options)
         for phase, short in ((FWD, forward), (BWD, backward)):
-            observed = layer_sequence(log, phase)
+            short = at_world_size(short, api, self.world_size)
+            observed = layer_sequence(log, phase, api)
             self.assertEqual(
                 observed,
                 _expand(short),
@@ -136,17 +170,21 @@ class PrefetchOrderTest(multirank.MultiRankTestCase, parameterized.TestCase):
             sharding_strategy="FULL_SHARD",
             extra=_fsdp1_options(options),
         )
-        self._check(model, f"api=fsdp1 {options}", forward, backward)
+        self._check(model, "fsdp1", f"api=fsdp1 {options}", forward, backward)
 
     def test_implicit_prefetch_fsdp2(self):
         model = sized_chain.wrap_fsdp2(self.device, reshard=True)
-        self._check(model, "api=fsdp2 implicit prefetch", FWD_ON_DEMAND, BWD_PRE)
+        self._check(model, "fsdp2", "api=fsdp2 implicit prefetch", FWD_ON_DEMAND, BWD_PRE)
 
     def test_set_modules_to_forward_prefetch_fsdp2(self):
         model = sized_chain.wrap_fsdp2(self.device, reshard=True)
         model.layers[0].set_modules_to_forward_prefetch([model.layers[1], model.layers[2]])
         self._check(
-            model, "api=fsdp2 layers.0 forward-prefetches layers.1, layers.2", FWD_NEXT_TWO, BWD_PRE
+            model,
+            "fsdp2",
+            "api=fsdp2 layers.0 forward-prefetches layers.1, layers.2",
+            FWD_NEXT_TWO,
+            BWD_PRE,
         )
 
     def test_set_modules_to_backward_prefetch_fsdp2(self):
@@ -154,6 +192,7 @@ class PrefetchOrderTest(multirank.MultiRankTestCase, parameterized.TestCase):
         model.layers[2].set_modules_to_backward_prefetch([model.layers[1], model.layers[0]])
         self._check(
             model,
+            "fsdp2",
             "api=fsdp2 layers.2 backward-prefetches layers.1, layers.0",
             FWD_ON_DEMAND,
             BWD_TWO_AHEAD,
@@ -168,6 +207,7 @@ class PrefetchOrderTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
         self._check(
             model,
+            "fsdp2",
             "api=fsdp2 layers.2.unshard(async_op=True) before forward",
             FWD_ASYNC_2,
             BWD_PRE,

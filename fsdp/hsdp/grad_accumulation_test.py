@@ -1,8 +1,8 @@
 """Gradient accumulation under hybrid sharding equals one large batch.
 
 Each rank runs three micro-batches of rank-distinct data on a hybridly sharded
-``nested_mlp`` (mesh ``testing.fsdp.meshes.hybrid_shape``: 2 x 2 at world size 4;
-at world size 2, 2 x 1 for FSDP2 and 1 x 2 for FSDP1, whose 2 x 1 case is a
+``nested_mlp`` (mesh ``testing.fsdp.meshes.hybrid_shape``: 2 x 2 at world size 4,
+4 x 2 at 8; at prime N, N x 1 for FSDP2 and 1 x N for FSDP1, whose N x 1 case is a
 known failure of parity_test). The first two micro-batches accumulate:
 
 * FSDP1 ``HYBRID_SHARD`` / ``_HYBRID_SHARD_ZERO2`` inside ``no_sync()``: no gradient

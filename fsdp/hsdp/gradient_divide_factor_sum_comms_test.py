@@ -7,8 +7,9 @@ before or after the collectives. This is the path gloo can run (it has no
 ``PREMUL_SUM``), and the one NCCL zero-copy collectives need.
 
 For every mesh shape of the world size, in two methods by
-``testing.fsdp.meshes.SHAPE_KINDS`` (``sharded_meshes``: 1 x 4 and 2 x 2 at world
-size 4, 1 x 2 at world size 2; ``one_rank_per_shard_group``: 4 x 1, 2 x 1) and factors
+``testing.fsdp.meshes.SHAPE_KINDS`` (``sharded_meshes``: 1 x 2 at world size 2,
+1 x 3 at 3, 1 x 4 and 2 x 2 at 4, 1 x 8, 2 x 4 and 4 x 2 at 8;
+``one_rank_per_shard_group``: N x 1) and factors
 1, the shard group size (when above 1) and 2.5 x world size, after
 ``set_gradient_divide_factor(F)`` ``nested_mlp`` runs one forward/backward on
 rank-distinct data. Pass: every rank's full gradients equal ``world_size / F``

@@ -8,8 +8,9 @@ one. pytorch#155903: the factor was applied to the reduce-scatter only and the
 replica all-reduce still averaged, dividing by the number of replicas again.
 
 For every mesh shape of the world size, in two methods by
-``testing.fsdp.meshes.SHAPE_KINDS`` (``sharded_meshes``: 1 x 4 and 2 x 2 at world
-size 4, 1 x 2 at world size 2; ``one_rank_per_shard_group``: 4 x 1, 2 x 1) and factors
+``testing.fsdp.meshes.SHAPE_KINDS`` (``sharded_meshes``: 1 x 2 at world size 2,
+1 x 3 at 3, 1 x 4 and 2 x 2 at 4, 1 x 8, 2 x 4 and 4 x 2 at 8;
+``one_rank_per_shard_group``: N x 1) and factors
 1 (a plain sum), the shard group size (when above 1: reduce-scatter by average,
 then all-reduce by sum) and 2.5 x world size, ``nested_mlp`` runs one
 forward/backward on rank-distinct data, with FSDP2's default reductions (a

@@ -10,9 +10,13 @@ and trained for 2 SGD steps on rank-distinct batches, under
 Mesh shapes come from ``testing.fsdp.meshes`` and follow the world size:
 
 * ``sharded_meshes``: every shape whose shard groups have more than one rank
-  (1 x 4 and 2 x 2 at world size 4; 1 x 2 at world size 2);
-* ``one_rank_per_shard_group``: the degenerate N x 1 mesh (4 x 1, 2 x 1), pure
-  replication, what ``HYBRID_SHARD`` gives with one device per node.
+  (1 x 2 at world size 2, 1 x 3 at 3, 1 x 4 and 2 x 2 at 4, 1 x 8, 2 x 4 and
+  4 x 2 at 8);
+* ``one_rank_per_shard_group``: the degenerate N x 1 mesh (2 x 1, 3 x 1, 4 x 1,
+  8 x 1), pure replication, what ``HYBRID_SHARD`` gives with one device per node.
+
+World size 1 is not applicable (BUILD): its only mesh, 1 x 1, neither shards nor
+replicates.
 
 Pass: on every rank, the full parameters and the rank-averaged losses equal
 those of the model trained without FSDP on the global batch (all ranks'

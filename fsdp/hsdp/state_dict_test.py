@@ -2,8 +2,8 @@
 
 A ``nested_mlp`` model is sharded hybridly (FSDP1 ``HYBRID_SHARD`` on a 2-D
 ``device_mesh``; FSDP2 ``fully_shard`` on a 2-D mesh) on
-``testing.fsdp.meshes.hybrid_shape`` (2 x 2 at world size 4; at world size 2,
-2 x 1 for FSDP2 and 1 x 2 for FSDP1, whose 2 x 1 case is a known failure of
+``testing.fsdp.meshes.hybrid_shape`` (2 x 2 at world size 4, 4 x 2 at 8; at
+prime N, N x 1 for FSDP2 and 1 x N for FSDP1, whose N x 1 case is a known failure of
 parity_test) and trained for 2 SGD steps on rank-distinct data. Then
 
 * full: ``get_model_state_dict(..., full_state_dict=True)`` on every rank, loaded

@@ -3,8 +3,8 @@
 Every rank builds ``batchnorm_mlp`` from its own seed and shifts its BatchNorm
 running statistics by its rank (``models.rank_distinct_model``), so parameters
 and buffers differ within and across replicas. The model is sharded hybridly on
-``testing.fsdp.meshes.hybrid_shape`` (2 x 2 at world size 4; at world size 2,
-2 x 1 for FSDP2 and 1 x 2 for FSDP1, whose 2 x 1 case is a known failure of
+``testing.fsdp.meshes.hybrid_shape`` (2 x 2 at world size 4, 4 x 2 at 8; at
+prime N, N x 1 for FSDP2 and 1 x N for FSDP1, whose N x 1 case is a known failure of
 parity_test), and rank 0's state is spread:
 
 * after sharding, rank 0's full state dict (the other ranks pass an empty dict)

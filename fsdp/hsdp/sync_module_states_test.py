@@ -4,8 +4,8 @@ Every rank builds ``batchnorm_mlp`` from its own seed and shifts its BatchNorm
 running statistics by its rank (``models.rank_distinct_model``), so parameters
 and buffers differ within and across replicas. The model is wrapped with
 ``HYBRID_SHARD`` and ``sync_module_states=True`` on
-``testing.fsdp.meshes.hybrid_shape`` (2 x 2 at world size 4, 1 x 2 at world size 2:
-FSDP1's 2 x 1 case is a known failure of parity_test), given as a 2-D
+``testing.fsdp.meshes.hybrid_shape`` (2 x 2 at world size 4, 4 x 2 at 8, 1 x N at
+prime N: FSDP1's N x 1 case is a known failure of parity_test), given as a 2-D
 ``device_mesh`` or as ``process_group=(intra, inter)``. For hybrid strategies FSDP1
 must broadcast across replicas (inter-node group) and then within each replica
 (intra-node group); broadcasting only within replicas leaves each replica with

@@ -9,12 +9,17 @@ function (:func:`set_trace`), e.g. :meth:`collective_count.StepLog.mark`.
 Layout: ``layers.0`` Linear(8, 16), ``layers.1`` Linear(16, 24), ``layers.2``
 Linear(24, 12) (the units, in forward order), then the root's own parameters
 ``scale`` (4) and ``head`` Linear(12, 4). Every parameter's first dimension and
-every unit's element count divide by 4, so at world sizes 1, 2 and 4 neither
-FSDP1 (flat parameter) nor FSDP2 (per-parameter dim-0 shards) pads, and the
-bytes below are exact for both.
+every unit's element count divide by 4, so at shard group sizes 1, 2 and 4 neither
+FSDP1 (flat parameter) nor FSDP2 (per-parameter dim-0 shards) pads. At other
+sizes both pad, each its own way, and a collective carries the padded size
+(:func:`padded_bytes`): at 3, FSDP1 pads the root (56 -> 57 elements), FSDP2
+``layers.0`` and the root; at 8, FSDP1 pads ``layers.2`` (300 -> 304), FSDP2
+``layers.2`` and the root.
 """
 
-from typing import Callable, ContextManager, Dict, Optional
+import math
+
+from typing import Callable, ContextManager, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -103,22 +108,60 @@ SPEC = models.ModelSpec(
     description="3 units of distinct sizes plus root parameters; traceable",
 )
 
-# Elements of each FSDP unit's parameters (the root's own: scale and head).
-NUMEL: Dict[str, int] = {
-    **{UNITS[i]: _DIMS[i] * _DIMS[i + 1] + _DIMS[i + 1] for i in range(len(UNITS))},
-    ROOT: OUT_DIM + _DIMS[-1] * OUT_DIM + OUT_DIM,
+# Shapes of each FSDP unit's parameters (the root's own: scale, head.weight, head.bias).
+SHAPES: Dict[str, Tuple[Tuple[int, ...], ...]] = {
+    **{UNITS[i]: ((_DIMS[i + 1], _DIMS[i]), (_DIMS[i + 1],)) for i in range(len(UNITS))},
+    ROOT: ((OUT_DIM,), (OUT_DIM, _DIMS[-1]), (OUT_DIM,)),
 }
+# Elements of each unit's parameters: 144, 408, 300 and 56.
+NUMEL: Dict[str, int] = {name: sum(math.prod(s) for s in shapes) for name, shapes in SHAPES.items()}
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def unit_bytes(name: str, dtype: torch.dtype = torch.float32) -> int:
-    """Bytes of unit ``name``'s unsharded parameters (no padding at world size 1, 2, 4)."""
-    return NUMEL[name] * torch.empty((), dtype=dtype).element_size()
+    """Bytes of unit ``name``'s unsharded parameters, unpadded: 576, 1632, 1200, 224."""
+    return NUMEL[name] * _element_size(dtype)
 
 
-def unit_of(collective: collective_spy.Collective) -> str:
-    """The unit whose unsharded size a collective carries, else ``"<bytes>B"``."""
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def padded_bytes(name: str, api: str, shard: int, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of unit ``name`` unsharded as ``api`` pads it for a shard group of ``shard``.
+
+    What one all-gather or reduce-scatter of the unit carries. FSDP1 flattens the
+    unit into one flat parameter and pads it to a multiple of ``shard`` elements
+    (``use_orig_params=False``, the suite's default, adds no alignment padding).
+    FSDP2 pads each parameter's dim 0 to a multiple of ``shard`` (``torch.chunk``
+    gives every rank ``ceil(dim0 / shard)`` rows) and gathers all of a unit's
+    parameters in one collective.
+    """
+    if api == "fsdp1":
+        numel = _round_up(NUMEL[name], shard)
+    elif api == "fsdp2":
+        numel = sum(_round_up(shape[0], shard) * math.prod(shape[1:]) for shape in SHAPES[name])
+    else:
+        raise ValueError(f"api must be 'fsdp1' or 'fsdp2', got {api!r}")
+    return numel * _element_size(dtype)
+
+
+def unit_of(collective: collective_spy.Collective, api: str) -> str:
+    """The unit whose size a collective of ``api`` carries, else ``"<bytes>B"``.
+
+    An all-gather or reduce-scatter carries the unit padded for its group
+    (:func:`padded_bytes`); an all-reduce (FSDP1 ``NO_SHARD``) the unpadded unit.
+    """
+    dtype = collective.dtype or torch.float32
     for name in NUMEL:
-        if unit_bytes(name, collective.dtype or torch.float32) == collective.bytes:
+        if collective.kind == "all_reduce":
+            size = unit_bytes(name, dtype)
+        else:
+            size = padded_bytes(name, api, collective.group_size, dtype)
+        if size == collective.bytes:
             return name
     return f"{collective.bytes}B"
 
