@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from testing.fsdp import collective_count, collective_spy, compat, data, models, params
-from testing.fsdp import parity, training
+from testing.fsdp import parity, training, wrapping
 
 UNITS = ("layers.0", "layers.1", "layers.2")
 ROOT = "root"
@@ -185,8 +185,9 @@ def wrap_fsdp2(device: torch.device, reshard=None, mesh=None) -> nn.Module:
     model = SPEC.build(seed=0).to(device)
     mesh = mesh or compat.init_device_mesh(device.type, (compat.world_size(),))
     options = {} if reshard is None else {"reshard_after_forward": reshard}
-    for unit in UNITS:
-        compat.fully_shard(model.get_submodule(unit), mesh=mesh, **options)
+    with wrapping.post_forward_groups_owned(reshard):
+        for unit in UNITS:
+            compat.fully_shard(model.get_submodule(unit), mesh=mesh, **options)
     compat.fully_shard(model, mesh=mesh)
     return model
 
