@@ -6,13 +6,14 @@ inputs to its param dtype (FSDP1 ``cast_forward_inputs=True``; FSDP2's
 default); reduce dtype = param dtype. The root's ``out`` layer runs after
 ``layers.2``, whose bf16 output matches it (a root runs its own casts only at
 its start). Forward pre-hooks on each unit's first Linear and on the root's
-``inp`` and ``out`` record the (weight, input) dtypes they see; the
-reduce-scatter calls are recorded per step.
+``inp`` and ``out`` record the (weight, input) dtypes they see; the gradient
+reductions are recorded per step.
 
 Pass: each watched layer sees its unit's dtype for weight and input; each step
 reduce-scatters once in float16 (``layers.0``), once in float32 (``layers.1``)
-and twice in bfloat16 (``layers.2`` and the root); gradients reach the
-optimizer in float32; after 2 SGD steps parameters and losses match a float32
+and twice in bfloat16 (``layers.2`` and the root), where at world size 1
+FSDP1 all-reduces instead and FSDP2 reduces nothing (``at_world_size``);
+gradients reach the optimizer in float32; after 2 SGD steps parameters and losses match a float32
 reference trained without FSDP within bf16's tolerance (the loosest of the
 three dtypes).
 """
@@ -23,6 +24,7 @@ import torch
 from absl.testing import parameterized
 
 from testing import multirank
+from testing.fsdp import at_world_size
 from testing.fsdp import cases
 from testing.fsdp import models
 from testing.fsdp import params
@@ -83,13 +85,20 @@ class PerUnitPolicyTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 {(dtype, dtype)},
                 f"{context}: (weight, input) dtypes seen by {name} (unit {unit or 'root'})",
             )
-        expected = collections.Counter({FP16: 1, FP32: 1, BF16: 2})
+        kind = at_world_size.gradient_reduction(api, self.world_size)
+        # One reduction per unit in its dtype; none where FSDP2 runs on one rank.
+        expected = collections.Counter({FP16: 1, FP32: 1, BF16: 2} if kind else {})
         for step, calls in enumerate(reductions):
             self.assertEqual(
-                collections.Counter(d for _, d in calls),
+                collections.Counter(
+                    d
+                    for n, d in calls
+                    if at_world_size.is_gradient_reduction(n, api, self.world_size)
+                ),
                 expected,
-                f"{context}: reduce-scatter dtypes at step {step}: {calls}",
+                f"{context}: {kind} dtypes at step {step}: {calls}",
             )
+            self.assertLen(calls, sum(expected.values()), f"{context}: step {step}: {calls}")
         self.assertEqual(grad_dtypes, {FP32}, f"{context}: gradient dtypes after backward")
         # Tolerances of the lowest compute dtype (bf16), for every parameter and loss.
         training.assert_matches_reference(

@@ -2,7 +2,9 @@
 
 The model is a stack of N equal units (Linear + Tanh), each its own FSDP unit;
 the root holds no parameters. Let U be the bytes of one unit's unsharded
-(padded) parameters, so the full model is N * U.
+(padded) parameters, so the full model is N * U (``unit_stack.unit_bytes``:
+FSDP1 pads each flat parameter, FSDP2 each parameter's rows, to a multiple of
+the world size).
 
 * With resharding after forward (FSDP1 FULL_SHARD, FSDP2
   ``reshard_after_forward=True``), between forward and backward every unit's
@@ -13,21 +15,46 @@ the root holds no parameters. Let U be the bytes of one unit's unsharded
   checks above are not vacuous.
 * The live unsharded parameter bytes, sampled inside every unit's forward and
   backward, never exceed 3 * U (the running unit, one prefetched, one being
-  freed) with resharding, while without it they reach (N - 1) * U. The CUDA
-  allocator's view of the same is in memory_cuda_test.py.
+  freed) with resharding, while without it they reach (N - 1) * U.
+* The CUDA allocator shows the same (``test_forward_peak_allocated_memory_bounded``,
+  CUDA only: CPU tensors have no allocator statistics, so the cases are disabled
+  elsewhere in BUILD): after a warm-up step, a no_grad forward's increase of
+  ``torch.cuda.max_memory_allocated`` over the memory allocated before it stays
+  within 4 * U plus activation slack with resharding, and reaches at least
+  (N - 1) * U without it.
+
+At world size 1 FSDP1 runs NO_SHARD whatever the strategy asked
+(``at_world_size.fsdp1_shards``): each unit's flat parameter is its whole
+parameters for good, so it must hold U bytes at every sample, the whole model
+(N * U) stays live, nothing is freed, and a forward allocates no parameter
+copies (its CUDA peak stays within the activation slack). FSDP2 all-gathers
+into a separate buffer even on one rank, so its expectations hold at every size.
 
 Unsharded storage is read from FSDP's internals (FSDP1 ``FlatParameter.
 _full_param_padded``, FSDP2 ``FSDPParam._unsharded_param``); if a torch
 release renames them the test fails saying so.
 """
 
+import torch
 from absl.testing import parameterized
 from torch import nn
 
 from testing import multirank
-from testing.fsdp import compat, unit_stack
+from testing.fsdp import at_world_size, compat, unit_stack
 
 N_UNITS = unit_stack.N_UNITS
+# Activations are batch 2 x DIM floats per op, plus the allocator's 512-byte
+# rounding per allocation: small next to one unit (257 KiB).
+ACTIVATION_SLACK = 256 * 1024
+
+
+def _fsdp1_unsharded_bytes(module) -> int:
+    """Bytes of an FSDP1 unit's unsharded storage: its padded buffer, or under
+    NO_SHARD the flat parameter itself (it never has another form)."""
+    flat = module._handle.flat_param
+    if module.sharding_strategy != compat.ShardingStrategy.NO_SHARD:
+        return flat._full_param_padded.untyped_storage().nbytes()
+    return flat.untyped_storage().nbytes()
 
 
 def unsharded_bytes(model, api):
@@ -37,8 +64,7 @@ def unsharded_bytes(model, api):
         if api == "fsdp1":
             for name, module in model.named_modules():
                 if isinstance(module, compat.FSDP) and module._handle is not None:
-                    flat = module._handle.flat_param
-                    out[name] = flat._full_param_padded.untyped_storage().nbytes()
+                    out[name] = _fsdp1_unsharded_bytes(module)
         else:
             for name, module in model.named_modules():
                 if not isinstance(module, compat.FSDPModule):
@@ -95,11 +121,32 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
         self.assertLen(samples, 2 * N_UNITS, "hooks did not run in every unit")
         return after_forward, after_backward, max(samples)
 
+    def _assert_no_shard(self, model):
+        """FSDP1 on one rank: every unit runs NO_SHARD, whatever was asked."""
+        strategies = {
+            name: m.sharding_strategy
+            for name, m in model.named_modules()
+            if isinstance(m, compat.FSDP)
+        }
+        self.assertEqual(
+            set(strategies.values()),
+            {compat.ShardingStrategy.NO_SHARD},
+            f"FSDP1 strategies at world size {self.world_size}: {strategies}",
+        )
+
     @parameterized.named_parameters(("full_shard_fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
     def test_reshard_after_forward_frees_unsharded_params(self, api):
         model = unit_stack.wrap(api, reshard=True, device=self.device)
         after_forward, after_backward, peak = self._step_with_samples(model, api)
+        unit = unit_stack.unit_bytes(self.world_size, api)
         self.assertLen(after_forward, N_UNITS, f"units found: {sorted(after_forward)}")
+        if not at_world_size.shards(api, self.world_size):
+            self._assert_no_shard(model)
+            whole = dict.fromkeys(after_forward, unit)
+            self.assertEqual(after_forward, whole, "NO_SHARD parameter bytes after forward")
+            self.assertEqual(after_backward, whole, "NO_SHARD parameter bytes after backward")
+            self.assertEqual(peak, N_UNITS * unit, "NO_SHARD: the whole model stays live")
+            return
         self.assertEqual(
             after_forward,
             dict.fromkeys(after_forward, 0),
@@ -113,7 +160,6 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
         if api == "fsdp2":
             for name, p in model.named_parameters():
                 self.assertTrue(compat.is_dtensor(p), f"{name} not resharded after forward")
-        unit = unit_stack.unit_bytes(self.world_size)
         self.assertLessEqual(
             peak, 3 * unit, f"peak live unsharded bytes {peak} > 3 units ({unit} B each)"
         )
@@ -122,7 +168,7 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def test_without_reshard_unsharded_params_stay_allocated(self, api):
         model = unit_stack.wrap(api, reshard=False, device=self.device)
         after_forward, _, peak = self._step_with_samples(model, api)
-        unit = unit_stack.unit_bytes(self.world_size)
+        unit = unit_stack.unit_bytes(self.world_size, api)
         self.assertLen(after_forward, N_UNITS, f"units found: {sorted(after_forward)}")
         self.assertEqual(
             after_forward,
@@ -130,6 +176,36 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
             "unsharded parameter bytes between forward and backward",
         )
         self.assertGreaterEqual(peak, (N_UNITS - 1) * unit)
+
+    @parameterized.named_parameters(
+        ("full_shard_fsdp1", "fsdp1", True),
+        ("shard_grad_op_fsdp1", "fsdp1", False),
+        ("reshard_fsdp2", "fsdp2", True),
+        ("no_reshard_fsdp2", "fsdp2", False),
+    )
+    def test_forward_peak_allocated_memory_bounded(self, api, reshard):
+        self.assertEqual(self.device.type, "cuda", "needs the CUDA caching allocator")
+        model = unit_stack.wrap(api, reshard, device=self.device)
+        inputs = unit_stack.inputs(self.rank, self.device)  # rank-distinct
+        model(inputs).sum().backward()  # warm-up: lazy init, first all-gathers
+        model.zero_grad(set_to_none=True)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        with torch.no_grad():
+            model(inputs)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - base
+        unit = unit_stack.unit_bytes(self.world_size, api)
+        message = f"forward peak {peak} B over {base} B allocated; one unit is {unit} B"
+        if not at_world_size.shards(api, self.world_size):
+            self._assert_no_shard(model)
+            self.assertGreaterEqual(base, N_UNITS * unit, f"NO_SHARD keeps the model: {message}")
+            self.assertLessEqual(peak, ACTIVATION_SLACK, f"NO_SHARD gathers nothing: {message}")
+        elif reshard:
+            self.assertLessEqual(peak, 4 * unit + ACTIVATION_SLACK, message)
+        else:
+            self.assertGreaterEqual(peak, (N_UNITS - 1) * unit, message)
 
 
 if __name__ == "__main__":

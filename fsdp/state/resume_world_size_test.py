@@ -13,9 +13,10 @@ step count and two moments per parameter. (Every first dimension is at least
   dicts, in memory) and loaded into a fresh, differently initialized model and
   optimizer; two more steps (``training.train(..., steps=range(2, 4),
   optimizer=...)``) must give the parameters of the uninterrupted run.
-* A larger world size (CPU: 2 -> 4; on a 2-device host 1 -> 2): the first half
-  of the ranks form a subgroup (FSDP1 ``process_group``, FSDP2 a mesh on it),
-  train two steps on their rank-distinct data and save, either a sharded
+* A larger world size (CPU: 2 -> 4 and 4 -> 8; on a 2-device host 1 -> 2; an
+  even world size, declared in BUILD): the first half of the ranks form a
+  subgroup (FSDP1 ``process_group``, FSDP2 a mesh on it), train two steps on
+  their rank-distinct data and save, either a sharded
   checkpoint with ``dcp.save`` to a shared directory, or full state dicts in
   memory. Every rank then loads into a model sharded over the whole world.
   After loading, the gathered full parameters and the gathered full optimizer

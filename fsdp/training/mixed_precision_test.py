@@ -2,18 +2,21 @@
 
 Forward hooks on a root-level layer and on a layer inside a nested unit record
 the dtype of the weights and inputs each sees during forward; the reduce-scatter
-collective is intercepted to record the dtype of the gradients it reduces; after
-backward the sharded gradients must be back in the parameters' float32. Two
-policies: everything in one low-precision dtype, and low-precision parameters
-with float32 reduction. FSDP1 also casts buffers (``buffer_dtype``), checked on
-a buffer read in forward. Training must stay within the low-precision tolerance
-of a float32 reference trained without FSDP on all ranks' data.
+collective is intercepted to record the dtype of the gradients it reduces (at
+world size 1, FSDP1's all-reduce; FSDP2 must reduce nothing there, see
+``at_world_size``); after backward the sharded gradients must be back in the
+parameters' float32. Two policies: everything in one low-precision dtype, and
+low-precision parameters with float32 reduction. FSDP1 also casts buffers
+(``buffer_dtype``), checked on a buffer read in forward. Training must stay
+within the low-precision tolerance of a float32 reference trained without FSDP
+on all ranks' data.
 """
 
 import torch
 from absl.testing import parameterized
 
 from testing import multirank
+from testing.fsdp import at_world_size
 from testing.fsdp import collective_spy
 from testing.fsdp import compat
 from testing.fsdp import models
@@ -74,7 +77,8 @@ class MixedPrecisionTest(multirank.MultiRankTestCase, parameterized.TestCase):
         def grads_after_backward(m, step):
             grad_dtypes.update(p.grad.dtype for p in m.parameters() if p.grad is not None)
 
-        with collective_spy.record_reductions(collective_spy.REDUCE_SCATTERS) as reduce_seen:
+        spied = at_world_size.reduction_spy_names(self.world_size)
+        with collective_spy.record_reductions(spied) as reduce_seen:
             losses = training.train(
                 model, SPEC, steps=STEPS, device=self.device, before_step=grads_after_backward
             )
@@ -88,11 +92,8 @@ class MixedPrecisionTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 (param_dtype, param_dtype),
                 f"{label}: (weight, input) dtype in forward",
             )
-        self.assertNotEmpty(reduce_seen, "no reduce-scatter was intercepted")
-        self.assertEqual(
-            {d for _, d in reduce_seen},
-            {reduce_dtype},
-            f"dtypes given to reduce-scatter: {reduce_seen}",
+        at_world_size.check_gradient_reductions(
+            reduce_seen, api, self.world_size, reduce_dtype, f"api={api}"
         )
         self.assertEqual(grad_dtypes, {torch.float32}, "sharded gradient dtypes after backward")
         parity.assert_params_close(

@@ -1,10 +1,11 @@
 """FSDP2 resharding to a smaller group after forward trains like unsharded training.
 
-With ``reshard_after_forward=2`` on world size 4, each unit keeps its
-parameters gathered over groups of 2 ranks between forward and backward
-instead of freeing them entirely. Training must still equal a model trained
-without FSDP on all ranks' data. The value must be a non-trivial divisor of
-the world size, so the file holds at world size 4 (declared in BUILD).
+With ``reshard_after_forward=2`` (its target runs world size 4), each unit
+keeps its parameters gathered over groups of 2 ranks between forward and
+backward instead of freeing them entirely. Training must still equal a model
+trained without FSDP on all ranks' data. The value must be a divisor of the
+world size other than 1 and the size itself, so the test applies at even sizes
+from 4 on (``valid_world_sizes`` in BUILD).
 """
 
 from testing import multirank

@@ -12,7 +12,7 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from testing.fsdp import collective_spy, compat, data, params, parity, training
+from testing.fsdp import at_world_size, collective_spy, compat, data, params, parity, training
 from testing.fsdp.models import ModelSpec
 
 
@@ -52,7 +52,8 @@ def check_synchronized_step(
     """Runs the synchronized micro-batch and the step; asserts both match the reference.
 
     ``backward`` runs the last micro-batch's backward (gradient sync already
-    re-enabled). Asserts that it ran a gradient collective, that the full
+    re-enabled). Asserts that it ran a gradient collective (none for FSDP2 on
+    one rank: ``at_world_size.gradient_reduction``), that the full
     gradients then equal :func:`reference`'s over every rank's ``micro_batches``
     and that the parameters after ``optimizer.step()`` equal the reference's
     after a ``training.default_optimizer`` step.
@@ -68,7 +69,13 @@ def check_synchronized_step(
     )
     ref_grads = grads(reference_model)
     training.default_optimizer(reference_model.parameters()).step()
-    if not calls:
+    api = "fsdp2" if compat.is_fsdp2(model) else "fsdp1"
+    if at_world_size.gradient_reduction(api, compat.world_size()) is None:
+        if calls:  # FSDP2 on one rank: nothing to reduce
+            raise AssertionError(
+                f"rank {compat.rank()}: gradient collectives {calls} on one rank, {context}"
+            )
+    elif not calls:
         raise AssertionError(
             f"rank {compat.rank()}: no gradient collective in the synchronized micro-batch, "
             f"{context}"

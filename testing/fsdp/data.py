@@ -4,10 +4,15 @@ Rank ``r``'s batch at step ``s`` is drawn from a generator seeded from
 ``(seed, r, s)``, so ranks see different data by default.  The global batch
 is every rank's batch concatenated in rank order: the input a non-FSDP
 reference sees for the same step.
+
+Those global batches grow with the world size. A run that must see the same
+data at every world size uses a fixed global batch instead
+(:func:`fixed_global_batch`, seeded from ``(seed, s)`` only), of which rank
+``r`` takes a contiguous share (:func:`rank_share`).
 """
 
 import hashlib
-from typing import Any, List, Optional, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import torch
 
@@ -75,3 +80,46 @@ def global_batch(spec: ModelSpec, **batch_args: Any) -> Batch:
     ``step``; optional ``batch_size``, ``device``, ``same_across_ranks``).
     """
     return tuple(torch.cat(ts) for ts in zip(*rank_batches(spec, **batch_args)))
+
+
+def fixed_global_batch(
+    spec: ModelSpec,
+    *,
+    seed: int,
+    step: int,
+    global_batch_size: int,
+    device: Optional[Union[torch.device, str]] = None,
+) -> Batch:
+    """``global_batch_size`` samples for ``step``, the same at every world size."""
+    digest = hashlib.sha256(f"{seed}/global/{step}".encode()).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return _to(spec.make_batch(gen, global_batch_size), device)
+
+
+def rank_share(
+    spec: ModelSpec,
+    *,
+    seed: int,
+    rank: int,
+    world_size: int,
+    step: int,
+    global_batch_size: int,
+    device: Optional[Union[torch.device, str]] = None,
+) -> Tuple[Batch, float]:
+    """Rank's contiguous rows of :func:`fixed_global_batch`, and its loss weight.
+
+    Shares differ by at most one row when the world size does not divide the
+    batch. The weight, ``rows * world_size / global_batch_size``, scales the
+    rank's mean loss so that the rank average (what FSDP's gradient averaging
+    optimizes) is the global batch's mean loss.
+    """
+    if global_batch_size < world_size:
+        raise ValueError(
+            f"a global batch of {global_batch_size} leaves ranks of {world_size} without rows"
+        )
+    start = global_batch_size * rank // world_size
+    stop = global_batch_size * (rank + 1) // world_size
+    batch = fixed_global_batch(
+        spec, seed=seed, step=step, global_batch_size=global_batch_size, device=device
+    )
+    return tuple(t[start:stop] for t in batch), (stop - start) * world_size / global_batch_size

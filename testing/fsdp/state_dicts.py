@@ -45,10 +45,15 @@ def dcp_load(model: nn.Module, api: str, path: str, process_group=None) -> None:
 
 
 def local_numel(tensor) -> int:
-    """Elements this rank holds of a ShardedTensor (FSDP1) or DTensor (FSDP2) value."""
+    """Elements this rank holds of a ShardedTensor (FSDP1) or DTensor (FSDP2) value.
+
+    A plain tensor (FSDP1 ``NO_SHARD``, as on one rank) is held whole.
+    """
     if compat.is_dtensor(tensor):
         return tensor.to_local().numel()
-    return sum(shard.tensor.numel() for shard in tensor.local_shards())
+    if hasattr(tensor, "local_shards"):
+        return sum(shard.tensor.numel() for shard in tensor.local_shards())
+    return tensor.numel()
 
 
 def full_optim_state(model: nn.Module, opt: torch.optim.Optimizer) -> Dict[str, torch.Tensor]:

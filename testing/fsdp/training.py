@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from testing.fsdp import collective_spy, compat, data, params, parity, wrapping
+from testing.fsdp import at_world_size, collective_spy, compat, data, params, parity, wrapping
 from testing.fsdp.models import ModelSpec
 
 OptimFn = Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer]
@@ -55,11 +55,24 @@ def step_indices(steps: Steps) -> Sequence[int]:
     return range(steps) if isinstance(steps, int) else steps
 
 
-def _batch_args(seed: int, batch_size: int, device, same_across_ranks: bool) -> Dict[str, Any]:
+def _batch_args(
+    seed: int, batch_size: int, device, same_across_ranks: bool, global_batch_size=None
+) -> Dict[str, Any]:
     """The ``data`` batch arguments that the FSDP run and its reference share."""
-    return dict(
-        seed=seed, batch_size=batch_size, device=device, same_across_ranks=same_across_ranks
-    )
+    if global_batch_size is None:
+        return dict(
+            seed=seed, batch_size=batch_size, device=device, same_across_ranks=same_across_ranks
+        )
+    if same_across_ranks:
+        raise ValueError("global_batch_size splits one batch: ranks cannot all get rank 0's")
+    return dict(seed=seed, device=device, global_batch_size=global_batch_size)
+
+
+def _rank_step_batch(spec: ModelSpec, rank: int, world: int, step: int, batch_args):
+    """This rank's ``(inputs, targets)`` at ``step`` and the weight of its mean loss."""
+    if "global_batch_size" in batch_args:
+        return data.rank_share(spec, rank=rank, world_size=world, step=step, **batch_args)
+    return data.rank_batch(spec, rank=rank, step=step, **batch_args), 1.0
 
 
 def _backward_and_step(
@@ -90,6 +103,7 @@ def train(
     before_step: Optional[Callable[[nn.Module, int], None]] = None,
     same_across_ranks: bool = False,
     forward_kwargs: Optional[ForwardKwargs] = None,
+    global_batch_size: Optional[int] = None,
 ) -> List[float]:
     """Trains ``model`` on this rank's batches; returns the rank-averaged loss per step.
 
@@ -108,16 +122,22 @@ def train(
       same_across_ranks: give every rank rank 0's batch.
       forward_kwargs: ``fn(step) -> dict`` of keyword arguments for the
         forward at that step (e.g. a step-dependent flag).
+      global_batch_size: instead of ``batch_size`` rows per rank, split one
+        global batch of this many rows, the same at every world size, across
+        the ranks (``data.rank_share``; each rank's mean loss weighted by its
+        share, so the rank average is the global mean).
     """
     device = _device_of(model, device)
     rank, world = compat.rank(), compat.world_size()
     opt = optimizer if optimizer is not None else optim_fn(_trainable(model))
-    batch_args = _batch_args(seed, batch_size, device, same_across_ranks)
+    batch_args = _batch_args(seed, batch_size, device, same_across_ranks, global_batch_size)
     losses = []
     for step in step_indices(steps):
-        inputs, targets = data.rank_batch(spec, rank=rank, step=step, **batch_args)
+        (inputs, targets), weight = _rank_step_batch(spec, rank, world, step, batch_args)
         kwargs = forward_kwargs(step) if forward_kwargs is not None else {}
         loss = spec.loss_fn(model(inputs, **kwargs), targets)
+        if weight != 1.0:
+            loss = loss * weight
         _backward_and_step(model, opt, loss, step, before_step)
         losses.append(loss.detach().float())
     stacked = torch.stack(losses) if losses else torch.zeros(0, device=device)
@@ -141,12 +161,14 @@ def reference_train(
     before_step: Optional[Callable[[nn.Module, int], None]] = None,
     model: Optional[nn.Module] = None,
     optimizer: Optional[torch.optim.Optimizer] = None,
+    global_batch_size: Optional[int] = None,
 ) -> Tuple[nn.Module, List[float]]:
     """Trains ``spec.build(seed)`` without FSDP on the global batches; no collectives.
 
     ``batch_size`` is per rank, as in :func:`train`.  Returns
     ``(model, losses)``; the model stays on ``device`` (default CPU).
-    ``forward_kwargs`` and ``before_step`` are as in :func:`train`. To continue a reference run
+    ``forward_kwargs``, ``before_step`` and ``global_batch_size`` (the fixed
+    global batch, whatever the world size) are as in :func:`train`. To continue a reference run
     (e.g. ``steps=range(2, 4)``, or at another ``world_size``), pass the
     ``model`` it returned and its ``optimizer`` (build both yourself: the
     optimizer must be given with the model); ``optim_fn`` is then unused.
@@ -159,22 +181,29 @@ def reference_train(
         model = spec.build(seed).to(device)
         optimizer = optim_fn(_trainable(model))
     opt = optimizer
-    batch_args = _batch_args(seed, batch_size, device, same_across_ranks)
+    batch_args = _batch_args(seed, batch_size, device, same_across_ranks, global_batch_size)
     losses = []
     for step in step_indices(steps):
-        kwargs = dict(world_size=world_size, step=step, **batch_args)
         fwd = forward_kwargs(step) if forward_kwargs is not None else {}
-        if spec.local_batch_stats:
-            per_rank = [
-                spec.loss_fn(model(x, **fwd), y) for x, y in data.rank_batches(spec, **kwargs)
-            ]
-            loss = torch.stack(per_rank).mean()
-        else:
-            inputs, targets = data.global_batch(spec, **kwargs)
-            loss = spec.loss_fn(model(inputs, **fwd), targets)
+        loss = _reference_loss(model, spec, step, world_size, batch_args, fwd)
         _backward_and_step(model, opt, loss, step, before_step)
         losses.append(float(loss.detach()))
     return model, losses
+
+
+def _reference_loss(model, spec: ModelSpec, step: int, world_size: int, batch_args, fwd):
+    """The reference's loss at ``step``: the global batch's (the rank average with BatchNorm)."""
+    if "global_batch_size" in batch_args:
+        if spec.local_batch_stats:
+            raise ValueError(f"{spec.name}: a split global batch changes its batch statistics")
+        inputs, targets = data.fixed_global_batch(spec, step=step, **batch_args)
+        return spec.loss_fn(model(inputs, **fwd), targets)
+    kwargs = dict(world_size=world_size, step=step, **batch_args)
+    if spec.local_batch_stats:
+        per_rank = [spec.loss_fn(model(x, **fwd), y) for x, y in data.rank_batches(spec, **kwargs)]
+        return torch.stack(per_rank).mean()
+    inputs, targets = data.global_batch(spec, **kwargs)
+    return spec.loss_fn(model(inputs, **fwd), targets)
 
 
 def check_against_reference(
@@ -192,6 +221,7 @@ def check_against_reference(
     before_step: Optional[Callable[[nn.Module, int], None]] = None,
     buffers: bool = False,
     forward_kwargs: Optional[ForwardKwargs] = None,
+    global_batch_size: Optional[int] = None,
     **wrap_options: Any,
 ) -> Dict[str, Any]:
     """Wraps ``spec``'s model with ``api``, trains it and a reference, asserts parity.
@@ -199,8 +229,9 @@ def check_against_reference(
     Compares the rank-averaged losses and every full parameter (and buffer if
     ``buffers``) with tolerances of the compute dtype of
     ``wrap_options.get("mixed_precision")`` (float32 without).  ``units``
-    defaults to ``spec.units``.  Returns a dict with ``model``, ``reference``,
-    ``losses`` and ``reference_losses``.
+    defaults to ``spec.units``; ``global_batch_size`` is as in :func:`train`.
+    Returns a dict with ``model``, ``reference``, ``losses`` and
+    ``reference_losses``.
     """
     units = spec.units if units is None else units
     model = wrapping.wrap(spec.build(seed), api, units, device=device, **wrap_options)
@@ -212,6 +243,7 @@ def check_against_reference(
         device=device,
         optim_fn=optim_fn,
         forward_kwargs=forward_kwargs,
+        global_batch_size=global_batch_size,
     )
     losses = train(model, spec, before_step=before_step, **run_args)
     ref, ref_losses = reference_train(spec, **run_args)
@@ -274,17 +306,21 @@ def train_recording_reductions(
     before_step: Optional[Callable[[nn.Module, int], None]] = None,
     before_each: Optional[Callable[[int], None]] = None,
 ) -> Tuple[List[float], List[List[Tuple[str, Optional[torch.dtype]]]]]:
-    """:func:`train` one step at a time, recording each step's reduce-scatters.
+    """:func:`train` one step at a time, recording each step's gradient reductions.
 
     ``before_each(step)`` runs before the step (outside the recording). Returns
     ``(losses, reductions)``: ``reductions[step]`` is
-    ``collective_spy.record_reductions``' ``(name, input dtype)`` list of that step.
+    ``collective_spy.record_reductions``' ``(name, input dtype)`` list of that step,
+    watching ``at_world_size.reduction_spy_names`` (the reduce-scatters; every
+    gradient reduction on one rank, where FSDP1 all-reduces and FSDP2 reduces
+    nothing); ``at_world_size.check_gradient_reductions`` checks such a list.
     """
+    names = at_world_size.reduction_spy_names(compat.world_size())
     losses, reductions = [], []
     for step in range(steps):
         if before_each is not None:
             before_each(step)
-        with collective_spy.record_reductions() as calls:
+        with collective_spy.record_reductions(names) as calls:
             losses += train(
                 model,
                 spec,

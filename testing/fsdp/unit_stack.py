@@ -1,7 +1,7 @@
 """A stack of equal FSDP units for memory tests, with its wrapping and sizes.
 
 N_UNITS units of ``Linear(DIM, DIM) + Tanh``, each wrapped as its own FSDP unit;
-the root holds no parameters. ``unit_bytes(world_size)`` is U, the bytes of one
+the root holds no parameters. ``unit_bytes(world_size, api)`` is U, the bytes of one
 unit's unsharded (padded) float32 parameters, so the full model is N_UNITS * U.
 """
 
@@ -11,7 +11,7 @@ from torch import nn
 from testing.fsdp import wrapping
 
 N_UNITS = 8
-DIM = 256  # (DIM * DIM + DIM) divides by 2 and 4: no padding at those world sizes
+DIM = 256  # DIM and DIM * DIM + DIM divide by 2, 4 and 8: no padding at those world sizes
 UNITS = tuple(f"layers.{i}" for i in range(N_UNITS))
 
 
@@ -48,10 +48,18 @@ def wrap(api: str, reshard: bool, device: torch.device) -> nn.Module:
     return wrapping.wrap(build(), api, UNITS, device=device, **options)
 
 
-def unit_bytes(world_size: int) -> int:
-    """U: bytes of one unit's unsharded, padded float32 parameters."""
-    numel = DIM * DIM + DIM
-    return -(-numel // world_size) * world_size * 4
+def unit_bytes(world_size: int, api: str) -> int:
+    """U: bytes of one unit's unsharded float32 parameters, padded as ``api`` pads them.
+
+    FSDP1 pads a unit's flat parameter to a multiple of ``world_size`` elements;
+    FSDP2 pads each parameter's dim 0 to a multiple of ``world_size`` rows (at
+    world size 3: 265224 bytes against FSDP1's 263172).
+    """
+    weight, bias = DIM * DIM, DIM
+    if api == "fsdp1":
+        return -(-(weight + bias) // world_size) * world_size * 4
+    rows = -(-DIM // world_size) * world_size
+    return (rows * DIM + rows) * 4
 
 
 def inputs(rank: int, device: torch.device) -> torch.Tensor:
