@@ -82,6 +82,7 @@ __all__ = [
     "dispatched_group_size",
     "set_gradient_divide_factor",
     "set_force_sum_reduction_for_comms",
+    "StridedShard",
 ]
 
 
@@ -209,3 +210,12 @@ def set_force_sum_reduction_for_comms(model: torch.nn.Module, enable: bool) -> N
                 "set_force_sum_reduction_for_comms (added in 2.8)"
             )
         module.set_force_sum_reduction_for_comms(enable)
+
+
+# Placement FSDP2 gives a parameter whose dim 0 tensor parallelism already split:
+# FSDP's chunk of the TP chunk is a strided chunk of the full tensor.
+# torch.distributed.tensor.placement_types._StridedShard(dim, split_factor=...):
+# private; same constructor and equality (dim, split_factor) checked in 2.13.0+cpu
+# (repr "_StridedShard(dim=0, sf=2)") and 2.14.1 (repr "_S(0, 2)"): compare objects,
+# never reprs.
+from torch.distributed.tensor.placement_types import _StridedShard as StridedShard  # noqa: E402

@@ -90,6 +90,7 @@ def train(
     before_step: Optional[Callable[[nn.Module, int], None]] = None,
     same_across_ranks: bool = False,
     forward_kwargs: Optional[ForwardKwargs] = None,
+    data_rank: Optional[int] = None,
 ) -> List[float]:
     """Trains ``model`` on this rank's batches; returns the rank-averaged loss per step.
 
@@ -108,9 +109,13 @@ def train(
       same_across_ranks: give every rank rank 0's batch.
       forward_kwargs: ``fn(step) -> dict`` of keyword arguments for the
         forward at that step (e.g. a step-dependent flag).
+      data_rank: whose batches to train on (default this rank's): ranks that
+        split one model by tensor parallelism share their group's index
+        (``meshes.data_rank``); the loss is still averaged over every rank.
     """
     device = _device_of(model, device)
     rank, world = compat.rank(), compat.world_size()
+    rank = rank if data_rank is None else data_rank
     opt = optimizer if optimizer is not None else optim_fn(_trainable(model))
     batch_args = _batch_args(seed, batch_size, device, same_across_ranks)
     losses = []
