@@ -83,6 +83,9 @@ __all__ = [
     "set_gradient_divide_factor",
     "set_force_sum_reduction_for_comms",
     "StridedShard",
+    "dynamo_explain",
+    "dynamo_reset",
+    "lookup_backend",
 ]
 
 
@@ -219,3 +222,27 @@ def set_force_sum_reduction_for_comms(model: torch.nn.Module, enable: bool) -> N
 # (repr "_StridedShard(dim=0, sf=2)") and 2.14.1 (repr "_S(0, 2)"): compare objects,
 # never reprs.
 from torch.distributed.tensor.placement_types import _StridedShard as StridedShard  # noqa: E402
+
+
+# torch.compile's helpers live in torch._dynamo, which torch documents for these
+# uses (troubleshooting: explain, reset) but keeps private. Checked in 2.13.0+cpu.
+
+
+def dynamo_reset() -> None:
+    """``torch._dynamo.reset()``: drops compiled code and guards (ranks serve many tests)."""
+    torch._dynamo.reset()
+
+
+def dynamo_explain(fn):
+    """``torch._dynamo.explain(fn)``: call the result with ``fn``'s arguments.
+
+    Returns an ``ExplainOutput`` with ``graph_count``, ``graph_break_count`` and
+    ``break_reasons`` (each with ``reason`` and ``user_stack``); same fields in
+    2.6 through 2.13 (checked in 2.13.0+cpu).
+    """
+    return torch._dynamo.explain(fn)
+
+
+def lookup_backend(name: str):
+    """``torch._dynamo.lookup_backend(name)``: a registered backend (``"aot_eager"``, ``"inductor"``)."""
+    return torch._dynamo.lookup_backend(name)

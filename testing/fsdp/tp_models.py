@@ -89,6 +89,23 @@ class TpTransformer(nn.Module):
             x = layer(x)
         return self.output(self.norm(x))
 
+    @torch.no_grad()
+    def generate(self, tokens, new_tokens: int = 3):
+        """Greedy continuation of ``tokens`` by ``new_tokens``; returns ``(tokens, last logits)``.
+
+        Calls the embedding, blocks and head itself, not ``forward``, as inference
+        entry points do: FSDP2 gathers the root's own parameters for it only when
+        told to (``register_fsdp_forward_method(model, "generate")``).
+        """
+        logits = None
+        for _ in range(new_tokens):
+            x = self.embed(tokens[:, -SEQ:])
+            for layer in self.layers:
+                x = layer(x)
+            logits = self.output(self.norm(x))[:, -1]
+            tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
+        return tokens, logits
+
 
 def _token_batch(gen: torch.Generator, batch_size: int) -> models.Batch:
     tokens = torch.randint(0, VOCAB, (batch_size, SEQ + 1), generator=gen)
