@@ -265,6 +265,19 @@ def hsdp_tp_mesh(shape: Tuple[int, int, int], device_type: str):
     return _named_mesh(tuple(shape), device_type, HSDP_TP_DIM_NAMES)
 
 
+def expert_mesh(ep: int, device_type: str):
+    """The 2-D ``DeviceMesh`` ``(edp, ep)`` = ``(world // ep, ep)``; a collective, made once.
+
+    Expert parallelism over ``ep`` (rank ``r`` holds expert ``r % ep``); the ranks
+    holding the same expert form an ``edp`` group, over which ``fully_shard``
+    shards that expert (``mesh["edp"]``).
+    """
+    world = compat.world_size()
+    if world % ep:
+        raise ValueError(f"world size {world} is not a multiple of ep={ep}")
+    return _named_mesh((world // ep, ep), device_type, ("edp", "ep"))
+
+
 def _named_mesh(shape: Tuple[int, ...], device_type: str, names: Tuple[str, ...]):
     world = compat.world_size()
     size = 1
