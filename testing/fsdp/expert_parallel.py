@@ -1,12 +1,11 @@
 """A tiny mixture-of-experts model with expert parallelism, for FSDP2 gradient divide factors.
 
-:class:`MoE`: a dense input layer, :data:`NUM_EXPERTS` expert MLPs, a dense output
-layer. Token ``i`` of a rank's batch goes to expert ``i % NUM_EXPERTS`` (fixed
+:class:`MoE`: a dense input layer, ``E`` expert MLPs, a dense output layer
+(:func:`spec`). Token ``i`` of a rank's batch goes to expert ``i % E`` (fixed
 routing, so the unsharded reference routes the global batch identically).
 
 Expert parallelism (:func:`build`): the world is an ``(edp, ep)`` mesh
-(:func:`meshes.expert_mesh`, ``ep`` = :data:`NUM_EXPERTS`, one expert per ``ep``
-rank). Each rank keeps only its expert; the ``ep`` group gathers its tokens
+(:func:`meshes.expert_mesh`), ``E = ep``, one expert per ``ep`` rank. Each rank keeps only its expert; the ``ep`` group gathers its tokens
 (autograd-aware all-reduces of ``torch.distributed.nn.functional``), each rank
 runs its expert on the tokens routed to it, and an all-reduce returns every
 token's expert output to its rank. A rank's expert gradient therefore already
@@ -18,6 +17,7 @@ large unless the experts' divide factor is the world size (pytorch#160285).
 reduced gradients must equal ``world / factor`` times them (:func:`scale`).
 """
 
+import functools
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -29,7 +29,6 @@ from torch import nn
 from testing.fsdp import data, models, params
 
 IN, DIM, HIDDEN, OUT = 8, 12, 16, 4
-NUM_EXPERTS = 2
 
 
 def _expert() -> nn.Module:
@@ -43,10 +42,11 @@ class MoE(nn.Module):
     expert parallelism: this rank's ``experts[0]`` is expert ``ep_rank``.
     """
 
-    def __init__(self):
+    def __init__(self, num_experts: int):
         super().__init__()
+        self.num_experts = num_experts
         self.inp = nn.Linear(IN, DIM)
-        self.experts = nn.ModuleList(_expert() for _ in range(NUM_EXPERTS))
+        self.experts = nn.ModuleList(_expert() for _ in range(num_experts))
         self.out = nn.Linear(DIM, OUT)
         self.ep_group: Optional[dist.ProcessGroup] = None
         self.ep_rank = 0
@@ -54,7 +54,7 @@ class MoE(nn.Module):
     def forward(self, x):
         """Dense input, residual expert layer, dense output."""
         h = torch.tanh(self.inp(x))
-        expert_of = torch.arange(h.shape[0], device=h.device) % NUM_EXPERTS
+        expert_of = torch.arange(h.shape[0], device=h.device) % self.num_experts
         if self.ep_group is None:
             moe = torch.zeros_like(h)
             for e, expert in enumerate(self.experts):
@@ -85,23 +85,39 @@ def _batch(gen: torch.Generator, batch_size: int) -> models.Batch:
     return torch.randn(batch_size, IN, generator=gen), torch.randn(batch_size, OUT, generator=gen)
 
 
-SPEC = models.ModelSpec(
-    name="moe",
-    factory=MoE,
-    units=("experts.0",),
-    make_batch=_batch,
-    loss_fn=lambda outputs, targets: F.mse_loss(outputs, targets),
-    description="dense layers around experts; fixed routing token i -> expert i % E",
-)
+def _mse(outputs, targets):
+    return F.mse_loss(outputs, targets)
+
+
+_SPECS: Dict[int, models.ModelSpec] = {}
+
+
+def spec(num_experts: int) -> models.ModelSpec:
+    """The :class:`models.ModelSpec` of a :class:`MoE` with ``num_experts`` experts.
+
+    Batches of 4 tokens per rank: a multiple of the expert count used here (2 or
+    4), so token ``i`` of a rank is token ``r * 4 + i`` of the global batch and goes
+    to the same expert in the reference.
+    """
+    if num_experts not in _SPECS:
+        _SPECS[num_experts] = models.ModelSpec(
+            name=f"moe{num_experts}",
+            factory=functools.partial(MoE, num_experts),
+            units=("experts.0",),
+            make_batch=_batch,
+            loss_fn=_mse,
+            description="dense layers around experts; fixed routing token i -> expert i % E",
+        )
+    return _SPECS[num_experts]
 
 
 def build(mesh, device, seed: int = 0) -> nn.Module:
-    """:class:`MoE` from ``seed`` with expert parallelism over ``mesh["ep"]`` (unsharded).
+    """:func:`spec` ``(ep)``'s model from ``seed``, expert-parallel over ``mesh["ep"]`` (unsharded).
 
     Keeps expert ``ep_rank`` only (as ``experts.0``); the caller shards it over
     ``mesh["edp"]`` and the rest over the world.
     """
-    model = SPEC.build(seed)
+    model = spec(mesh.size(mesh.mesh_dim_names.index("ep"))).build(seed)
     ep_rank = mesh.get_local_rank("ep")
     model.experts = nn.ModuleList([model.experts[ep_rank]])
     model.ep_group, model.ep_rank = mesh.get_group("ep"), ep_rank
@@ -115,14 +131,15 @@ def expert_name(name: str, ep_rank: int) -> str:
 
 
 def reference_grads(
-    *, world_size: int, step: int = 0, seed: int = 0, device=None
+    num_experts: int, *, world_size: int, step: int = 0, seed: int = 0, device=None
 ) -> Tuple[nn.Module, Dict[str, Optional[torch.Tensor]]]:
     """The unsharded model and its gradients after one backward on the global batch of ``step``."""
-    model = SPEC.build(seed).to(device or "cpu")
+    moe = spec(num_experts)
+    model = moe.build(seed).to(device or "cpu")
     inputs, targets = data.global_batch(
-        SPEC, seed=seed, world_size=world_size, step=step, device=device
+        moe, seed=seed, world_size=world_size, step=step, device=device
     )
-    SPEC.loss_fn(model(inputs), targets).backward()
+    moe.loss_fn(model(inputs), targets).backward()
     return model, params.full_grads(model)
 
 
