@@ -53,7 +53,12 @@ class CpuOffloadPolicyTest(multirank.MultiRankTestCase):
         for step in range(STEPS):
             before = {n: p.grad for n, p in model.named_parameters()}
             training.train(
-                model, SPEC, steps=[step], optimizer=optimizer, device=self.device, before_step=record
+                model,
+                SPEC,
+                steps=[step],
+                optimizer=optimizer,
+                device=self.device,
+                before_step=record,
             )
             training.reference_train(
                 SPEC,
@@ -68,7 +73,9 @@ class CpuOffloadPolicyTest(multirank.MultiRankTestCase):
             self.assertEqual(set(before.values()), {None}, f"{context}: gradients left over")
             placed, grad_placed, grads, ref_grads = seen[-1]
             self.assertEqual(set(placed.values()), {"cpu"}, f"{context}: shards on {placed}")
-            self.assertEqual(set(grad_placed.values()), {"cpu"}, f"{context}: grads on {grad_placed}")
+            self.assertEqual(
+                set(grad_placed.values()), {"cpu"}, f"{context}: grads on {grad_placed}"
+            )
             self.assertEqual(set(_devices(model).values()), {"cpu"}, f"{context}: after step")
             parity.assert_params_close(grads, ref_grads, what="gradient", context=context)
             parity.assert_params_close(actual, params.full_params(reference), context=context)

@@ -41,7 +41,7 @@ from testing.fsdp import wrapping
 
 STEPS = 3
 
-# name -> (experts' divide factor (world, ep) or None, root's (world) or None): None is FSDP2's default.
+# name -> (experts' divide factor (world, ep), root's (world)); None: FSDP2's default.
 _FACTORS = {
     "ep_corrected": (lambda world, ep: float(world), None),
     "default": (None, None),

@@ -1,4 +1,4 @@
-"""A registered non-forward entry point unshards and reshards like forward and gives the right output.
+"""A registered non-forward entry point unshards and reshards like forward, with the right output.
 
 ``tp_models.SPEC`` is sharded with ``fully_shard`` on each block and the root. Its
 ``generate`` method (greedy decoding) calls the embedding, blocks and head itself, not
@@ -78,7 +78,9 @@ class ForwardMethodTest(multirank.MultiRankTestCase):
             f"generate({NEW_TOKENS})'s collectives vs the root's and {NEW_TOKENS} x the blocks' "
             "of forward",
         )
-        self.assertTrue(torch.equal(tokens.cpu(), ref_tokens.cpu()), f"tokens {tokens} vs {ref_tokens}")
+        self.assertTrue(
+            torch.equal(tokens.cpu(), ref_tokens.cpu()), f"tokens {tokens} vs {ref_tokens}"
+        )
         parity.assert_tensors_close(logits, ref_logits, name="last logits")
 
 

@@ -1,4 +1,4 @@
-"""FSDP2's ``shard_placement_fn`` shards weights on dim 1 as asked, trains and checkpoints like dim 0.
+"""FSDP2's ``shard_placement_fn`` shards weights on dim 1 as asked; they train and checkpoint.
 
 ``nested_mlp`` is sharded with ``fully_shard(..., shard_placement_fn=fn)`` on every unit
 and the root, where ``fn`` asks for ``Shard(1)`` for each 2-D weight and leaves biases

@@ -106,13 +106,17 @@ class StateDictCpuOffloadTest(multirank.MultiRankTestCase, parameterized.TestCas
         full = options.full_state_dict
         for step, (copy, expected) in enumerate(snapshots):
             context = f"copy taken after step {step}, checked after step {STEPS - 1}"
-            off = {n: _local(t).device.type for n, t in copy.items() if _local(t).device.type != "cpu"}
+            off = {
+                n: _local(t).device.type for n, t in copy.items() if _local(t).device.type != "cpu"
+            }
             self.assertEmpty(off, f"{context}: not on CPU")
             mine = _storages(copy.values())
             self.assertEmpty(mine & live[step], f"{context}: shares storage with the live state")
             if step:
                 previous = _storages(snapshots[step - 1][0].values())
-                self.assertEmpty(mine & previous, f"{context}: shares storage with step {step - 1}'s")
+                self.assertEmpty(
+                    mine & previous, f"{context}: shares storage with step {step - 1}'s"
+                )
             if full and self.rank:
                 self.assertEmpty(copy, f"{context}: rank {self.rank} got a full state dict")
             elif full:

@@ -244,5 +244,5 @@ def dynamo_explain(fn):
 
 
 def lookup_backend(name: str):
-    """``torch._dynamo.lookup_backend(name)``: a registered backend (``"aot_eager"``, ``"inductor"``)."""
+    """``torch._dynamo.lookup_backend(name)``, e.g. ``"aot_eager"`` or ``"inductor"``."""
     return torch._dynamo.lookup_backend(name)

@@ -1,4 +1,4 @@
-"""torch.compile over FSDP2: compile a sharded model two ways, record its graphs, compare with eager.
+"""torch.compile over FSDP2: compile a sharded model two ways, record graphs, compare with eager.
 
 The model is :data:`tp_models.SPEC` without tensor parallelism: ``fully_shard`` on
 each block and the root, as :func:`wrapping.wrap_spec` does. :func:`compile_model`
@@ -19,13 +19,22 @@ parity and for the collectives it issues.
 """
 
 import collections
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from testing.fsdp import collective_count, compat, data, params, parity, tp_models, training, wrapping
+from testing.fsdp import (
+    collective_count,
+    compat,
+    data,
+    params,
+    parity,
+    tp_models,
+    training,
+    wrapping,
+)
 
 MODES = ("per_block", "whole_model")
 SPEC = tp_models.SPEC
@@ -48,6 +57,7 @@ class GraphRecorder:
         self.graphs: List[Dict[str, int]] = []
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs):
+        """Records ``gm``'s operator counts, then compiles it with the named backend."""
         counts = collections.Counter(
             getattr(node.target, "__name__", str(node.target))
             for node in gm.graph.nodes
@@ -77,7 +87,7 @@ def split_blocks(graphs: List[Dict[str, int]]) -> List[str]:
 
 
 def compile_model(model: nn.Module, mode: str, backend) -> nn.Module:
-    """``model`` compiled by ``mode`` (one of :data:`MODES`) with ``backend``; returns what to call."""
+    """``model`` compiled by ``mode`` (one of :data:`MODES`) with ``backend``: what to call."""
     if mode == "per_block":
         for unit in SPEC.units:
             model.get_submodule(unit).compile(backend=backend)

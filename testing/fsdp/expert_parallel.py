@@ -5,10 +5,11 @@
 routing, so the unsharded reference routes the global batch identically).
 
 Expert parallelism (:func:`build`): the world is an ``(edp, ep)`` mesh
-(:func:`meshes.expert_mesh`), ``E = ep``, one expert per ``ep`` rank. Each rank keeps only its expert; the ``ep`` group gathers its tokens
-(autograd-aware all-reduces of ``torch.distributed.nn.functional``), each rank
-runs its expert on the tokens routed to it, and an all-reduce returns every
-token's expert output to its rank. A rank's expert gradient therefore already
+(:func:`meshes.expert_mesh`), ``E = ep``, one expert per ``ep`` rank. Each rank
+keeps only its expert; the ``ep`` group gathers its tokens (autograd-aware
+all-reduces of ``torch.distributed.nn.functional``), each rank runs its expert on
+the tokens routed to it, and an all-reduce returns every token's expert output to
+its rank. A rank's expert gradient therefore already
 sums the ``ep`` ranks' contributions before FSDP2 reduces it over ``edp``, where
 its default divides by ``edp`` only: expert gradients come out ``ep`` times too
 large unless the experts' divide factor is the world size (pytorch#160285).
@@ -125,7 +126,7 @@ def build(mesh, device, seed: int = 0) -> nn.Module:
 
 
 def expert_name(name: str, ep_rank: int) -> str:
-    """``experts.0.<rest>`` of an EP rank as the unsharded model names it (``experts.<ep_rank>``)."""
+    """``experts.0.<rest>`` of an EP rank as the unsharded model names it: ``experts.<ep_rank>``."""
     prefix = "experts.0."
     return f"experts.{ep_rank}." + name[len(prefix) :] if name.startswith(prefix) else name
 

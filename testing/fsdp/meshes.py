@@ -284,7 +284,9 @@ def _named_mesh(shape: Tuple[int, ...], device_type: str, names: Tuple[str, ...]
     for dim in shape:
         size *= dim
     if len(shape) != len(names) or min(shape) < 1 or size != world:
-        raise ValueError(f"mesh shape {shape} ({', '.join(names)}) does not cover world size {world}")
+        raise ValueError(
+            f"mesh shape {shape} ({', '.join(names)}) does not cover world size {world}"
+        )
     key = _key("named", device_type, shape, names)
     if key not in _CACHE:
         _CACHE[key] = compat.init_device_mesh(device_type, shape, mesh_dim_names=names)

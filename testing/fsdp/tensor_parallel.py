@@ -33,7 +33,9 @@ def fsdp_mesh(mesh):
         return mesh["dp"]
     if names == meshes.HSDP_TP_DIM_NAMES:
         return mesh["replicate", "shard"]
-    raise ValueError(f"expected a mesh named {meshes.DP_TP_DIM_NAMES} or {meshes.HSDP_TP_DIM_NAMES}")
+    raise ValueError(
+        f"expected a mesh named {meshes.DP_TP_DIM_NAMES} or {meshes.HSDP_TP_DIM_NAMES}"
+    )
 
 
 def _shard_dim(mesh) -> str:
@@ -115,9 +117,7 @@ def local_shards(model: nn.Module) -> Dict[str, torch.Tensor]:
     }
 
 
-def expected_shards(
-    full: Dict[str, torch.Tensor], plan: str, mesh
-) -> Dict[str, torch.Tensor]:
+def expected_shards(full: Dict[str, torch.Tensor], plan: str, mesh) -> Dict[str, torch.Tensor]:
     """:func:`expected_local` of every entry of ``full`` (``{name: full tensor}``)."""
     return {name: expected_local(t, name, plan, mesh) for name, t in full.items()}
 
