@@ -190,6 +190,19 @@ class _CollectiveMode(compat.TorchDispatchMode):
         super().__init__()
         self._sink = sink
 
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        """True: torch.compile'd code still compiles and runs compiled while recording.
+
+        Without it, dynamo falls back to eager for a frame first run under a dispatch
+        mode, and on torch 2.13 keeps that code object eager for good
+        (pytorch#190286). With it (a TorchDispatchMode hook, pytorch#161648; present
+        in 2.13 and 2.14, releases without it never call it), the mode is off while
+        dynamo compiles and on while the compiled code runs, so FSDP's collectives
+        around it are still seen.
+        """
+        return True
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         # Let tensor subclasses (DTensor) run first and come back as plain

@@ -83,6 +83,10 @@ __all__ = [
     "set_gradient_divide_factor",
     "set_force_sum_reduction_for_comms",
     "registered_groups",
+    "StridedShard",
+    "dynamo_explain",
+    "dynamo_reset",
+    "lookup_backend",
 ]
 
 
@@ -226,3 +230,36 @@ def registered_groups():
     if not isinstance(names, dict):
         return None
     return {str(name): tuple(dist.get_process_group_ranks(group)) for group, name in names.items()}
+
+
+# Placement FSDP2 gives a parameter whose dim 0 tensor parallelism already split:
+# FSDP's chunk of the TP chunk is a strided chunk of the full tensor.
+# torch.distributed.tensor.placement_types._StridedShard(dim, split_factor=...):
+# private; same constructor and equality (dim, split_factor) checked in 2.13.0+cpu
+# (repr "_StridedShard(dim=0, sf=2)") and 2.14.1 (repr "_S(0, 2)"): compare objects,
+# never reprs.
+from torch.distributed.tensor.placement_types import _StridedShard as StridedShard  # noqa: E402
+
+
+# torch.compile's helpers live in torch._dynamo, which torch documents for these
+# uses (troubleshooting: explain, reset) but keeps private. Checked in 2.13.0+cpu.
+
+
+def dynamo_reset() -> None:
+    """``torch._dynamo.reset()``: drops compiled code and guards (ranks serve many tests)."""
+    torch._dynamo.reset()
+
+
+def dynamo_explain(fn):
+    """``torch._dynamo.explain(fn)``: call the result with ``fn``'s arguments.
+
+    Returns an ``ExplainOutput`` with ``graph_count``, ``graph_break_count`` and
+    ``break_reasons`` (each with ``reason`` and ``user_stack``); same fields in
+    2.6 through 2.13 (checked in 2.13.0+cpu).
+    """
+    return torch._dynamo.explain(fn)
+
+
+def lookup_backend(name: str):
+    """``torch._dynamo.lookup_backend(name)``, e.g. ``"aot_eager"`` or ``"inductor"``."""
+    return torch._dynamo.lookup_backend(name)

@@ -228,3 +228,79 @@ def hsdp_wrap_options(
     if strategy != "HYBRID_SHARD" or via != "device_mesh":
         raise ValueError("strategy and via are FSDP1 options")
     return {"mesh": hsdp_mesh(shape, device_type)}
+
+
+# --- Meshes with a tensor-parallel dimension -----------------------------------
+
+# Dimension names of the (dp, tp) and (replicate, shard, tp) meshes: FSDP2 shards
+# over "dp" (or replicates over "replicate" and shards over "shard"), tensor
+# parallelism splits over "tp", the innermost (fastest-varying) dimension.
+DP_TP_DIM_NAMES = ("dp", "tp")
+HSDP_TP_DIM_NAMES = ("replicate", "shard", "tp")
+
+
+def dp_tp_shape(world_size: int) -> Shape:
+    """The ``(dp, tp)`` shape a 2-D behaviour is tested on: ``(2, world_size // 2)``.
+
+    ``(2, 2)`` at 4 and ``(2, 4)`` at 8: two data-parallel groups, so FSDP2 both
+    shards and averages across data, and the rest of the world splits tensors.
+    At 2 it is ``(1, 2)`` (tensor parallelism inside one FSDP group of one rank).
+    """
+    if world_size < 2 or world_size % 2:
+        raise ValueError(f"a (dp, tp) mesh needs an even world size, got {world_size}")
+    return (2, world_size // 2) if world_size >= 4 else (1, 2)
+
+
+def dp_tp_mesh(shape: Shape, device_type: str):
+    """The 2-D ``DeviceMesh`` ``(dp, tp)``; a collective, made once per process and shape.
+
+    Rank ``r`` sits at ``dp = r // tp``, ``tp = r % tp``; ``mesh["dp"]`` is what
+    ``fully_shard`` takes, ``mesh["tp"]`` what ``parallelize_module`` takes.
+    """
+    return _named_mesh(tuple(shape), device_type, DP_TP_DIM_NAMES)
+
+
+def hsdp_tp_mesh(shape: Tuple[int, int, int], device_type: str):
+    """The 3-D ``DeviceMesh`` ``(replicate, shard, tp)``; a collective, made once.
+
+    ``mesh["replicate", "shard"]`` is the 2-D mesh FSDP2 shards hybridly on,
+    ``mesh["tp"]`` the tensor-parallel one; rank ``r`` has ``tp = r % tp``.
+    """
+    return _named_mesh(tuple(shape), device_type, HSDP_TP_DIM_NAMES)
+
+
+def expert_mesh(ep: int, device_type: str):
+    """The 2-D ``DeviceMesh`` ``(edp, ep)`` = ``(world // ep, ep)``; a collective, made once.
+
+    Expert parallelism over ``ep`` (rank ``r`` holds expert ``r % ep``); the ranks
+    holding the same expert form an ``edp`` group, over which ``fully_shard``
+    shards that expert (``mesh["edp"]``).
+    """
+    world = compat.world_size()
+    if world % ep:
+        raise ValueError(f"world size {world} is not a multiple of ep={ep}")
+    return _named_mesh((world // ep, ep), device_type, ("edp", "ep"))
+
+
+def _named_mesh(shape: Tuple[int, ...], device_type: str, names: Tuple[str, ...]):
+    world = compat.world_size()
+    size = 1
+    for dim in shape:
+        size *= dim
+    if len(shape) != len(names) or min(shape) < 1 or size != world:
+        raise ValueError(
+            f"mesh shape {shape} ({', '.join(names)}) does not cover world size {world}"
+        )
+    key = _key("named", device_type, shape, names)
+    if key not in _CACHE:
+        _CACHE[key] = compat.init_device_mesh(device_type, shape, mesh_dim_names=names)
+    return _CACHE[key]
+
+
+def data_rank(mesh) -> int:
+    """This rank's index among the data-parallel groups of a mesh whose last dim is ``tp``.
+
+    The ranks of one ``tp`` group compute on the same batch, so they share this
+    index (``rank // tp``); :func:`testing.fsdp.data.rank_batch` takes it as ``rank``.
+    """
+    return dist.get_rank() // mesh.size(mesh.ndim - 1)

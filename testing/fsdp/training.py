@@ -104,6 +104,7 @@ def train(
     same_across_ranks: bool = False,
     forward_kwargs: Optional[ForwardKwargs] = None,
     global_batch_size: Optional[int] = None,
+    data_rank: Optional[int] = None,
 ) -> List[float]:
     """Trains ``model`` on this rank's batches; returns the rank-averaged loss per step.
 
@@ -126,9 +127,13 @@ def train(
         global batch of this many rows, the same at every world size, across
         the ranks (``data.rank_share``; each rank's mean loss weighted by its
         share, so the rank average is the global mean).
+      data_rank: whose batches to train on (default this rank's): ranks that
+        split one model by tensor parallelism share their group's index
+        (``meshes.data_rank``); the loss is still averaged over every rank.
     """
     device = _device_of(model, device)
     rank, world = compat.rank(), compat.world_size()
+    rank = rank if data_rank is None else data_rank
     opt = optimizer if optimizer is not None else optim_fn(_trainable(model))
     batch_args = _batch_args(seed, batch_size, device, same_across_ranks, global_batch_size)
     losses = []
