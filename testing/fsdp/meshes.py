@@ -293,7 +293,8 @@ def _named_mesh(shape: Tuple[int, ...], device_type: str, names: Tuple[str, ...]
         )
     key = _key("named", device_type, shape, names)
     if key not in _CACHE:
-        _CACHE[key] = compat.init_device_mesh(device_type, shape, mesh_dim_names=names)
+        with dist_helpers.pool_owned():
+            _CACHE[key] = compat.init_device_mesh(device_type, shape, mesh_dim_names=names)
     return _CACHE[key]
 
 
