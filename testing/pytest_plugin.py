@@ -48,7 +48,7 @@ def _sized_type(base: type) -> type:
                 f"the world-size plan needs pytest 8.2 or newer (found {pytest.__version__})"
             )
 
-        class SizedCase(base):  # pylint: disable=missing-class-docstring
+        class SizedCase(base):
             # The unittest instance and method are the plain method's; only the item's
             # name (and so its node id) has the world size.
             def _getinstance(self):
@@ -124,7 +124,7 @@ def _count_collected(config, change: int) -> None:
     """Keeps pytest's "collected N items" line equal to the items it will run or deselect."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None and isinstance(getattr(reporter, "_numcollected", None), int):
-        reporter._numcollected += change  # pylint: disable=protected-access
+        reporter._numcollected += change
 
 
 class _Plan:

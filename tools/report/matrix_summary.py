@@ -19,7 +19,8 @@ if __package__ in (None, ""):
     # first on the path instead of this directory.
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.report import collect, releases  # noqa: E402 (path set above)
+from tools.report import releases  # noqa: E402 (path set above)
+from tools.report.testlogs import scan_testlogs  # noqa: E402
 
 _EXECUTED = re.compile(r"Executed (\d+) out of (\d+) tests?: (.*)")
 
@@ -44,7 +45,7 @@ def row(out: str, release: str) -> str:
             _, version, status, env_s, test_s = f.read().split("\t")
     except (OSError, ValueError):
         return "| %s | (no run) | | | | | | | |" % release
-    part = collect.scan_testlogs(os.path.join(folder, "testlogs"))
+    part = scan_testlogs(os.path.join(folder, "testlogs"))
     releases.tag(part)
     cases = [c for c in releases.counts(part) if c.torch == version]
     c = cases[0] if cases else releases.ReleaseCounts(version)

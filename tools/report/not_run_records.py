@@ -12,9 +12,9 @@ import json
 import re
 from typing import Callable, Dict, List, Optional, Tuple
 
-from tools.report import model
-
-M = model
+from tools.report.collected import Problem, TestResult
+from tools.report.names import split_api
+from tools.report.status import NOT_RUN, SKIPPED
 
 FILE_NAME = "not_run.json"
 # testing/not_run.py's PREFIX: a skip whose reason starts so is a case that does not apply.
@@ -31,7 +31,7 @@ def split_world_size(name: str) -> Tuple[str, Optional[int]]:
     return m.group("name"), int(m.group("ws"))
 
 
-def read(text: Optional[str], source: str, problems: List[M.Problem]) -> List[Dict]:
+def read(text: Optional[str], source: str, problems: List[Problem]) -> List[Dict]:
     """The entries of a not_run.json (``{"cases": [...]}``); bad input goes to ``problems``."""
     if text is None:
         return []
@@ -42,7 +42,7 @@ def read(text: Optional[str], source: str, problems: List[M.Problem]) -> List[Di
         ):
             raise ValueError('expected {"cases": [{%s}, ...]}' % ", ".join(_FIELDS))
     except (ValueError, AttributeError) as e:
-        problems.append(M.Problem(source, "bad %s: %s" % (FILE_NAME, e)))
+        problems.append(Problem(source, "bad %s: %s" % (FILE_NAME, e)))
         return []
     return cases
 
@@ -52,21 +52,19 @@ def _key(classname: str, method: str) -> str:
     return "%s.%s" % (classname.rsplit(".", 1)[-1], method)
 
 
-def apply(results: List[M.TestResult], entries: List[Dict]) -> None:
+def apply(results: List[TestResult], entries: List[Dict]) -> None:
     """Turns the JUnit skips the entries explain into NOT_RUN results with the reason."""
     reasons = {(_key(e["classname"], e["method"]), e["world_size"]): e["reason"] for e in entries}
     for r in results:
-        if r.method is None or r.status != M.SKIPPED:
+        if r.method is None or r.status != SKIPPED:
             continue
         key = ".".join(r.test_id.split(".")[-2:])
         reason = reasons.get((key, r.ws))
         if reason is not None:
-            r.status, r.message = M.NOT_RUN, reason
+            r.status, r.message = NOT_RUN, reason
 
 
-def results(
-    entries: List[Dict], behaviour_of: Callable[[str], str], **fields
-) -> List[M.TestResult]:
+def results(entries: List[Dict], behaviour_of: Callable[[str], str], **fields) -> List[TestResult]:
     """NOT_RUN results for the entries (pytest leaves such cases out of its JUnit XML).
 
     ``behaviour_of`` maps an entry's classname to its row; ``fields`` are the other
@@ -74,13 +72,13 @@ def results(
     """
     out = []
     for e in entries:
-        method, api = M.split_api(e["method"])
+        method, api = split_api(e["method"])
         out.append(
-            M.TestResult(
+            TestResult(
                 behaviour=behaviour_of(e["classname"]),
                 method=method,
                 api=api,
-                status=M.NOT_RUN,
+                status=NOT_RUN,
                 raw_name=e["method"],
                 test_id="%s.%s" % (e["classname"], e["method"]),
                 message=e["reason"],

@@ -3,20 +3,22 @@
 Each result carries the torch version of its run, read from the
 ``environment.json`` beside it. When one device's results come from more than one
 version, its column splits into one column per version: ``cpu · torch 2.14.1+cu130``.
-Everything downstream (model.build_report, the renderers) sees these as plain
+Everything downstream (build_report, the renderers) sees these as plain
 device columns, so the rest of the report needs no change.
 """
 
 import dataclasses
 from typing import Dict, List, Optional
 
-from tools.report import model
+from tools.report.collected import Collected, TargetInfo, inherit_target_api
+from tools.report.matrix import Report
+from tools.report.names import natural_key
+from tools.report.status import FAIL, FLAKY, KNOWN_BUG, PASS
 
-M = model
 SEPARATOR = " \u00b7 torch "
 
 
-def tag(part: M.Collected) -> None:
+def tag(part: Collected) -> None:
     """Sets each result's torch version from its run's environment.json.
 
     Bazel results by their target's environment; results of an input whose
@@ -34,7 +36,7 @@ def column(device: str, version: str) -> str:
     return device + SEPARATOR + version if version else device
 
 
-def split_columns(col: M.Collected) -> List[str]:
+def split_columns(col: Collected) -> List[str]:
     """Gives each (device, torch version) a column of its own; returns the versions.
 
     Only devices whose results come from more than one torch version are split: a
@@ -50,13 +52,13 @@ def split_columns(col: M.Collected) -> List[str]:
         return []
     # A target's API tags apply to its results in every column; read them before
     # the targets are copied per column.
-    M.inherit_target_api(col.results, col.targets)
+    inherit_target_api(col.results, col.targets)
     for r in col.results:
         if r.device in seen and r.torch:
             r.device = column(r.device, r.torch)
     targets = {}
     for key, t in col.targets.items():
-        for version in sorted(seen.get(t.device, ()), key=M.natural_key) or [""]:
+        for version in sorted(seen.get(t.device, ()), key=natural_key) or [""]:
             targets[key + SEPARATOR + version if version else key] = dataclasses.replace(
                 t, device=column(t.device, version)
             )
@@ -65,12 +67,12 @@ def split_columns(col: M.Collected) -> List[str]:
         (column(dev, env.get("torch_version", "")) if dev in seen else dev, env, src)
         for dev, env, src in col.environments
     ]
-    return sorted(set().union(*seen.values()), key=M.natural_key)
+    return sorted(set().union(*seen.values()), key=natural_key)
 
 
-def dedupe_disabled(report: M.Report) -> None:
+def dedupe_disabled(report: Report) -> None:
     """Lists each disabled target once, not once per release column."""
-    unique: Dict[str, M.TargetInfo] = {}
+    unique: Dict[str, TargetInfo] = {}
     for t in report.disabled:
         unique.setdefault(t.label, dataclasses.replace(t, device=t.device.split(SEPARATOR)[0]))
     report.disabled = list(unique.values())
@@ -100,24 +102,24 @@ class ReleaseCounts:
         return text + " (%.0f s of tests)" % self.seconds
 
 
-def counts(col: M.Collected) -> List[ReleaseCounts]:
+def counts(col: Collected) -> List[ReleaseCounts]:
     """Per torch version: its test cases (methods) by outcome, and their total time."""
     rows: Dict[str, ReleaseCounts] = {}
     for r in col.results:
         row = rows.setdefault(r.torch or "unknown", ReleaseCounts(r.torch or "unknown"))
         row.seconds += r.duration or 0.0
-        if r.method is None and r.status == M.PASS:
+        if r.method is None and r.status == PASS:
             continue  # a target-level placeholder of a run whose cases are counted
         outcome = (r.known_bug or {}).get("outcome")
-        if r.status == M.PASS:
+        if r.status == PASS:
             row.passed += 1
-        elif r.status == M.KNOWN_BUG and outcome == "failed as expected":
+        elif r.status == KNOWN_BUG and outcome == "failed as expected":
             row.expected_failures += 1
-        elif r.status in (M.FAIL, M.KNOWN_BUG, M.FLAKY):
+        elif r.status in (FAIL, KNOWN_BUG, FLAKY):
             row.failed += 1
         else:
             row.other += 1
-    return [rows[k] for k in sorted(rows, key=M.natural_key)]
+    return [rows[k] for k in sorted(rows, key=natural_key)]
 
 
 def markdown_table(rows: List[ReleaseCounts], extra: Optional[Dict[str, str]] = None) -> str:

@@ -11,17 +11,12 @@ made-up bug whose range covers 2.14.1 but passed there (did not reproduce).
 import json
 import os
 import shutil
-import sys
 import tempfile
 
 from absl.testing import absltest
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(_HERE))
-sys.path.insert(0, _HERE)
-
-import matrix_summary  # noqa: E402
-import report_test  # noqa: E402  (its CLI and HTML helpers)
+from tools.report import matrix_summary
+from tools.report.tests import fixtures
 
 _XML = """<?xml version="1.0"?>
 <testsuites><testsuite name="UnfreezeTest" tests="2">
@@ -51,13 +46,13 @@ def _testlogs(root, version, fsdp2, fsdp1):
     """A testlogs tree of one unfreeze_test_cpu run on torch ``version``."""
     target = os.path.join(root, "fsdp", "precision", "unfreeze_test_cpu")
     os.makedirs(os.path.join(target, "test.outputs"))
-    report_test.write_file(os.path.join(target, "test.xml"), _XML)
+    fixtures.write_file(os.path.join(target, "test.xml"), _XML)
     env = {"torch_version": version, "device": "cpu", "backend": "gloo", "world_size": 2}
     records = {"UnfreezeTest.test_unfrozen_unit_keeps_reduce_dtype_fsdp2": fsdp2}
     if fsdp1:
         records["UnfreezeTest.test_unfrozen_unit_keeps_reduce_dtype_fsdp1"] = fsdp1
     for name, data in (("environment.json", env), ("known_failures.json", records)):
-        report_test.write_file(os.path.join(target, "test.outputs", name), json.dumps(data))
+        fixtures.write_file(os.path.join(target, "test.outputs", name), json.dumps(data))
     return root
 
 
@@ -98,9 +93,7 @@ class ReleaseColumnsTest(absltest.TestCase):
                 torch_version="2.14.1+cu130",
             ),
         )
-        cls.rc, cls.out, cls.html, cls.md = report_test.run_cli(
-            "--testlogs", old, "--testlogs", new
-        )
+        cls.rc, cls.out, cls.html, cls.md = fixtures.run_cli("--testlogs", old, "--testlogs", new)
 
     @classmethod
     def tearDownClass(cls):
@@ -111,19 +104,19 @@ class ReleaseColumnsTest(absltest.TestCase):
         self.assertEqual(self.rc, 0, self.out)
         self.assertIn("cpu \u00b7 torch 2.13.0+cpu", self.html)
         self.assertIn("cpu \u00b7 torch 2.14.1+cu130", self.html)
-        cells = report_test.html_cells(self.html, report_test.UNFREEZE)
+        cells = fixtures.html_cells(self.html, fixtures.UNFREEZE)
         self.assertLen(cells, 4)  # (2.13, 2.14.1) x (fsdp1, fsdp2)
 
     def test_known_bug_cell_names_the_releases_it_affects(self):
-        cells = report_test.html_cells(self.html, report_test.UNFREEZE)
-        self.assertEqual(report_test.cell_status(cells[1]), "st-known-bug")  # 2.13 fsdp2
+        cells = fixtures.html_cells(self.html, fixtures.UNFREEZE)
+        self.assertEqual(fixtures.cell_status(cells[1]), "st-known-bug")  # 2.13 fsdp2
         self.assertIn("torch &gt;=2.10,&lt;2.14.1", cells[1])
-        row = report_test.md_row(self.md, report_test.UNFREEZE)
+        row = fixtures.md_row(self.md, fixtures.UNFREEZE)
         self.assertIn("pytorch#186998 (torch &gt;=2.10,&lt;2.14.1)", row[1])
 
     def test_fixed_release_passes_with_a_note(self):
-        cell = report_test.html_cells(self.html, report_test.UNFREEZE)[3]  # 2.14.1 fsdp2
-        self.assertEqual(report_test.cell_status(cell), "st-pass")
+        cell = fixtures.html_cells(self.html, fixtures.UNFREEZE)[3]  # 2.14.1 fsdp2
+        self.assertEqual(fixtures.cell_status(cell), "st-pass")
         self.assertIn(
             "pytorch#186998 did not occur on torch 2.14.1+cu130 (torch 2.14.1 is outside "
             "&gt;=2.10,&lt;2.14.1)",
@@ -131,8 +124,8 @@ class ReleaseColumnsTest(absltest.TestCase):
         )
 
     def test_bug_that_applies_but_did_not_reproduce_fails(self):
-        cell = report_test.html_cells(self.html, report_test.UNFREEZE)[2]  # 2.14.1 fsdp1
-        self.assertEqual(report_test.cell_status(cell), "st-fail")
+        cell = fixtures.html_cells(self.html, fixtures.UNFREEZE)[2]  # 2.14.1 fsdp1
+        self.assertEqual(fixtures.cell_status(cell), "st-fail")
         self.assertIn(
             "passed on torch 2.14.1+cu130, where example/repo#7 applies (affects torch "
             "&gt;=2.14; shows with world size &gt;=2)",
@@ -146,8 +139,8 @@ class ReleaseColumnsTest(absltest.TestCase):
 
     def test_matrix_summary_row(self):
         folder = os.path.join(self.tmp, "2.13")
-        report_test.write_file(os.path.join(folder, "times.tsv"), "2.13\t2.13.0+cpu\t0\t1\t95\n")
-        report_test.write_file(
+        fixtures.write_file(os.path.join(folder, "times.tsv"), "2.13\t2.13.0+cpu\t0\t1\t95\n")
+        fixtures.write_file(
             os.path.join(folder, "bazel.log"),
             "//fsdp/precision:unfreeze_test_cpu                PASSED in 9.1s\n",
         )

@@ -1,0 +1,101 @@
+"""Fixtures of the report's self-tests: the testdata/ trees and helpers that run the
+CLI and read its HTML and Markdown.
+
+testdata/query.xml  bazel query --output=xml of a small //fsdp suite (one target
+                    disabled with a reason, one API-specific target never run)
+testdata/cpu/       testlogs of a CPU run: all pass, a sharded _ws4 target,
+                    rank logs and environment.json as plain files
+testdata/cuda/      testlogs of a CUDA run: one failure, rank logs and
+                    environment.json inside test.outputs/outputs.zip
+testdata/broken/    malformed / missing / empty XML, a crash (Bazel's own
+                    test.xml), a missing shard, a flaky --runs_per_test target,
+                    a corrupt outputs.zip, a bad environment.json, and a
+                    target outside //fsdp
+testdata/pytest_xpu.xml  pytest --junitxml from a host without Bazel
+testdata/known_bugs/     testlogs with known torch bugs (known_failures.json):
+                    precision/unfreeze_test_cpu from a real absl run (expected
+                    failure written as a pass; a made-up bug on the FSDP1 case
+                    that did not reproduce), outputs in outputs.zip;
+                    no_sync_test_cpu hand-written, plain test.outputs/: a
+                    --known_failures=strict failure and a pass on a release
+                    outside seen_on
+testdata/pytest_known_bugs/  the same unfreeze run through pytest (xfail, and
+                    "Unexpected success"), with known_failures.json beside it
+NotRunTest writes its own small fixtures (not_run.json under Bazel and beside JUnit).
+"""
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import tempfile
+
+from tools.report import report
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+TOOL = os.path.dirname(_HERE)
+
+DATA = os.path.join(_HERE, "testdata")
+CPU = os.path.join(DATA, "cpu")
+CUDA = os.path.join(DATA, "cuda")
+BROKEN = os.path.join(DATA, "broken")
+QUERY = os.path.join(DATA, "query.xml")
+JUNIT = os.path.join(DATA, "pytest_xpu.xml")
+KNOWN = os.path.join(DATA, "known_bugs")
+KNOWN_JUNIT = os.path.join(DATA, "pytest_known_bugs", "results.xml")
+UNFREEZE = "test_unfrozen_unit_keeps_reduce_dtype"
+
+
+def write_file(path, text):
+    """Writes ``text`` to ``path``."""
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def run_cli(*args):
+    """Runs report.main in-process; returns (exit code, stdout, html, md)."""
+    out = tempfile.mkdtemp()
+    buf, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
+        try:
+            rc = report.main(list(args) + ["--out", out, "--no_bazel_query"])
+        except SystemExit as e:  # argparse usage errors
+            rc = e.code
+    html_text = md_text = ""
+    if os.path.exists(os.path.join(out, "report.html")):
+        with open(os.path.join(out, "report.html"), encoding="utf-8") as f:
+            html_text = f.read()
+        with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
+            md_text = f.read()
+    shutil.rmtree(out)
+    return rc, buf.getvalue() + err.getvalue(), html_text, md_text
+
+
+def html_cells(html_text, row_method):
+    """The <td> cells of the first matrix row whose heading is row_method."""
+    m = re.search(
+        r'<th class="rowhead mono">%s</th>(.*?)</tr>' % re.escape(row_method), html_text, re.S
+    )
+    assert m, "row %r not in HTML" % row_method
+    return re.findall(r"<td [^>]*>.*?</td>", m.group(1), re.S)
+
+
+def section(html_text, anchor):
+    """The detail section with id ``anchor``."""
+    m = re.search(r'<section class="detail" id="%s">(.*?)</section>' % anchor, html_text, re.S)
+    assert m, "no detail section %s" % anchor
+    return m.group(1)
+
+
+def md_row(md_text, row_method):
+    """The Markdown matrix cells of the row whose heading is ``row_method``."""
+    for line in md_text.splitlines():
+        if line.startswith("| &nbsp;&nbsp;`%s`" % row_method):
+            return [c.strip() for c in line.strip("|").split(" | ")][1:]
+    raise AssertionError("row %r not in Markdown" % row_method)
+
+
+def cell_status(cell_html):
+    """The status class (``st-pass`` ...) of one HTML cell."""
+    return re.search(r'class="cell (st-[\w-]+)', cell_html).group(1)
