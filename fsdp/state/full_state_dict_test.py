@@ -18,7 +18,7 @@ from absl.testing import parameterized
 from torch.distributed.checkpoint import state_dict as dcp_state_dict
 from torch.distributed.fsdp import FullStateDictConfig, StateDictType
 
-from testing import multirank
+from testing import known_failures, multirank
 from testing.fsdp import cases, compat, data, models, params, parity, training, wrapping
 
 SPEC = models.get("nested_mlp")
@@ -56,7 +56,24 @@ def _from_rank0(obj):
     return holder[0]
 
 
+# At world size 1 FSDP1 runs NO_SHARD, and its full state dict then keeps the tensors
+# on the accelerator although FullStateDictConfig(offload_to_cpu=True) asked for CPU.
+_NO_SHARD_NO_OFFLOAD = known_failures.TorchBug(
+    "no upstream issue found",
+    "FSDP1 ignores FullStateDictConfig(offload_to_cpu=True) under NO_SHARD (world size 1): "
+    "the full state dict stays on the accelerator",
+    affected="==2.11.*",  # measured on 2.11.0+cu130 (one H200) only
+    world_sizes="1",
+    devices=("cuda", "hpu", "xpu"),
+)
+
+
 class FullStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
+    known_failures = {
+        "test_full_state_dict_loads_into_plain_model_fsdp1": _NO_SHARD_NO_OFFLOAD,
+        "test_full_state_dict_round_trip_into_sharded_model_fsdp1": _NO_SHARD_NO_OFFLOAD,
+    }
+
     def _trained(self, api):
         model = wrapping.wrap_spec(SPEC, api, device=self.device)
         training.train(model, SPEC, steps=2, seed=0, device=self.device)

@@ -114,9 +114,12 @@ def run_recorded(
     return losses, logs
 
 
-def any_rank(flag: bool) -> bool:
-    """True if ``flag`` is true on some rank (a collective)."""
-    value = torch.tensor(float(flag))
+def any_rank(flag: bool, device) -> bool:
+    """True if ``flag`` is true on some rank (a collective on the rank's ``device``).
+
+    The tensor lives on the rank's device: NCCL has no CPU tensors.
+    """
+    value = torch.tensor(float(flag), device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 
@@ -162,7 +165,7 @@ def check_matches_eager(test, mode: str, backend: str, *, steps: int = 3) -> Non
     )
     split = split_blocks(recorder.graphs)
     reasons = []
-    if any_rank(bool(split) or not recorder.graphs):
+    if any_rank(bool(split) or not recorder.graphs, device):
         inputs, _ = data.rank_batch(SPEC, seed=0, rank=compat.rank(), step=0, device=device)
         reasons = break_reasons(model, inputs)
     reference, _ = training.reference_train(SPEC, steps=steps, device=device)
