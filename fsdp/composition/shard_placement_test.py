@@ -47,7 +47,11 @@ class ShardPlacementTest(multirank.MultiRankTestCase):
             if tuple(p.placements) != (Shard(dim),):
                 wrong[name] = f"asked for (Shard({dim}),), got {tuple(p.placements)}"
             expected_local[name] = full[name].chunk(self.world_size, dim)[self.rank]
-        self.assertEmpty(wrong, f"rank {self.rank}: placements [{context}]: {wrong}")
+        if wrong:
+            self.fail(
+                f"rank {self.rank}: {len(wrong)} parameters placed otherwise than asked "
+                f"[{context}]:\n" + "\n".join(f"  {n}: {m}" for n, m in wrong.items())
+            )
         local = {params.clean_name(n): p.to_local().cpu() for n, p in model.named_parameters()}
         parity.assert_params_close(
             local, expected_local, rtol=0, atol=0, what="local shard", context=context

@@ -1,6 +1,6 @@
 """FSDP2 over tensor parallelism trains like the unsharded model, each rank holding its chunk.
 
-``tp_models.SPEC`` (a 2-block transformer) is split by torch's ``parallelize_module``
+``tensor_parallel.SPEC`` (a one-block transformer) is split by torch's ``parallelize_module``
 over the ``tp`` dimension of a ``(dp, tp)`` mesh (``meshes.dp_tp_shape``: 2 x 2 at
 world size 4, 2 x 4 at 8, 1 x 2 at 2) with the ``sequence_parallel`` plan:
 column-wise q/k/v and first feed-forward projections, row-wise output projections,
@@ -14,7 +14,7 @@ Pass:
   ``tensor_parallel.expected_placements`` derives (``_StridedShard(0, split_factor=tp)``
   over ``dp`` where both split dim 0), and each rank's local shard equals, bit for
   bit, FSDP's dim-0 chunk of tensor parallelism's chunk of the full parameter;
-* training: after 3 AdamW steps, every full parameter and the per-step losses equal
+* training: after 2 AdamW steps, every full parameter and the per-step losses equal
   a model trained without parallelism on the global batch (float32 tolerance), and
   the layout still holds;
 * hybrid: the same training parity on a ``(replicate, shard, tp)`` mesh.
@@ -25,9 +25,9 @@ import torch
 from testing import multirank
 from testing.fsdp import meshes, params, parity, tensor_parallel, tp_models, training
 
-SPEC = tp_models.SPEC
+SPEC = tensor_parallel.SPEC
 PLAN = "sequence_parallel"
-STEPS = 3
+STEPS = 2
 
 
 def adamw(parameters):
@@ -39,23 +39,6 @@ class TensorParallelTest(multirank.MultiRankTestCase):
     def _mesh(self):
         return meshes.dp_tp_mesh(meshes.dp_tp_shape(self.world_size), self.device.type)
 
-    def _check_layout(self, model, mesh, full, context):
-        """Placements and local shards of ``model`` against the full parameters ``full``."""
-        mismatches = tensor_parallel.placement_mismatches(model, PLAN, mesh)
-        self.assertEmpty(
-            mismatches,
-            f"rank {self.rank}: parameters placed otherwise than requested [{context}]:\n"
-            + "\n".join(f"  {n}: {m}" for n, m in mismatches.items()),
-        )
-        parity.assert_params_close(
-            tensor_parallel.local_shards(model),
-            tensor_parallel.expected_shards(full, PLAN, mesh),
-            rtol=0,
-            atol=0,
-            what="local shard",
-            context=context,
-        )
-
     def test_placements_and_local_shards_fsdp2(self):
         mesh = self._mesh()
         model = tensor_parallel.shard_2d(mesh, PLAN, device=self.device)
@@ -64,7 +47,7 @@ class TensorParallelTest(multirank.MultiRankTestCase):
         strided = [n for n in full if tp_models.tp_dim(n, PLAN) == 0]
         self.assertNotEmpty(strided, "the plan must split some parameter on dim 0 (strided)")
         context = f"mesh (dp, tp) = {tuple(mesh.shape)}"
-        self._check_layout(model, mesh, full, context)
+        tensor_parallel.assert_layout(model, PLAN, mesh, full, context)
         parity.assert_params_close(gathered, full, rtol=0, atol=0, context=context)
 
     def test_training_matches_reference_fsdp2(self):
@@ -86,7 +69,7 @@ class TensorParallelTest(multirank.MultiRankTestCase):
         expected = params.full_params(reference)
         context = f"mesh {mesh.mesh_dim_names} = {tuple(mesh.shape)} steps={STEPS}"
         training.assert_matches_reference(actual, expected, losses, ref_losses, context=context)
-        self._check_layout(model, mesh, actual, context + ", after training")
+        tensor_parallel.assert_layout(model, PLAN, mesh, actual, context + ", after training")
 
 
 if __name__ == "__main__":

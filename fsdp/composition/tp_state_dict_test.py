@@ -1,8 +1,8 @@
 """State dicts of an FSDP2 + tensor-parallel model round-trip, and reshard through DCP.
 
-``tp_models.SPEC`` is split over ``tp`` and sharded over ``dp``
+``tensor_parallel.SPEC`` (a one-block transformer) is split over ``tp`` and sharded over ``dp``
 (``tensor_parallel.shard_2d``, ``sequence_parallel`` plan, 2 x 2 at world size 4) and
-trained 2 AdamW steps on data distinct per data-parallel group. Then:
+trained one AdamW step on data distinct per data-parallel group. Then:
 
 * full state dict: ``get_model_state_dict(full_state_dict=True)`` holds plain tensors
   equal, bit for bit, to the gathered parameters; ``set_model_state_dict`` of it into
@@ -19,17 +19,16 @@ trained 2 AdamW steps on data distinct per data-parallel group. Then:
 
 import torch
 import torch.distributed.checkpoint as dcp
-from absl.testing import parameterized
 from torch.distributed.checkpoint import state_dict as dsd
 
 from testing import dist_helpers
 from testing import multirank
-from testing.fsdp import compat, meshes, params, parity, state_dicts, tensor_parallel, tp_models
+from testing.fsdp import compat, meshes, params, parity, state_dicts, tensor_parallel
 from testing.fsdp import training
 
-SPEC = tp_models.SPEC
+SPEC = tensor_parallel.SPEC
 PLAN = "sequence_parallel"
-STEPS = 2
+STEPS = 1
 FULL = dsd.StateDictOptions(full_state_dict=True)
 
 
@@ -42,7 +41,7 @@ def adamw(parameters):
 _TARGETS = (("tp_only", lambda n: (1, n)), ("fsdp_only", lambda n: (n, 1)))
 
 
-class TpStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
+class TpStateDictTest(multirank.MultiRankTestCase):
     def _trained(self):
         """A 2-D model and its optimizer after :data:`STEPS` steps; also its mesh."""
         mesh = meshes.dp_tp_mesh(meshes.dp_tp_shape(self.world_size), self.device.type)
@@ -58,67 +57,42 @@ class TpStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
         )
         return model, optimizer, mesh
 
-    def _check_layout(self, model, mesh, full, context):
-        mismatches = tensor_parallel.placement_mismatches(model, PLAN, mesh)
-        self.assertEmpty(
-            mismatches,
-            f"rank {self.rank}: placed otherwise than requested [{context}]:\n"
-            + "\n".join(f"  {n}: {m}" for n, m in mismatches.items()),
-        )
-        parity.assert_params_close(
-            tensor_parallel.local_shards(model),
-            tensor_parallel.expected_shards(full, PLAN, mesh),
-            rtol=0,
-            atol=0,
-            what="local shard",
-            context=context,
-        )
-
-    def test_full_state_dict_round_trip_fsdp2(self):
+    def test_full_and_sharded_state_dicts_round_trip_fsdp2(self):
         model, _, mesh = self._trained()
         saved = params.full_params(model)
-        state = dsd.get_model_state_dict(model, options=FULL)
+        full = dsd.get_model_state_dict(model, options=FULL)
         # Read before loading: set_model_state_dict(full_state_dict=True) replaces the
         # given dict's values with the DTensors it distributed (torch 2.13).
-        dtensors = sorted(k for k, v in state.items() if compat.is_dtensor(v))
-        as_saved = {params.clean_name(k): v.detach().to("cpu", copy=True) for k, v in state.items()}
-        fresh = tensor_parallel.shard_2d(mesh, PLAN, device=self.device, seed=1)
-        dsd.set_model_state_dict(fresh, state, options=FULL)
-        loaded = params.full_params(fresh)  # collective: before any assertion
+        dtensors = sorted(k for k, v in full.items() if compat.is_dtensor(v))
+        as_saved = {params.clean_name(k): v.detach().to("cpu", copy=True) for k, v in full.items()}
+        from_full = tensor_parallel.shard_2d(mesh, PLAN, device=self.device, seed=1)
+        dsd.set_model_state_dict(from_full, full, options=FULL)
+        sharded = model.state_dict()
+        from_sharded = tensor_parallel.shard_2d(mesh, PLAN, device=self.device, seed=1)
+        from_sharded.load_state_dict(sharded)
+        loaded_full = params.full_params(from_full)  # collectives: before any assertion
+        loaded_sharded = params.full_params(from_sharded)
 
         self.assertEmpty(dtensors, "a full state dict must hold plain tensors")
         parity.assert_params_close(as_saved, saved, rtol=0, atol=0, context="full state dict")
-        parity.assert_params_close(loaded, saved, rtol=0, atol=0, context="after load")
-        self._check_layout(fresh, mesh, saved, "full state dict loaded")
-
-    def test_sharded_state_dict_round_trip_fsdp2(self):
-        model, _, mesh = self._trained()
-        saved = params.full_params(model)
-        state = model.state_dict()
-        fresh = tensor_parallel.shard_2d(mesh, PLAN, device=self.device, seed=1)
-        fresh.load_state_dict(state)
-        loaded = params.full_params(fresh)  # collective: before any assertion
-
+        parity.assert_params_close(loaded_full, saved, rtol=0, atol=0, context="full, loaded")
+        tensor_parallel.assert_layout(from_full, PLAN, mesh, saved, "full state dict loaded")
         for name, p in model.named_parameters():
-            value = state[name]
+            value = sharded[name]
             self.assertTrue(compat.is_dtensor(value), f"{name}: not a DTensor")
             self.assertEqual(
                 (value.device_mesh, tuple(value.placements)),
                 (p.device_mesh, tuple(p.placements)),
                 f"{name}: sharded state dict entry laid out unlike its parameter",
             )
-        parity.assert_params_close(loaded, saved, rtol=0, atol=0, context="after load")
-        self._check_layout(fresh, mesh, saved, "sharded state dict loaded")
+        parity.assert_params_close(loaded_sharded, saved, rtol=0, atol=0, context="sharded, loaded")
+        tensor_parallel.assert_layout(from_sharded, PLAN, mesh, saved, "sharded state dict loaded")
 
-    @parameterized.named_parameters(*_TARGETS)
-    def test_dcp_reshards_to_other_layout_fsdp2(self, target):
+    def test_dcp_reshards_to_other_layouts_fsdp2(self):
         model, optimizer, _ = self._trained()
         saved = params.full_params(model)
         saved_optim = state_dicts.full_optim_state(model, optimizer)
-        shape = target(self.world_size)
-        mesh = meshes.dp_tp_mesh(shape, self.device.type)
-        fresh = tensor_parallel.shard_2d(mesh, PLAN, device=self.device, seed=1)
-        fresh_optimizer = adamw(fresh.parameters())
+        failures = parity.DeferredFailures()  # every rank loads every layout
         with dist_helpers.shared_tempdir(prefix="ckpt-") as path:
             dcp.save(
                 {
@@ -127,19 +101,30 @@ class TpStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 },
                 checkpoint_id=path,
             )
-            state = {
-                "model": dsd.get_model_state_dict(fresh),
-                "optim": dsd.get_optimizer_state_dict(fresh, fresh_optimizer),
-            }
-            dcp.load(state, checkpoint_id=path)
-        dsd.set_model_state_dict(fresh, state["model"])
-        dsd.set_optimizer_state_dict(fresh, fresh_optimizer, state["optim"])
-        loaded = params.full_params(fresh)  # collectives: before any assertion
-        loaded_optim = state_dicts.full_optim_state(fresh, fresh_optimizer)
-
-        what = f"saved on (dp, tp) = {meshes.dp_tp_shape(self.world_size)}, loaded on {shape}"
-        state_dicts.assert_loaded_exactly(loaded, loaded_optim, saved, saved_optim, what)
-        self._check_layout(fresh, mesh, saved, what)
+            for name, target in _TARGETS:
+                shape = target(self.world_size)
+                mesh = meshes.dp_tp_mesh(shape, self.device.type)
+                fresh = tensor_parallel.shard_2d(mesh, PLAN, device=self.device, seed=1)
+                fresh_optimizer = adamw(fresh.parameters())
+                state = {
+                    "model": dsd.get_model_state_dict(fresh),
+                    "optim": dsd.get_optimizer_state_dict(fresh, fresh_optimizer),
+                }
+                dcp.load(state, checkpoint_id=path)
+                dsd.set_model_state_dict(fresh, state["model"])
+                dsd.set_optimizer_state_dict(fresh, fresh_optimizer, state["optim"])
+                loaded = params.full_params(fresh)  # collectives: before any assertion
+                loaded_optim = state_dicts.full_optim_state(fresh, fresh_optimizer)
+                what = (
+                    f"saved on (dp, tp) = {meshes.dp_tp_shape(self.world_size)}, "
+                    f"loaded on {shape} ({name})"
+                )
+                with failures.check(what):
+                    state_dicts.assert_loaded_exactly(
+                        loaded, loaded_optim, saved, saved_optim, what
+                    )
+                    tensor_parallel.assert_layout(fresh, PLAN, mesh, saved, what)
+        failures.raise_if_any()
 
 
 if __name__ == "__main__":

@@ -124,17 +124,23 @@ def any_rank(flag: bool, device) -> bool:
     return bool(value.item())
 
 
-def break_reasons(model: nn.Module, *args) -> List[str]:
-    """Graph-break reasons dynamo reports for ``model(*args)`` (``torch._dynamo.explain``).
+def break_reasons(model: nn.Module, device) -> List[str]:
+    """Graph-break reasons ``torch._dynamo.explain`` gives for the first block's forward.
 
-    Runs ``model`` once more (with FSDP2's hooks: a collective) under ``no_grad``.
-    Best effort, for failure messages: an error while explaining becomes the reason.
+    The block's parameters are gathered (``unshard()``: a collective) so its forward
+    runs outside FSDP2's hooks on a random activation of the right shape. Best
+    effort, for failure messages: an error while explaining becomes the reason.
     """
+    block = model.get_submodule(SPEC.units[0])
+    activation = torch.randn(2, tp_models.SEQ, tp_models.DIM, device=device)
+    block.unshard()
     try:
         with torch.no_grad():
-            explanation = compat.dynamo_explain(model)(*args)
+            explanation = compat.dynamo_explain(block.forward)(activation)
     except Exception as e:  # noqa: BLE001 - reported, not raised: the caller fails anyway
         return [f"torch._dynamo.explain failed: {type(e).__name__}: {str(e)[:300]}"]
+    finally:
+        block.reshard()
     return [
         f"{reason.reason.strip()} at {reason.user_stack[-1] if reason.user_stack else '?'}"
         for reason in explanation.break_reasons
@@ -166,8 +172,7 @@ def check_matches_eager(test, mode: str, backend: str, *, steps: int = 3) -> Non
     split = split_blocks(recorder.graphs)
     reasons = []
     if any_rank(bool(split) or not recorder.graphs, device):
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=compat.rank(), step=0, device=device)
-        reasons = break_reasons(model, inputs)
+        reasons = break_reasons(model, device)
     reference, _ = training.reference_train(SPEC, steps=steps, device=device)
     actual = params.full_params(model)  # collectives: before any assertion
     expected = params.full_params(eager)

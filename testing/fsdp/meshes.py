@@ -1,4 +1,4 @@
-"""Two-dimensional (replicate x shard) meshes for hybrid sharding (HSDP) tests.
+"""Two-dimensional (replicate x shard) meshes for hybrid sharding (HSDP) tests, and more.
 
 Hybrid sharding splits the world into ``replicate`` groups of ``shard`` ranks:
 parameters are sharded within a group (reduce-scatter of gradients) and
@@ -10,6 +10,10 @@ replica ``r // shard`` and shard position ``r % shard``, as
         mesh = meshes.hsdp_mesh(shape, self.device.type)
         model = wrapping.wrap_spec(spec, "fsdp2", mesh=mesh)
         model = wrapping.wrap_spec(spec, "fsdp1", **meshes.fsdp1_hybrid_options(shape, ...))
+
+The second half builds meshes with a tensor- or expert-parallel dimension:
+``(dp, tp)`` (:func:`dp_tp_mesh`), ``(replicate, shard, tp)`` (:func:`hsdp_tp_mesh`)
+and ``(edp, ep)`` (:func:`expert_mesh`).
 
 Every function that creates process groups is a collective: call it on every
 rank, with the same arguments, in the same order.

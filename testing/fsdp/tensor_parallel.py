@@ -1,6 +1,6 @@
 """FSDP2 over tensor parallelism: 2-D (and 3-D) sharding and what each rank must hold.
 
-:func:`shard_2d` builds :data:`tp_models.SPEC`, splits it with torch's
+:func:`shard_2d` builds :data:`SPEC` (``tp_models.ONE_BLOCK``), splits it with torch's
 ``parallelize_module`` over the mesh's ``tp`` dimension, then shards it with
 ``fully_shard`` over the data-parallel part (``dp``, or ``(replicate, shard)``
 for hybrid sharding), the order torch documents for 2-D parallelism.
@@ -23,7 +23,10 @@ from torch import nn
 from torch.distributed.tensor import Replicate, Shard
 from torch.distributed.tensor.parallel import parallelize_module
 
-from testing.fsdp import compat, data, meshes, params, tp_models, wrapping
+from testing.fsdp import compat, data, meshes, params, parity, tp_models, wrapping
+
+# The model the 2-D tests train: one block carries every placement the plans give.
+SPEC = tp_models.ONE_BLOCK
 
 
 def fsdp_mesh(mesh):
@@ -46,17 +49,17 @@ def _shard_dim(mesh) -> str:
 def shard_2d(
     mesh, plan: str, *, device, seed: int = 0, model: Optional[nn.Module] = None, **wrap_options
 ) -> nn.Module:
-    """:data:`tp_models.SPEC` split by ``plan`` over ``mesh["tp"]``, then ``fully_shard``-ed.
+    """:data:`SPEC`'s model split by ``plan`` over ``mesh["tp"]``, then ``fully_shard``-ed.
 
-    ``fully_shard`` goes on each of :data:`tp_models.UNITS`, then the root, over
+    ``fully_shard`` goes on each of ``SPEC.units``, then the root, over
     :func:`fsdp_mesh`; ``wrap_options`` go to :func:`wrapping.wrap` (e.g.
     ``reshard_after_forward``). ``model`` replaces ``SPEC.build(seed)``.
     """
-    model = tp_models.SPEC.build(seed) if model is None else model
+    model = SPEC.build(seed) if model is None else model
     model = model.to(device)
-    parallelize_module(model, mesh["tp"], tp_models.tp_plan(plan))
+    parallelize_module(model, mesh["tp"], tp_models.tp_plan(plan, SPEC.units))
     return wrapping.wrap(
-        model, "fsdp2", tp_models.UNITS, device=device, mesh=fsdp_mesh(mesh), **wrap_options
+        model, "fsdp2", SPEC.units, device=device, mesh=fsdp_mesh(mesh), **wrap_options
     )
 
 
@@ -125,17 +128,40 @@ def expected_shards(full: Dict[str, torch.Tensor], plan: str, mesh) -> Dict[str,
 def reference_grads(
     *, data_ranks: int, step: int = 0, seed: int = 0, device=None
 ) -> Tuple[nn.Module, Dict[str, Optional[torch.Tensor]]]:
-    """An unsharded :data:`tp_models.SPEC` after one backward on the global batch.
+    """An unsharded :data:`SPEC` model after one backward on the global batch.
 
     The global batch is the ``data_ranks`` data-parallel groups' batches of
     ``step`` (what a 2-D run trains on, ``tp`` ranks sharing their group's),
     so its gradients are what a 2-D run's must gather to. Returns ``(model,
     {name: CPU gradient})``.
     """
-    spec = tp_models.SPEC
+    spec = SPEC
     model = spec.build(seed).to(device or "cpu")
     inputs, targets = data.global_batch(
         spec, seed=seed, world_size=data_ranks, step=step, device=device
     )
     spec.loss_fn(model(inputs), targets).backward()
     return model, params.full_grads(model)
+
+
+def assert_layout(model: nn.Module, plan: str, mesh, full: Dict[str, torch.Tensor], context: str):
+    """Asserts every parameter's placements and, bit for bit, its local shard.
+
+    ``full`` is ``{name: full value}`` the shards must be cut from
+    (:func:`expected_shards`); a mismatch names every parameter placed otherwise
+    than :func:`expected_placements` says, then every differing shard.
+    """
+    mismatches = placement_mismatches(model, plan, mesh)
+    if mismatches:
+        raise AssertionError(
+            f"rank {compat.rank()}: {len(mismatches)} parameters placed otherwise than "
+            f"requested [{context}]:\n" + "\n".join(f"  {n}: {m}" for n, m in mismatches.items())
+        )
+    parity.assert_params_close(
+        local_shards(model),
+        expected_shards(full, plan, mesh),
+        rtol=0,
+        atol=0,
+        what="local shard",
+        context=context,
+    )

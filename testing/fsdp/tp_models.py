@@ -1,7 +1,7 @@
 """A tiny decoder-only transformer ready for tensor parallelism, and its TP plans.
 
-:data:`SPEC` (``tp_transformer``) is a :class:`models.ModelSpec` whose attention
-and feed-forward projections are separate ``nn.Linear`` modules, so torch's
+:data:`SPEC` (2 blocks) and :data:`ONE_BLOCK` are :class:`models.ModelSpec` s whose
+attention and feed-forward projections are separate ``nn.Linear`` modules, so torch's
 ``parallelize_module`` can split them column-wise and row-wise; attention derives
 its number of heads from the width of the local ``q`` projection, so the same
 module runs unsharded (reference), or with ``HEADS / tp`` heads per rank. Sizes
@@ -22,6 +22,7 @@ Two plans (:func:`tp_plan`):
   mesh while the projections are 2-D: two meshes in one model.
 """
 
+import functools
 from typing import Dict, Optional
 
 import torch
@@ -36,9 +37,8 @@ from torch.distributed.tensor.parallel import (
 
 from testing.fsdp import models
 
-VOCAB, DIM, HEADS, HIDDEN, SEQ, DEPTH = 32, 16, 4, 32, 8, 2
+VOCAB, DIM, HEADS, HIDDEN, SEQ = 32, 16, 4, 32, 8
 HEAD_DIM = DIM // HEADS
-UNITS = tuple(f"layers.{i}" for i in range(DEPTH))
 PLANS = ("sequence_parallel", "blocks_only")
 
 # Projections and the dimension of their weight that tensor parallelism splits
@@ -73,12 +73,12 @@ class TpBlock(nn.Module):
 
 
 class TpTransformer(nn.Module):
-    """Embedding, :data:`DEPTH` :class:`TpBlock` units, final norm, output head."""
+    """Embedding, ``depth`` :class:`TpBlock` units, final norm, output head."""
 
-    def __init__(self):
+    def __init__(self, depth: int = 2):
         super().__init__()
         self.embed = nn.Embedding(VOCAB, DIM)
-        self.layers = nn.ModuleList(TpBlock() for _ in range(DEPTH))
+        self.layers = nn.ModuleList(TpBlock() for _ in range(depth))
         self.norm = nn.LayerNorm(DIM)
         self.output = nn.Linear(DIM, VOCAB)
 
@@ -116,18 +116,26 @@ def _lm_loss(logits, targets):
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-SPEC = models.ModelSpec(
-    name="tp_transformer",
-    factory=TpTransformer,
-    units=UNITS,
-    make_batch=_token_batch,
-    loss_fn=_lm_loss,
-    description="transformer with splittable projections for tensor parallelism",
-)
+def _spec(depth: int) -> models.ModelSpec:
+    return models.ModelSpec(
+        name=f"tp_transformer{depth}",
+        factory=functools.partial(TpTransformer, depth),
+        units=tuple(f"layers.{i}" for i in range(depth)),
+        make_batch=_token_batch,
+        loss_fn=_lm_loss,
+        description=f"{depth}-block transformer with splittable projections",
+    )
 
 
-def tp_plan(kind: str) -> Dict[str, object]:
-    """The ``parallelize_module`` plan ``kind`` (one of :data:`PLANS`) for :data:`SPEC`."""
+# Two blocks: FSDP units between which compiled graphs, hooks and prefetches alternate.
+SPEC = _spec(2)
+# One block: every placement tensor parallelism gives, at half the DTensor work per step
+# (what the 2-D tests run, four ranks on few cores).
+ONE_BLOCK = _spec(1)
+
+
+def tp_plan(kind: str, units=SPEC.units) -> Dict[str, object]:
+    """The ``parallelize_module`` plan ``kind`` (one of :data:`PLANS`) for blocks ``units``."""
     if kind not in PLANS:
         raise ValueError(f"unknown TP plan {kind!r}; use one of {PLANS}")
     plan: Dict[str, object] = {}
@@ -136,7 +144,7 @@ def tp_plan(kind: str) -> Dict[str, object]:
     # sequence dimension (Shard(1)); each projection gathers them first.
     col = dict(input_layouts=Shard(1)) if sequence else {}
     row = dict(output_layouts=Shard(1)) if sequence else {}
-    for unit in UNITS:
+    for unit in units:
         for name in _COLWISE:
             plan[f"{unit}.{name}"] = ColwiseParallel(**col)
         for name in _ROWWISE:
