@@ -24,6 +24,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from testing import dist_helpers
 from testing.fsdp import compat
 
 APIS = ("fsdp1", "fsdp2")
@@ -295,9 +296,11 @@ def _wrap_fsdp2(model, units, device, policies, cpu_offload, reshard, mesh, extr
         # An explicit mp_policy in extra (kwargs) wins over the wrap option.
         return {"mp_policy": policy, **kwargs} if policy is not None else kwargs
 
-    for name in units:
-        compat.fully_shard(model.get_submodule(name), **unit_kwargs(name))
-    compat.fully_shard(model, **unit_kwargs(""))
+    # An int reshard_after_forward makes torch build a post-forward mesh per unit.
+    with dist_helpers.torch_made_groups("fully_shard"):
+        for name in units:
+            compat.fully_shard(model.get_submodule(name), **unit_kwargs(name))
+        compat.fully_shard(model, **unit_kwargs(""))
     if meta:
         # fully_shard leaves meta DTensors: give them storage, then initialize.
         model.to_empty(device=device)
