@@ -99,8 +99,8 @@ def torch_made_groups(what: str) -> Iterator[None]:
     """Process groups torch makes in the block for its own use are left to it.
 
     For torch calls that make groups they keep and never destroy (FSDP2's
-    ``reshard_after_forward=<int>`` makes a post-forward mesh per unit in torch 2.10
-    and 2.12). Such groups are not the test's leak, but they would pile up on
+    ``reshard_after_forward=<int>`` makes a post-forward mesh, new groups, per unit:
+    seen on 2.10, 2.12 and 2.13). Such groups are not the test's leak, but they would pile up on
     ranks that serve many tests: the ranks are retired after the test instead.
     ``what`` names the call in the retirement's reason.
     """
