@@ -66,6 +66,12 @@ def own(names) -> None:
     _POOL_OWNED.update(names)
 
 
+def retire_with(names, what: str) -> None:
+    """Groups torch made for itself: not a leak, but the ranks are retired after the test."""
+    _POOL_OWNED.update(names)
+    _RETIRE.append(f"{what} made process groups {sorted(names)} that torch keeps")
+
+
 def destroy_group(group) -> None:
     """Destroys ``group`` and retires the ranks after the current test."""
     import torch.distributed as dist

@@ -77,7 +77,7 @@ def _from_rank0(obj):
 
 
 _FSDP1_SUBGROUP_OPTIM = known_failures.TorchBug(
-    "FSDP1 optimizer state dict on a subgroup",
+    "pytorch#180449",
     "the optimizer state dict of an FSDP1 model sharded on a subgroup issues a collective "
     "on the default group, so ranks outside the subgroup deadlock or receive its data",
     affected=">=2.10,<2.13",

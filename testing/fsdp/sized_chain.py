@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from testing import dist_helpers
 from testing.fsdp import collective_count, collective_spy, compat, data, models, params
-from testing.fsdp import parity, training, wrapping
+from testing.fsdp import parity, training
 
 UNITS = ("layers.0", "layers.1", "layers.2")
 ROOT = "root"
@@ -185,10 +186,11 @@ def wrap_fsdp2(device: torch.device, reshard=None, mesh=None) -> nn.Module:
     model = SPEC.build(seed=0).to(device)
     mesh = mesh or compat.init_device_mesh(device.type, (compat.world_size(),))
     options = {} if reshard is None else {"reshard_after_forward": reshard}
-    with wrapping.post_forward_groups_owned(reshard):
+    # An int reshard_after_forward makes torch build a post-forward mesh per unit.
+    with dist_helpers.torch_made_groups("fully_shard"):
         for unit in UNITS:
             compat.fully_shard(model.get_submodule(unit), mesh=mesh, **options)
-    compat.fully_shard(model, mesh=mesh)
+        compat.fully_shard(model, mesh=mesh)
     return model
 
 

@@ -18,7 +18,6 @@ moved: FSDP1 materializes it (``reset_parameters()`` per module, or
 ``reset_parameters()`` per module after sharding.
 """
 
-import contextlib
 import dataclasses
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
@@ -275,19 +274,6 @@ def _wrap_fsdp1(model, units, device, policies, cpu_offload, strategy, use_orig_
     return compat.FSDP(model, **unit_kwargs(""))
 
 
-def post_forward_groups_owned(reshard):
-    """Context for ``fully_shard`` calls with ``reshard_after_forward=reshard``.
-
-    An int makes fully_shard create a process group per post-forward shard group,
-    which the model never destroys: they belong to the ranks, not to the test (the
-    harness fails a test that leaves groups of its own behind).
-    """
-    # bool is an int subclass: True/False create no groups.
-    if isinstance(reshard, int) and not isinstance(reshard, bool):
-        return dist_helpers.pool_owned()
-    return contextlib.nullcontext()
-
-
 def _wrap_fsdp2(model, units, device, policies, cpu_offload, reshard, mesh, extra):
     if not compat.has_fsdp2():
         raise RuntimeError(f"FSDP2 (fully_shard) is not available in torch {torch.__version__}")
@@ -310,7 +296,8 @@ def _wrap_fsdp2(model, units, device, policies, cpu_offload, reshard, mesh, extr
         # An explicit mp_policy in extra (kwargs) wins over the wrap option.
         return {"mp_policy": policy, **kwargs} if policy is not None else kwargs
 
-    with post_forward_groups_owned(reshard):
+    # An int reshard_after_forward makes torch build a post-forward mesh per unit.
+    with dist_helpers.torch_made_groups("fully_shard"):
         for name in units:
             compat.fully_shard(model.get_submodule(name), **unit_kwargs(name))
         compat.fully_shard(model, **unit_kwargs(""))

@@ -106,5 +106,18 @@ class D2SharesThePool(multirank.MultiRankTestCase):
         self.assertEqual(t.item(), self.world_size)
 
 
+class E1GroupsLeftToTorch(multirank.MultiRankTestCase):
+    """Stands for a torch call that makes a group and keeps it (FSDP2's post-forward mesh)."""
+
+    def test_torch_keeps_a_group(self):
+        _record_pid(self.id(), self.rank)
+        with dist_helpers.torch_made_groups("a torch call"):
+            dist.new_group(list(range(self.world_size)))
+
+
+class E2AfterTorchGroups(D2SharesThePool):
+    """Runs after E1."""
+
+
 if __name__ == "__main__":
     multirank.main()

@@ -15,6 +15,8 @@ test recorded:
   each; C2 sees none of them.
 * D1 keeps a group under ``dist_helpers.pool_owned()``: it passes, and D2 runs on
   the same ranks.
+* E1 leaves a group to torch (``dist_helpers.torch_made_groups``): it passes and
+  retires its ranks; E2 runs on fresh ones.
 """
 
 import os
@@ -98,6 +100,11 @@ class PoolLeakTest(absltest.TestCase):
         self.assertIn("default dtype is torch.float64 (was torch.float32)", message)
         self.assert_outcome("C2SeesCleanState", "passed")
         self.assertNotEqual(self.pids["C1LeavesGroupAndVariable"], self.pids["C2SeesCleanState"])
+
+    def test_group_torch_keeps_retires_the_ranks(self):
+        self.assert_outcome("E1GroupsLeftToTorch", "passed")
+        self.assert_outcome("E2AfterTorchGroups", "passed")
+        self.assertNotEqual(self.pids["E1GroupsLeftToTorch"], self.pids["E2AfterTorchGroups"])
 
     def test_pool_owned_group_keeps_the_ranks(self):
         self.assert_outcome("D1KeepsPoolOwnedGroup", "passed")
