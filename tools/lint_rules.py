@@ -37,14 +37,6 @@ LONG_FUNCTIONS = {}
 # Offenders in files other work is changing at the time of writing: reported as
 # "pending" on every run, without failing it, until they are split and removed here.
 PENDING = {
-    "fsdp/precision/unfreeze_test.py:UnfreezeTest.test_unfrozen_unit_keeps_reduce_dtype": (
-        "62 lines; the fsdp/ tests are being edited elsewhere"
-    ),
-    "fsdp/state/resume_world_size_test.py:ResumeWorldSizeTest.test_resume_on_more_ranks": (
-        "76 lines; the fsdp/ tests are being edited elsewhere"
-    ),
-    "testing/fsdp/models.py": "609 lines; being edited elsewhere",
-    "testing/fsdp/wrapping.py:wrap": "90 lines; being edited elsewhere",
     "tools/report/collect.py": "to split (this series)",
     "tools/report/collect.py:parse_bazel_xml": "to split (this series)",
     "tools/report/collect.py:parse_pytest_junit": "to split (this series)",
