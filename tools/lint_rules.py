@@ -36,13 +36,7 @@ LONG_FUNCTIONS = {}
 
 # Offenders in files other work is changing at the time of writing: reported as
 # "pending" on every run, without failing it, until they are split and removed here.
-PENDING = {
-    "fsdp/state/resume_world_size_test.py:ResumeWorldSizeTest.test_resume_on_more_ranks": (
-        "80 lines; the fsdp/ tests are being edited elsewhere"
-    ),
-    "testing/fsdp/models.py": "609 lines; being edited elsewhere",
-    "testing/fsdp/wrapping.py:wrap": "90 lines; being edited elsewhere",
-}
+PENDING = {}
 
 _ISSUE_WORD = re.compile(r"\bissues?\s+#?\d+", re.IGNORECASE)
 # A bare "#N": no project name (letters, digits, "/", "-", "_", ".") right before it.

@@ -151,79 +151,77 @@ class ResumeWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
         # A collective over the world: every rank calls it. destroy_group at the end.
         group = dist.new_group(savers)
         with dist_helpers.shared_tempdir(prefix="ckpt-") as path:
-            saved = None
-            if self.rank in savers:
-                model = _wrap(api, 0, self.device, group)
-                opt = _adamw(model.parameters())
-                _train_in_group(model, opt, range(SAVED_AT), self.device)
-                saved = (params.full_params(model), state_dicts.full_optim_state(model, opt))
-                if how == "dcp":
-                    model_state, optim_state = dsd.get_state_dict(model, opt)
-                    dcp.save(
-                        {"model": model_state, "optim": optim_state},
-                        checkpoint_id=path,
-                        process_group=group,
-                    )
-                else:
-                    # FSDP1 cannot offload from a CPU device (torch 2.13 frees the
-                    # gathered tensors: "setStorage ... of size 0").
-                    options = dsd.StateDictOptions(
-                        full_state_dict=True, cpu_offload=self.device.type != "cpu"
-                    )
-                    full = (
-                        dsd.get_model_state_dict(model, options=options),
-                        dsd.get_optimizer_state_dict(model, opt, options=options),
-                    )
-                    saved = saved + (full,)
+            saved = (
+                _save_on_subgroup(api, how, group, path, self.device)
+                if self.rank in savers
+                else None
+            )
             expected_params, expected_optim, *full = _from_rank0(saved)
-
-            fresh = _wrap(api, 1, self.device)
-            fresh_opt = _adamw(fresh.parameters())
-            if how == "dcp":
-                # The target dicts: get_state_dict creates the optimizer state
-                # that dcp.load fills in place.
-                model_state, optim_state = dsd.get_state_dict(fresh, fresh_opt)
-                state = {"model": model_state, "optim": optim_state}
-                dcp.load(state, checkpoint_id=path)
-                dsd.set_state_dict(
-                    fresh,
-                    fresh_opt,
-                    model_state_dict=state["model"],
-                    optim_state_dict=state["optim"],
-                )
-            else:
-                model_state, optim_state = full[0]
-                dsd.set_model_state_dict(fresh, model_state, options=FULL)
-                dsd.set_optimizer_state_dict(fresh, fresh_opt, optim_state, options=FULL)
+            fresh, fresh_opt = _load_on_world(api, how, path, full, self.device)
         self._assert_state(fresh, fresh_opt, expected_params, expected_optim, what)
 
         training.train(fresh, SPEC, steps=[SAVED_AT], optimizer=fresh_opt)
-        ref = SPEC.build(seed=0).to(self.device)
-        ref_opt = _adamw(ref.parameters())
-        training.reference_train(
-            SPEC,
-            steps=range(SAVED_AT),
-            world_size=len(savers),
-            device=self.device,
-            model=ref,
-            optimizer=ref_opt,
-        )
-        training.reference_train(
-            SPEC,
-            steps=[SAVED_AT],
-            world_size=self.world_size,
-            device=self.device,
-            model=ref,
-            optimizer=ref_opt,
-        )
         parity.assert_params_close(
             params.full_params(fresh),
-            params.full_params(ref),
+            _reference_after_growth(len(savers), self.world_size, self.device),
             context=f"{what}: one step after load vs reference",
         )
         # Through the harness: its ranks are then replaced, since torch's DTensor caches
         # may still hold a mesh of the destroyed group.
         dist_helpers.destroy_group(group)
+
+
+def _save_on_subgroup(api, how, group, path, device):
+    """Trains on the subgroup and saves; returns (full params, full optim state[, full dicts])."""
+    model = _wrap(api, 0, device, group)
+    opt = _adamw(model.parameters())
+    _train_in_group(model, opt, range(SAVED_AT), device)
+    saved = (params.full_params(model), state_dicts.full_optim_state(model, opt))
+    if how == "dcp":
+        model_state, optim_state = dsd.get_state_dict(model, opt)
+        dcp.save(
+            {"model": model_state, "optim": optim_state}, checkpoint_id=path, process_group=group
+        )
+        return saved
+    # FSDP1 cannot offload from a CPU device (torch 2.13 frees the gathered tensors:
+    # "setStorage ... of size 0").
+    options = dsd.StateDictOptions(full_state_dict=True, cpu_offload=device.type != "cpu")
+    full = (
+        dsd.get_model_state_dict(model, options=options),
+        dsd.get_optimizer_state_dict(model, opt, options=options),
+    )
+    return saved + (full,)
+
+
+def _load_on_world(api, how, path, full, device):
+    """A fresh model and AdamW sharded over the world, loaded from ``path`` or ``full``."""
+    fresh = _wrap(api, 1, device)
+    fresh_opt = _adamw(fresh.parameters())
+    if how == "dcp":
+        # The target dicts: get_state_dict creates the optimizer state that dcp.load
+        # fills in place.
+        model_state, optim_state = dsd.get_state_dict(fresh, fresh_opt)
+        state = {"model": model_state, "optim": optim_state}
+        dcp.load(state, checkpoint_id=path)
+        dsd.set_state_dict(
+            fresh, fresh_opt, model_state_dict=state["model"], optim_state_dict=state["optim"]
+        )
+    else:
+        model_state, optim_state = full[0]
+        dsd.set_model_state_dict(fresh, model_state, options=FULL)
+        dsd.set_optimizer_state_dict(fresh, fresh_opt, optim_state, options=FULL)
+    return fresh, fresh_opt
+
+
+def _reference_after_growth(savers, world_size, device):
+    """Full parameters without FSDP: the savers' global batches, then one world step."""
+    ref = SPEC.build(seed=0).to(device)
+    ref_opt = _adamw(ref.parameters())
+    for steps, size in ((range(SAVED_AT), savers), ([SAVED_AT], world_size)):
+        training.reference_train(
+            SPEC, steps=steps, world_size=size, device=device, model=ref, optimizer=ref_opt
+        )
+    return params.full_params(ref)
 
 
 if __name__ == "__main__":

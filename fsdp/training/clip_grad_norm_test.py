@@ -11,12 +11,13 @@ The threshold is a quarter of the reference's norm, so every world size clips:
 the global batch, hence the norm, changes with the world size (the max-norm is
 0.095 at world size 4, against 0.16 at 2).
 
-Found with torch 2.13 (CPU): FSDP2 with the max-norm fails on a rank that holds
-an empty shard of a parameter (``nested_mlp``'s ``out`` has 4 rows: world size 3
-and 5 or more): ``torch.nn.utils.clip_grad_norm_`` gives every local gradient to
-``torch._foreach_norm``, which refuses the infinity norm of an empty tensor; the
-other ranks then wait in the norm's all-reduce. Listed in ``known_failures`` for
-those sizes.
+Found with torch 2.13 (CPU), and seen on 2.10, 2.12 and 2.14.1 too: FSDP2 with
+the max-norm fails on a rank that holds an empty shard of a parameter
+(``nested_mlp``'s ``out`` has 4 rows: world size 3 and 5 or more):
+``torch.nn.utils.clip_grad_norm_`` takes the infinity norm of every local
+gradient (``torch._foreach_norm``; ``linalg.vector_norm`` on 2.10), which
+refuses an empty tensor; the other ranks then wait in the norm's all-reduce.
+Listed in ``known_failures`` where a rank holds an empty shard.
 """
 
 import math
@@ -59,9 +60,9 @@ class ClipGradNormTest(multirank.MultiRankTestCase, parameterized.TestCase):
     known_failures = {
         "test_clip_grad_norm_matches_unsharded_inf_fsdp2": known_failures.TorchBug(
             "clip_grad_norm_ max-norm of an empty DTensor shard",
-            "torch.nn.utils.clip_grad_norm_(norm_type=inf) passes a rank's empty gradient "
-            "shard to torch._foreach_norm, which raises 'cannot compute the infinity norm on "
-            "an empty tensor'",
+            "torch.nn.utils.clip_grad_norm_(norm_type=inf) takes the infinity norm of a "
+            "rank's empty gradient shard, which raises ('cannot compute the inf norm on an "
+            "empty tensor': torch._foreach_norm, linalg.vector_norm on 2.10)",
             affected=">=2.10",
             condition=known_failures.Condition(
                 "a rank holding no rows of a parameter (out has 4)",

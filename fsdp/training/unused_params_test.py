@@ -24,20 +24,21 @@ The reference itself is checked to follow the schedule (exactly the expected
 parameters stay unchanged at each step), so the test cannot pass vacuously.
 After every step the model must still list every parameter.
 
-Found with torch 2.13 (CPU): FSDP1 ``NO_SHARD`` with ``use_orig_params=True``
-drops the parameters of a unit that ran forward but got no backward (``aux`` at
-step 0) from ``named_parameters()`` for good: FSDP1 swaps a unit's parameters
-for plain tensor views during forward and restores them when it reshards, which
-``NO_SHARD`` never does. The ``no_shard`` case shows it at every world size;
-at world size 1 FSDP1 runs ``NO_SHARD`` whatever it is asked, so the
-``adamw_orig_params_fsdp1`` case shows it there. Both are ``known_failures``.
+Found with torch 2.13 (CPU), and seen on 2.10, 2.12 and 2.14.1 too: FSDP1
+``NO_SHARD`` with ``use_orig_params=True`` drops the parameters of a unit that
+ran forward but got no backward (``aux`` at step 0) from ``named_parameters()``
+for good: FSDP1 swaps a unit's parameters for plain tensor views during forward
+and restores them when it reshards, which ``NO_SHARD`` never does. The
+``no_shard`` case shows it at every world size; at world size 1 FSDP1 runs
+``NO_SHARD`` whatever it is asked, so the ``adamw_orig_params_fsdp1`` case
+shows it there. Both are ``known_failures``.
 """
 
 import torch
 from absl.testing import parameterized
 
 from testing import known_failures, multirank
-from testing.fsdp import at_world_size, models, params, parity, training, wrapping
+from testing.fsdp import at_world_size, models, output_models, params, parity, training, wrapping
 
 SPEC = models.get("partly_used")
 STEPS = 4
@@ -75,7 +76,7 @@ def _zero_fill_used_units(model, step):
 
 def _expected_unchanged(step, api, optim_fn):
     """Parameters that must stay bitwise unchanged at ``step``."""
-    unused = models.partly_used_unused(step)
+    unused = output_models.partly_used_unused(step)
     if api == "fsdp1" and optim_fn is _adamw:
         used_units = {_unit_of(n) for n in params.full_params(SPEC.build(0)) if n not in unused}
         return tuple(n for n in unused if _unit_of(n) not in used_units)

@@ -13,9 +13,13 @@ takes milliseconds on CPU.
     loss = spec.loss_fn(model(inputs), targets)
 
 ``models.names()`` lists the registry for parametrizing over every builder.
+The MLP-like models live here; ``transformer_models`` and ``output_models``
+register the transformers and the models with step-dependent or non-tensor
+outputs, and are loaded by the first ``get`` or ``names``.
 """
 
 import dataclasses
+import importlib
 from typing import Callable, Dict, List, Tuple
 
 import torch
@@ -59,6 +63,15 @@ class ModelSpec:
 
 
 _REGISTRY: Dict[str, ModelSpec] = {}
+# Modules that register more models, one family each, imported on first lookup (they
+# import this module for ModelSpec and register).
+_FAMILIES = ("testing.fsdp.transformer_models", "testing.fsdp.output_models")
+
+
+def _registry() -> Dict[str, ModelSpec]:
+    for module in _FAMILIES:
+        importlib.import_module(module)
+    return _REGISTRY
 
 
 def register(spec: ModelSpec) -> ModelSpec:
@@ -71,15 +84,16 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 def get(name: str) -> ModelSpec:
     """Returns the registered :class:`ModelSpec` called ``name``."""
+    registry = _registry()
     try:
-        return _REGISTRY[name]
+        return registry[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; known: {sorted(_REGISTRY)}") from None
+        raise KeyError(f"unknown model {name!r}; known: {sorted(registry)}") from None
 
 
 def names() -> List[str]:
     """Names of all registered models, sorted (handy for parameterized tests)."""
-    return sorted(_REGISTRY)
+    return sorted(_registry())
 
 
 def rank_distinct_model(spec: ModelSpec, rank: int) -> nn.Module:
@@ -96,7 +110,9 @@ def rank_distinct_model(spec: ModelSpec, rank: int) -> nn.Module:
     return model
 
 
-def _regression_batch(in_dim: int, out_dim: int) -> Callable[[torch.Generator, int], Batch]:
+def regression_batch(in_dim: int, out_dim: int) -> Callable[[torch.Generator, int], Batch]:
+    """A batch maker of standard normal inputs and targets (a regression task)."""
+
     def make(gen: torch.Generator, batch_size: int) -> Batch:
         x = torch.randn(batch_size, in_dim, generator=gen)
         y = torch.randn(batch_size, out_dim, generator=gen)
@@ -105,8 +121,8 @@ def _regression_batch(in_dim: int, out_dim: int) -> Callable[[torch.Generator, i
     return make
 
 
-def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    # Loss in float32 whatever the compute dtype (mixed precision runs).
+def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean squared error, in float32 whatever the compute dtype (mixed precision runs)."""
     return F.mse_loss(outputs.float(), targets.float())
 
 
@@ -143,8 +159,8 @@ NESTED_MLP = register(
         factory=NestedMLP,
         # layers.0.fc1 is nested inside the layers.0 unit on purpose.
         units=("layers.0.fc1", "layers.0", "layers.1", "layers.2"),
-        make_batch=_regression_batch(8, 4),
-        loss_fn=_mse,
+        make_batch=regression_batch(8, 4),
+        loss_fn=mse,
         description="residual MLP; units nest (layers.0.fc1 inside layers.0)",
     )
 )
@@ -175,172 +191,9 @@ SHARED_TWICE = register(
         name="shared_twice",
         factory=SharedTwice,
         units=("shared",),
-        make_batch=_regression_batch(8, 4),
-        loss_fn=_mse,
+        make_batch=regression_batch(8, 4),
+        loss_fn=mse,
         description="submodule 'shared' runs twice per forward",
-    )
-)
-
-
-# (c) Tiny transformer with tied embedding and a buffer -------------------------
-
-
-class _Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, qkv_bias: bool = True):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x, mask):
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).split(d, dim=-1)
-        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        scores = (q @ k.transpose(-2, -1)) / (d // self.heads) ** 0.5
-        scores = scores.masked_fill(mask[:t, :t], float("-inf"))
-        y = torch.softmax(scores, dim=-1) @ v
-        return self.proj(y.transpose(1, 2).reshape(b, t, d))
-
-
-class _TransformerBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, ffn: int = 0, qkv_bias: bool = True):
-        super().__init__()
-        ffn = ffn or 2 * dim
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = _Attention(dim, heads, qkv_bias)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), nn.Linear(ffn, dim))
-
-    def forward(self, x, mask):
-        x = x + self.attn(self.norm1(x), mask)
-        return x + self.mlp(self.norm2(x))
-
-
-class TiedTransformer(nn.Module):
-    """Decoder-only transformer; ``lm_head.weight`` is ``embed.weight``.
-
-    Has a persistent buffer ``pos`` (fixed sinusoidal positions) and a
-    non-persistent buffer ``causal_mask``.
-    """
-
-    def __init__(self, vocab=17, dim=16, heads=2, depth=2, max_len=8):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, dim)
-        self.layers = nn.ModuleList(_TransformerBlock(dim, heads) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim)
-        self.lm_head = nn.Linear(dim, vocab, bias=False)
-        self.lm_head.weight = self.embed.weight
-        pos = torch.arange(max_len, dtype=torch.float32)[:, None]
-        freq = torch.exp(-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
-        pe = torch.zeros(max_len, dim)
-        pe[:, 0::2] = torch.sin(pos * freq)
-        pe[:, 1::2] = torch.cos(pos * freq)
-        self.register_buffer("pos", pe)
-        mask = torch.triu(torch.ones(max_len, max_len, dtype=torch.bool), diagonal=1)
-        self.register_buffer("causal_mask", mask, persistent=False)
-
-    def forward(self, tokens):
-        """Logits for each position of `tokens` under the causal mask."""
-        t = tokens.shape[1]
-        x = self.embed(tokens) + self.pos[:t].to(self.embed.weight.dtype)
-        for layer in self.layers:
-            x = layer(x, self.causal_mask)
-        return self.lm_head(self.norm(x))
-
-
-def _token_batch(gen: torch.Generator, batch_size: int, vocab=17, seq=8) -> Batch:
-    tokens = torch.randint(0, vocab, (batch_size, seq + 1), generator=gen)
-    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-
-
-def _lm_loss(logits, targets):
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
-
-
-TIED_TRANSFORMER = register(
-    ModelSpec(
-        name="tied_transformer",
-        factory=TiedTransformer,
-        # embed and lm_head share a weight, so both stay in the root unit.
-        units=("layers.0", "layers.1"),
-        make_batch=_token_batch,
-        loss_fn=_lm_loss,
-        description="2-layer transformer, tied embedding/lm_head, buffers",
-    )
-)
-
-
-# (c2) Transformer with odd dimensions ----------------------------------------
-
-
-class OddTransformer(nn.Module):
-    """Decoder-only transformer whose sizes divide by neither 2 nor 4.
-
-    vocab 37, model width 21, 3 heads of 7, feed-forward 45, sequence 7, 3
-    blocks; learned positions ``pos`` (7 x 21); ``lm_head.weight`` is
-    ``embed.weight``. Every parameter's first dimension is odd, so FSDP2 splits
-    each unevenly at world size 2 and 4; every unit has an odd element count
-    (3825 per block, 945 in the root), so FSDP1 pads every flat parameter.
-
-    ``qkv`` has no bias (as in LLaMA-style models): a key bias gets a gradient
-    of exactly 0 in exact arithmetic (softmax ignores a per-query constant), so
-    its computed gradient is rounding noise whose sign Adam turns into full-size
-    updates that no two reduction orders agree on. The final LayerNorm has no
-    bias, which makes the root's element count odd.
-    """
-
-    VOCAB, DIM, HEADS, FFN, SEQ, DEPTH = 37, 21, 3, 45, 7, 3
-
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Embedding(self.VOCAB, self.DIM)
-        # Small initial embeddings as in GPT-style models: the tied lm_head then
-        # starts near uniform logits instead of a loss several times ln(vocab).
-        nn.init.normal_(self.embed.weight, std=0.02)
-        self.pos = nn.Parameter(0.02 * torch.randn(self.SEQ, self.DIM))
-        self.layers = nn.ModuleList(
-            _TransformerBlock(self.DIM, self.HEADS, self.FFN, qkv_bias=False)
-            for _ in range(self.DEPTH)
-        )
-        self.norm = nn.LayerNorm(self.DIM, bias=False)
-        self.lm_head = nn.Linear(self.DIM, self.VOCAB, bias=False)
-        self.lm_head.weight = self.embed.weight
-        mask = torch.triu(torch.ones(self.SEQ, self.SEQ, dtype=torch.bool), diagonal=1)
-        self.register_buffer("causal_mask", mask, persistent=False)
-
-    def forward(self, tokens):
-        """Logits for each position of `tokens` under the causal mask."""
-        t = tokens.shape[1]
-        x = self.embed(tokens) + self.pos[:t]
-        for layer in self.layers:
-            x = layer(x, self.causal_mask)
-        return self.lm_head(self.norm(x))
-
-
-def _stride_token_batch(gen: torch.Generator, batch_size: int) -> Batch:
-    """Learnable sequences: each counts up from a random token by a stride of 1, 2 or 3.
-
-    The next token follows from the context, so the loss falls below ln(vocab)
-    within a few optimizer steps, as in real training, instead of hovering at
-    it on random tokens.
-    """
-    vocab, seq = OddTransformer.VOCAB, OddTransformer.SEQ
-    start = torch.randint(0, vocab, (batch_size, 1), generator=gen)
-    stride = torch.randint(1, 4, (batch_size, 1), generator=gen)
-    tokens = (start + stride * torch.arange(seq + 1)) % vocab
-    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-
-
-ODD_TRANSFORMER = register(
-    ModelSpec(
-        name="odd_transformer",
-        factory=OddTransformer,
-        # Each block is a unit; the tied embed/lm_head stay in the root unit.
-        units=tuple(f"layers.{i}" for i in range(OddTransformer.DEPTH)),
-        make_batch=_stride_token_batch,
-        loss_fn=_lm_loss,
-        description="3-block transformer, odd sizes (vocab 37, width 21, 3 heads, ffn 45), tied, "
-        "learnable token sequences",
     )
 )
 
@@ -368,8 +221,8 @@ UNEVEN_MLP = register(
         name="uneven_mlp",
         factory=UnevenMLP,
         units=("fc1", "fc3"),
-        make_batch=_regression_batch(5, 3),
-        loss_fn=_mse,
+        make_batch=regression_batch(5, 3),
+        loss_fn=mse,
         description="uneven shards; params with fewer elements than world size",
     )
 )
@@ -398,8 +251,8 @@ BATCHNORM_MLP = register(
         name="batchnorm_mlp",
         factory=BatchNormMLP,
         units=("block",),
-        make_batch=_regression_batch(8, 4),
-        loss_fn=_mse,
+        make_batch=regression_batch(8, 4),
+        loss_fn=mse,
         local_batch_stats=True,
         description="BatchNorm1d; statistics are per rank (not SyncBatchNorm)",
     )
@@ -430,80 +283,9 @@ FROZEN_BACKBONE = register(
         # FSDP1 without use_orig_params needs frozen and trainable params in
         # different units, hence the frozen backbone is its own unit.
         units=("backbone",),
-        make_batch=_regression_batch(8, 4),
-        loss_fn=_mse,
+        make_batch=regression_batch(8, 4),
+        loss_fn=mse,
         description="frozen backbone (requires_grad=False) in its own unit",
-    )
-)
-
-
-# (g) Parts unused at some steps ---------------------------------------------------
-
-
-class _Gained(nn.Module):
-    """``Linear + Tanh`` scaled by a 1-element parameter ``gain``."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.fc = nn.Linear(dim, dim)
-        self.gain = nn.Parameter(torch.full((1,), 0.8))
-
-    def forward(self, x):
-        return torch.tanh(self.fc(x)) * self.gain
-
-
-class PartlyUsed(nn.Module):
-    """A model whose forward leaves parts out of the loss depending on ``step``.
-
-    ``forward(x, step=0)`` returns ``{"y": tensor, "aux": tensor, "aux_in_loss": bool}``.
-    The schedule (:func:`partly_used_unused` lists the parameters left out):
-
-    * ``branch`` (a whole unit, with a 1-element ``gain``) runs only on odd steps;
-    * ``shift`` (a root parameter) is added only on even steps;
-    * ``aux`` (a unit) runs on every step, but its output is in the loss
-      (``aux_in_loss``) only on odd steps.
-    """
-
-    def __init__(self, in_dim=6, dim=8, out_dim=3):
-        super().__init__()
-        self.inp = nn.Linear(in_dim, dim)
-        self.branch = _Gained(dim)
-        self.shift = nn.Parameter(torch.randn(dim) * 0.1)
-        self.aux = nn.Linear(dim, out_dim)
-        self.out = nn.Linear(dim, out_dim)
-
-    def forward(self, x, step: int = 0):
-        """Outputs for `step`: the branch runs on odd steps, the shift on even ones."""
-        h = torch.relu(self.inp(x))
-        if step % 2 == 1:
-            h = h + self.branch(h)
-        else:
-            h = h + self.shift
-        return {"y": self.out(h), "aux": self.aux(h), "aux_in_loss": step % 2 == 1}
-
-
-def partly_used_unused(step: int) -> Tuple[str, ...]:
-    """Names of the :class:`PartlyUsed` parameters that get no gradient at ``step``."""
-    if step % 2 == 1:
-        return ("shift",)
-    return ("aux.bias", "aux.weight", "branch.fc.bias", "branch.fc.weight", "branch.gain")
-
-
-def _partly_used_loss(outputs, targets):
-    loss = _mse(outputs["y"], targets)
-    if outputs["aux_in_loss"]:
-        loss = loss + 0.5 * _mse(outputs["aux"], targets)
-    return loss
-
-
-PARTLY_USED = register(
-    ModelSpec(
-        name="partly_used",
-        factory=PartlyUsed,
-        units=("branch", "aux"),
-        make_batch=_regression_batch(6, 3),
-        loss_fn=_partly_used_loss,
-        description="forward(x, step): a unit, a root parameter and an output unused at some steps",
     )
 )
 
@@ -545,65 +327,8 @@ TINY_PARAMS = register(
         name="tiny_params",
         factory=TinyParams,
         units=("head", "gain"),
-        make_batch=_regression_batch(3, 1),
-        loss_fn=_mse,
+        make_batch=regression_batch(3, 1),
+        loss_fn=mse,
         description="1-row Linear, a unit of one 1-element parameter, a 1-element root param",
-    )
-)
-
-
-# (i) Non-tensor values in forward outputs -------------------------------------------
-
-
-class _DictBlock(nn.Module):
-    """A unit taking a ``None`` keyword and returning a dict of tensors and non-tensors."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.fc = nn.Linear(dim, dim)
-
-    def forward(self, x, mask=None):
-        h = torch.tanh(self.fc(x) if mask is None else self.fc(x) * mask)
-        return {"h": h, "skipped": None, "meta": (h.shape[0], "tanh"), "parts": [h * 0.5, None]}
-
-
-class DictOutputs(nn.Module):
-    """Units and root return dicts mixing tensors with ``None``, ints, strings and tuples.
-
-    ``forward(x)`` returns ``{"y": tensor, "aux": None, "count": int, "tag": str,
-    "pair": (tensor, None)}``; only ``y`` and ``pair[0]`` carry gradients.
-    """
-
-    def __init__(self, in_dim=6, dim=8, out_dim=3):
-        super().__init__()
-        self.inp = nn.Linear(in_dim, dim)
-        self.block = _DictBlock(dim)
-        self.head = nn.Linear(dim, out_dim)
-
-    def forward(self, x):
-        """The dict of tensors and non-tensors described in the class docstring."""
-        o = self.block(torch.relu(self.inp(x)), mask=None)
-        y = self.head(o["h"] + o["parts"][0])
-        return {
-            "y": y,
-            "aux": o["skipped"],
-            "count": o["meta"][0],
-            "tag": o["meta"][1],
-            "pair": (o["h"].mean(dim=1), None),
-        }
-
-
-def _dict_outputs_loss(outputs, targets):
-    return _mse(outputs["y"], targets) + 0.1 * outputs["pair"][0].float().pow(2).mean()
-
-
-DICT_OUTPUTS = register(
-    ModelSpec(
-        name="dict_outputs",
-        factory=DictOutputs,
-        units=("block",),
-        make_batch=_regression_batch(6, 3),
-        loss_fn=_dict_outputs_loss,
-        description="forward returns dicts with None, ints, strings and tuples next to tensors",
     )
 )

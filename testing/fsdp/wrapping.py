@@ -15,7 +15,9 @@ to the FSDP constructor / ``fully_shard`` unchanged.
 A model on the meta device (``wrap_spec(..., init_device="meta")``) is not
 moved: FSDP1 materializes it (``reset_parameters()`` per module, or
 ``extra={"param_init_fn": fn}``), FSDP2 gets ``to_empty(device=...)`` and
-``reset_parameters()`` per module after sharding.
+``reset_parameters()`` per module after sharding, on the sharded parameters
+(values drawn per shard, so they differ from an eager model's: load a state
+dict for those).
 """
 
 import dataclasses
@@ -164,8 +166,7 @@ def wrap(
       api: ``"fsdp1"`` or ``"fsdp2"``.
       units: qualified submodule names wrapped separately before the root,
         e.g. ``spec.units``; ``None`` or ``()`` wraps only the root.
-      device: target device; default ``cuda:<current>`` if CUDA is available,
-        else CPU.  FSDP1 always gets it as ``device_id`` (needed on CPU too).
+      device: default ``cuda:<current>``, else CPU; FSDP1's ``device_id`` (CPU too).
       mixed_precision: compute dtype (e.g. ``torch.bfloat16``); FSDP1 gets
         ``MixedPrecision(param_dtype, reduce_dtype, buffer_dtype)`` and FSDP2
         ``MixedPrecisionPolicy(param_dtype, reduce_dtype)`` of that dtype. A
@@ -173,39 +174,48 @@ def wrap(
       unit_mixed_precision: per-unit override of ``mixed_precision``, keyed by
         unit name (``""`` for the root); a value of ``None`` means full precision.
       cpu_offload: FSDP1 ``CPUOffload(offload_params=True)`` / FSDP2
-        ``CPUOffloadPolicy()``; ``ValueError`` on a CPU device (torch needs an
-        accelerator for offload).
+        ``CPUOffloadPolicy()``; ``ValueError`` on a CPU device.
       sharding_strategy: FSDP1 only; a ``ShardingStrategy`` or its name
         (``"FULL_SHARD"``, ``"SHARD_GRAD_OP"``, ``"NO_SHARD"``, ...).
-      use_orig_params: FSDP1 only.
-      reshard_after_forward: FSDP2 only (bool, or int for a smaller group).
+      use_orig_params: FSDP1 only. reshard_after_forward: FSDP2 only (bool, or
+        int for a smaller group).
       mesh: FSDP2 only; a DeviceMesh (default: 1-D over the world).
       extra: further keyword arguments for every FSDP constructor /
         ``fully_shard`` call.
 
-    A model whose parameters are on the meta device is sharded where it is
-    and materialized on ``device``: FSDP1 calls each module's
-    ``reset_parameters()`` (or ``extra["param_init_fn"]``); for FSDP2 this
-    calls ``to_empty(device=device)`` and then each module's
-    ``reset_parameters()`` on the sharded parameters (values drawn per shard,
-    so they differ from an eager model's: load a state dict for those).
-
-    Returns:
-      The FSDP1 root wrapper, or ``model`` itself for FSDP2.
+    A model on the meta device is materialized on ``device`` (see the module
+    docstring). Returns the FSDP1 root wrapper, or ``model`` itself for FSDP2.
     """
-    if api not in APIS:
-        raise ValueError(f"api must be one of {APIS}, got {api!r}")
     device = torch.device(device) if device is not None else default_device()
-    if cpu_offload and device.type == "cpu":
-        raise ValueError(
-            "cpu_offload=True needs an accelerator device: torch's FSDP "
-            "offload moves parameters between CPU and the device"
-        )
+    _check_options(
+        api, device, cpu_offload, sharding_strategy, use_orig_params, reshard_after_forward, mesh
+    )
     extra = dict(extra or {})
     ordered = _sorted_units(model, units or ())
     policies = _unit_policies(ordered, mixed_precision, unit_mixed_precision)
     for policy in policies.values():  # refuse another API's option before wrapping anything
         (_fsdp1_policy if api == "fsdp1" else _fsdp2_policy)(policy)
+    if api == "fsdp1":
+        strategy = _strategy(sharding_strategy)
+        return _wrap_fsdp1(
+            model, ordered, device, policies, cpu_offload, strategy, use_orig_params, extra
+        )
+    return _wrap_fsdp2(
+        model, ordered, device, policies, cpu_offload, reshard_after_forward, mesh, extra
+    )
+
+
+def _check_options(
+    api, device, cpu_offload, sharding_strategy, use_orig_params, reshard_after_forward, mesh
+) -> None:
+    """Refuses an unknown API, offload without an accelerator, another API's options."""
+    if api not in APIS:
+        raise ValueError(f"api must be one of {APIS}, got {api!r}")
+    if cpu_offload and device.type == "cpu":
+        raise ValueError(
+            "cpu_offload=True needs an accelerator device: torch's FSDP "
+            "offload moves parameters between CPU and the device"
+        )
     if api == "fsdp1":
         if reshard_after_forward is not None:
             raise ValueError(
@@ -213,24 +223,11 @@ def wrap(
             )
         if mesh is not None:
             raise ValueError("mesh is an FSDP2 option")
-        return _wrap_fsdp1(
-            model,
-            ordered,
-            device,
-            policies,
-            cpu_offload,
-            _strategy(sharding_strategy),
-            use_orig_params,
-            extra,
-        )
-    if sharding_strategy is not None or use_orig_params is not None:
+    elif sharding_strategy is not None or use_orig_params is not None:
         raise ValueError(
             "sharding_strategy/use_orig_params are FSDP1 options; "
             "use reshard_after_forward for fsdp2"
         )
-    return _wrap_fsdp2(
-        model, ordered, device, policies, cpu_offload, reshard_after_forward, mesh, extra
-    )
 
 
 def _unit_policies(
