@@ -5,9 +5,13 @@ Model and optimizer state go through the public
 ``set_state_dict``, ``get_model_state_dict`` / ``set_model_state_dict``,
 ``get_optimizer_state_dict`` / ``set_optimizer_state_dict``), for FSDP1 and
 FSDP2, on the ``nested_mlp`` model with AdamW (weight decay), which keeps a
-step count and two moments per parameter. (Every first dimension is at least
-4: a parameter with fewer rows than ranks breaks FSDP1's DCP load in torch
-2.13, which ``dcp_empty_shard_test`` checks on its own.)
+step count and two moments per parameter. Its first dimensions (16, 32, 16 and
+4 rows) are rounded up to multiples of the world size (``_spec``: the same
+model at world sizes 1, 2 and 4; 18, 36 and 6 rows at 6; 8 rows of ``out`` at
+8), so every rank holds rows of every parameter: a rank holding none meets
+FSDP1's DCP empty-shard bug (``dcp_empty_shard_test`` checks it on its own;
+measured here with 4-row ``out`` at world sizes 3, 6 and 8, "Missing key in
+checkpoint state_dict: optim.param_groups").
 
 * Same world size: a model trained for two steps is saved (sharded state
   dicts, in memory) and loaded into a fresh, differently initialized model and
@@ -27,6 +31,8 @@ step count and two moments per parameter. (Every first dimension is at least
 """
 
 import copy
+import dataclasses
+import functools
 
 import torch
 import torch.distributed as dist
@@ -38,7 +44,26 @@ from torch.distributed.device_mesh import DeviceMesh
 from testing import dist_helpers, known_failures, multirank
 from testing.fsdp import cases, data, models, params, parity, state_dicts, training, wrapping
 
-SPEC = models.get("nested_mlp")
+
+@functools.lru_cache(maxsize=None)
+def _spec_for(world_size):
+    def rows(minimum):
+        return world_size * -(-minimum // world_size)
+
+    dim, hidden, out = rows(16), rows(32), rows(4)
+    return dataclasses.replace(
+        models.get("nested_mlp"),
+        name=f"nested_mlp_rows_of_{world_size}",
+        factory=functools.partial(models.NestedMLP, dim=dim, hidden=hidden, out_dim=out),
+        make_batch=models.regression_batch(8, out),
+    )
+
+
+def _spec():
+    """``nested_mlp`` with every first dimension a multiple of the world size."""
+    return _spec_for(dist.get_world_size())
+
+
 SAVED_AT = 2  # steps before the checkpoint
 FULL = dsd.StateDictOptions(full_state_dict=True)
 
@@ -48,14 +73,14 @@ def _adamw(parameters):
 
 
 def _wrap(api, seed, device, group=None):
-    """``SPEC`` built from ``seed``, sharded over the world or over ``group``."""
+    """``_spec()`` built from ``seed``, sharded over the world or over ``group``."""
     if group is None:
         options = {}
     elif api == "fsdp1":
         options = {"extra": {"process_group": group}}
     else:
         options = {"mesh": DeviceMesh.from_group(group, device.type)}
-    return wrapping.wrap_spec(SPEC, api, seed=seed, device=device, **options)
+    return wrapping.wrap_spec(_spec(), api, seed=seed, device=device, **options)
 
 
 def _train_in_group(model, opt, steps, device):
@@ -63,9 +88,9 @@ def _train_in_group(model, opt, steps, device):
     losses over the whole world): this rank's batches, as in ``train``."""
     for step in steps:
         inputs, targets = data.rank_batch(
-            SPEC, seed=0, rank=dist.get_rank(), step=step, device=device
+            _spec(), seed=0, rank=dist.get_rank(), step=step, device=device
         )
-        SPEC.loss_fn(model(inputs), targets).backward()
+        _spec().loss_fn(model(inputs), targets).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -112,7 +137,7 @@ class ResumeWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
         what = f"api={api} same world size {self.world_size}"
         model = _wrap(api, 0, self.device)
         opt = _adamw(model.parameters())
-        training.train(model, SPEC, steps=range(SAVED_AT), optimizer=opt)
+        training.train(model, _spec(), steps=range(SAVED_AT), optimizer=opt)
         # Copies, as a checkpoint would be: the uninterrupted run below keeps
         # updating the live tensors these dicts hold.
         model_state = copy.deepcopy(dsd.get_model_state_dict(model))
@@ -126,8 +151,8 @@ class ResumeWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
         dsd.set_optimizer_state_dict(fresh, fresh_opt, optim_state)
         self._assert_state(fresh, fresh_opt, expected_params, expected_optim, what)
 
-        training.train(model, SPEC, steps=range(SAVED_AT, SAVED_AT + 2), optimizer=opt)
-        training.train(fresh, SPEC, steps=range(SAVED_AT, SAVED_AT + 2), optimizer=fresh_opt)
+        training.train(model, _spec(), steps=range(SAVED_AT, SAVED_AT + 2), optimizer=opt)
+        training.train(fresh, _spec(), steps=range(SAVED_AT, SAVED_AT + 2), optimizer=fresh_opt)
         uninterrupted = params.full_params(model)
         parity.assert_params_close(
             params.full_params(fresh),
@@ -160,7 +185,7 @@ class ResumeWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
             fresh, fresh_opt = _load_on_world(api, how, path, full, self.device)
         self._assert_state(fresh, fresh_opt, expected_params, expected_optim, what)
 
-        training.train(fresh, SPEC, steps=[SAVED_AT], optimizer=fresh_opt)
+        training.train(fresh, _spec(), steps=[SAVED_AT], optimizer=fresh_opt)
         parity.assert_params_close(
             params.full_params(fresh),
             _reference_after_growth(len(savers), self.world_size, self.device),
@@ -215,11 +240,11 @@ def _load_on_world(api, how, path, full, device):
 
 def _reference_after_growth(savers, world_size, device):
     """Full parameters without FSDP: the savers' global batches, then one world step."""
-    ref = SPEC.build(seed=0).to(device)
+    ref = _spec().build(seed=0).to(device)
     ref_opt = _adamw(ref.parameters())
     for steps, size in ((range(SAVED_AT), savers), ([SAVED_AT], world_size)):
         training.reference_train(
-            SPEC, steps=steps, world_size=size, device=device, model=ref, optimizer=ref_opt
+            _spec(), steps=steps, world_size=size, device=device, model=ref, optimizer=ref_opt
         )
     return params.full_params(ref)
 
