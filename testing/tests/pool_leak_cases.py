@@ -119,5 +119,17 @@ class E2AfterTorchGroups(D2SharesThePool):
     """Runs after E1."""
 
 
+class F1TorchWritesEnviron(multirank.MultiRankTestCase):
+    """Stands for torch.compile with inductor on CPU, which writes a variable for itself."""
+
+    def test_inductor_side_channel(self):
+        _record_pid(self.id(), self.rank)
+        os.environ["_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"] = str(id(self))
+
+
+class F2AfterTorchEnviron(D2SharesThePool):
+    """Runs after F1 on the same ranks."""
+
+
 if __name__ == "__main__":
     multirank.main()

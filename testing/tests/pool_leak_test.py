@@ -17,6 +17,8 @@ test recorded:
   the same ranks.
 * E1 leaves a group to torch (``dist_helpers.torch_made_groups``): it passes and
   retires its ranks; E2 runs on fresh ones.
+* F1 writes a variable torch writes for itself (inductor's kernel loader): it
+  passes, and F2 runs on the same ranks.
 """
 
 import os
@@ -105,6 +107,11 @@ class PoolLeakTest(absltest.TestCase):
         self.assert_outcome("E1GroupsLeftToTorch", "passed")
         self.assert_outcome("E2AfterTorchGroups", "passed")
         self.assertNotEqual(self.pids["E1GroupsLeftToTorch"], self.pids["E2AfterTorchGroups"])
+
+    def test_variable_torch_writes_is_not_a_leak(self):
+        self.assert_outcome("F1TorchWritesEnviron", "passed")
+        self.assert_outcome("F2AfterTorchEnviron", "passed")
+        self.assertEqual(self.pids["F1TorchWritesEnviron"], self.pids["F2AfterTorchEnviron"])
 
     def test_pool_owned_group_keeps_the_ranks(self):
         self.assert_outcome("D1KeepsPoolOwnedGroup", "passed")
