@@ -9,10 +9,6 @@ each needs (tags, remote execution properties) are in //tools:devices.bzl.
 load("@fsdp_python//:defs.bzl", "PYTHON_ENV_VERSIONS")
 load(":devices.bzl", "ALL_DEVICES", "DEVICES", "device_exec_properties", "device_tags")
 
-# Targets of this world size or more are tagged `large`: the default test run leaves them
-# out (.bazelrc), so its cold time stays short on a small machine; --config=large runs them.
-LARGE_WORLD_SIZE = 8
-
 def _default_world_sizes(device):
     """A device's world sizes when a test declares none (testing/applicability.py agrees).
 
@@ -97,6 +93,7 @@ def fsdp_test(
         size = None,
         args = [],
         tags = [],
+        large = {},
         **kwargs):
     """Defines one py_test per device and world size for an FSDP test file.
 
@@ -105,8 +102,9 @@ def fsdp_test(
     `--device=<device> --world_size=<N>` ahead of `args` and depends on `//testing`.
 
     Tags, which the report (tools/report) reads instead of parsing target names:
-    the device tag (`cpu`, `gpu`, `hpu` or `xpu`), `ws<N>`, `large` from world size
-    `LARGE_WORLD_SIZE` (8) on (left out of the default run; `--config=large`), the device's interoperable
+    the device tag (`cpu`, `gpu`, `hpu` or `xpu`), `ws<N>`, `large` from the device's
+    `large_world_size` on (4 on cpu, 8 on accelerators; left out of the default run,
+    `--config=large` runs them), the device's interoperable
     tags (`requires-gpu-nvidia` on cuda), `requires-multi-device` on accelerator targets
     with more than one rank, `fsdp`, `block-network` (no network needed: ranks meet
     through a FileStore and bind ephemeral ports; .bazelrc's process-wrapper sandbox
@@ -147,6 +145,8 @@ def fsdp_test(
         `"medium"`.
       args: extra arguments passed to the test after `--device` and `--world_size`.
       tags: extra tags added to every generated target.
+      large: dict from device to a reason: that device's targets are tagged `large` at
+        every world size (out of the default run; `--config=large` runs them).
       **kwargs: passed through to every `py_test` (e.g. `timeout`, `flaky`, `env`).
 
     Examples:
@@ -212,6 +212,12 @@ def fsdp_test(
     if "//testing" not in all_deps:
         all_deps.append("//testing")
 
+    for device in large:
+        if device not in DEVICES:
+            fail("fsdp_test %s: large names unknown device %r" % (name, device))
+        if not large[device]:
+            fail("fsdp_test %s: large[%r] needs a reason" % (name, device))
+
     for device in devices:
         info = DEVICES[device]
         sizes = _world_sizes_for(name, world_sizes, device, terms)
@@ -222,7 +228,8 @@ def fsdp_test(
             target = _target_name(name, device, ws, sizes)
 
             # Out of the default `bazel test //...` (.bazelrc: -large); --config=large runs them.
-            large_tags = ["large"] if ws >= LARGE_WORLD_SIZE and "large" not in tags else []
+            is_large = ws >= info.large_world_size or device in large
+            large_tags = ["large"] if is_large and "large" not in tags else []
 
             # buildifier: disable=native-py
             native.py_test(

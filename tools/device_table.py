@@ -47,6 +47,7 @@ STARLARK_FIELDS = (
     "interop_tags",
     "size",
     "shard_count",
+    "large_world_size",
 )
 
 

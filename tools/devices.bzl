@@ -26,6 +26,8 @@ MULTI_DEVICE_TAG = _MULTI_DEVICE_TAG
 #     passes these.
 #   interop_tags: tags that CI filters written for other projects already understand.
 #   size, shard_count: `fsdp_test` defaults, which a test may override per device.
+#   large_world_size: targets of this world size or more are tagged `large` (out of the
+#     default run; `--config=large` runs them).
 DEVICES = _DEVICES
 
 ALL_DEVICES = sorted(DEVICES.keys())

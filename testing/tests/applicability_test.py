@@ -34,7 +34,6 @@ from testing import devices
 from testing import multirank
 from testing import run_plan
 
-_LARGE_WORLD_SIZE = 8  # tools/defs.bzl's LARGE_WORLD_SIZE
 # Simulated hosts: (device, devices visible); -1 is CPU's "no limit".
 _HOSTS = (("cpu", -1), ("cuda", 1), ("cuda", 2))
 
@@ -121,9 +120,10 @@ class ApplicabilityTest(absltest.TestCase):
             expected = declaration.world_sizes_for(device, kind.accelerator)
             if sizes != expected:
                 problems.append(f"{label} {device}: Bazel sizes {sizes}, pytest reads {expected}")
-            large_by_hand = "large" in kwargs.get("tags", [])
+            by_hand = "large" in kwargs.get("tags", [])
             for target in mine:
-                problems += _compare_target(label, declaration, target, large_by_hand)
+                large = by_hand or _arg(target, "--device") in kwargs.get("large", {})
+                problems += _compare_target(label, declaration, target, large)
         return problems
 
     def test_pytest_plans_what_bazel_runs(self):
@@ -149,7 +149,7 @@ class ApplicabilityTest(absltest.TestCase):
         self.assert_agree(problems)
 
 
-def _compare_target(label, declaration, target, large_by_hand) -> List[str]:
+def _compare_target(label, declaration, target, large_by_hand: bool) -> List[str]:
     """Where one Bazel target's tags and harness declaration disagree with BUILD's."""
     problems = []
     device = _arg(target, "--device")
@@ -159,7 +159,7 @@ def _compare_target(label, declaration, target, large_by_hand) -> List[str]:
     disabled = {"manual", "disabled", f"disabled:{reason}"} if reason else set()
     if {t for t in tags if t.startswith("disabled") or t == "manual"} != disabled:
         problems.append(f"{target['name']}: tags {sorted(tags)}, {label} disables {reason!r}")
-    if ("large" in tags) != (large_by_hand or size >= _LARGE_WORLD_SIZE):
+    if ("large" in tags) != (large_by_hand or size >= devices.get(device).large_world_size):
         problems.append(f"{target['name']}: world size {size}, tags {sorted(tags)}")
     harness = applicability.Declaration.from_json(target["applicability"])
     if harness.valid != declaration.valid or dict(harness.cases) != dict(declaration.cases):
