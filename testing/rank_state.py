@@ -47,9 +47,11 @@ _RETIRE: List[str] = []
 _DESTROYED_OUTSIDE: List[str] = []
 _original_destroy = None
 _SECRET = re.compile("KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL")
-# Variables torch writes into its own process environment as a side channel, not
-# settings a test chose; a later test gets the same value written again, so they
-# cannot make tests depend on their order. Checked in torch 2.10-2.14.1 sources.
+# Variables torch's compilers write into their own process environment, for their
+# kernels or compile workers, not settings a test chose. They are neither leaks nor
+# restored away: some are written once per process (behind functools.cache), so
+# removing them would change what later compiles use. Checked in the torch
+# 2.10-2.14.1 sources; the Triton ones seen on an H200 with torch 2.11.
 TORCH_WRITTEN_ENVIRON = {
     "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR": (
         "inductor's C++ kernel loader rewrites it before loading every compiled "
@@ -59,6 +61,10 @@ TORCH_WRITTEN_ENVIRON = {
         "inductor sets it to 0 before starting a spawn-based compile worker pool, "
         "so the workers do not start pools of their own"
     ),
+    "TORCHINDUCTOR_CACHE_DIR": "inductor writes back the cache directory it resolved",
+    "TRITON_CACHE_DIR": "inductor's first Triton kernel sets Triton's cache directory if unset",
+    "TRITON_PTXAS_PATH": "inductor points Triton at torch's own ptxas, once per process",
+    "TRITON_LIBDEVICE_PATH": "inductor points Triton at CUDA's libdevice for its compile workers",
 }
 
 
@@ -177,8 +183,10 @@ class Snapshot:
 
         facts = self.facts
         if dict(os.environ) != facts["environ"]:
+            kept = {k: v for k, v in os.environ.items() if k in TORCH_WRITTEN_ENVIRON}
             os.environ.clear()
             os.environ.update(facts["environ"])
+            os.environ.update(kept)
         os.chdir(facts["working directory"])
         torch.set_default_dtype(facts["default dtype"])
         # Only when changed: any default device, "cpu" included, installs a torch

@@ -127,8 +127,12 @@ class F1TorchWritesEnviron(multirank.MultiRankTestCase):
         os.environ["_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"] = str(id(self))
 
 
-class F2AfterTorchEnviron(D2SharesThePool):
-    """Runs after F1 on the same ranks."""
+class F2AfterTorchEnviron(multirank.MultiRankTestCase):
+    """Runs after F1 on the same ranks, which still have the variable torch wrote."""
+
+    def test_variable_is_kept(self):
+        _record_pid(self.id(), self.rank)
+        self.assertIn("_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR", os.environ)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ test recorded:
 * E1 leaves a group to torch (``dist_helpers.torch_made_groups``): it passes and
   retires its ranks; E2 runs on fresh ones.
 * F1 writes a variable torch writes for itself (inductor's kernel loader): it
-  passes, and F2 runs on the same ranks.
+  passes, and F2 runs on the same ranks, which still have it (torch writes some
+  such variables once per process).
 """
 
 import os
