@@ -52,7 +52,7 @@ except ImportError:  # pragma: no cover
 # it: a world-size-4 test on 2 cores saves about 2.5 s. A plain import of a
 # module that torch itself imports, no private call; measured with torch 2.13 (CPU).
 try:
-    import torch._dynamo  # noqa: F401  pylint: disable=unused-import
+    import torch._dynamo  # noqa: F401 (imported for its side effect: see above)
 except ImportError:  # pragma: no cover - builds without dynamo import it lazily
     pass
 
