@@ -193,9 +193,7 @@ class MultiRankTestCase(absltest.TestCase):
             raise self.failureException(
                 "\n".join(filter(None, [bug.describe(), why, str(e)]))
             ) from None
-        known_failures_lib.record(
-            record, bug, "passed", output_dir(), case=case, expected=expected
-        )
+        known_failures_lib.record(record, bug, "passed", output_dir(), case=case, expected=expected)
         if expected:
             sys.stderr.write(
                 f"{self.id()}: did not fail on torch {known_failures_lib.torch_version()}, "

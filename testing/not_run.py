@@ -32,7 +32,6 @@ class NotRun:
     reason: str
 
 
-
 def record(cls: type, case: NotRun, output_dir: str) -> None:
     """Records ``case`` (a method of ``cls``) as not run, with its reason, in cases.json."""
     described = case_params.describe(

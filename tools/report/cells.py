@@ -94,7 +94,7 @@ def cell_of(mine, beh, dev, api, target_level, beh_targets, used, qdevs) -> Cell
         if r.known_bug and r.status == PASS
     ]
     if mine:
-        # Sizes the declaration or the host excluded (not_run_records), with their reasons.
+        # Sizes the declaration or the host excluded (case_records), with their reasons.
         not_run = sorted(
             {
                 ("ws%d: %s" % (r.ws, r.message)) if r.ws else r.message

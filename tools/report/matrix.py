@@ -6,7 +6,7 @@ import dataclasses
 from typing import Dict, List, Tuple
 
 from tools.report.cells import Cell, cell_of
-from tools.report.collected import Collected, Problem, TargetInfo, TestResult, inherit_target_api
+from tools.report.collected import Collected, Problem, TargetInfo, TestResult
 from tools.report.known_bugs import known_bugs_phrase
 from tools.report.names import KNOWN_APIS, KNOWN_DEVICES, order
 from tools.report.status import (
@@ -94,7 +94,6 @@ class Report:
 
 def build_report(col: Collected) -> Report:
     """Arranges collected results into the report's matrix, details and counts."""
-    inherit_target_api(col.results, col.targets)
     layout = _Layout.of(col)
     groups = [_group(layout, beh) for beh in layout.behaviours]
     return Report(
