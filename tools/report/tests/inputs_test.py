@@ -12,7 +12,7 @@ from absl.testing import absltest
 
 from tools.report import rank_logs
 from tools.report.files import read_text
-from tools.report.names import TAG_TO_DEVICE, parse_target_name, split_api, target_metadata
+from tools.report.names import TAG_TO_DEVICE, target_metadata
 from tools.report.pytest_junit import parse_pytest_junit
 from tools.report.query import parse_query_xml
 from tools.report.rank_logs import split_sections
@@ -32,47 +32,16 @@ from tools.report.tests.fixtures import (
 
 
 class NameParsingTest(absltest.TestCase):
-    def test_api_from_method_names(self):
-        cases = {
-            "test_matches_ddp_fsdp1": ("test_matches_ddp", "fsdp1"),
-            "test_fsdp2_state_dict": ("test_state_dict", "fsdp2"),
-            "test_x0 (api='fsdp1')": ("test_x", "fsdp1"),
-            "test_p1 (api='fsdp2', dtype='bf16')": ("test_p (dtype='bf16')", "fsdp2"),
-            "test_plain1 ('fsdp2')": ("test_plain", "fsdp2"),
-            "test_y[fsdp1-bf16]": ("test_y[bf16]", "fsdp1"),
-            "test_no_api": ("test_no_api", None),
-            "test_fsdp12_is_not_an_api": ("test_fsdp12_is_not_an_api", None),
-        }
-        for name, want in cases.items():
-            self.assertEqual(split_api(name), want, name)
-
     def test_target_metadata_from_query_tags(self):
         # generator_name is the behaviour; the device tag and ws<N> the rest.
         self.assertEqual(
             target_metadata("odd_name", ["gpu", "ws4", "fsdp"], "multiple_forward_test"),
             ("multiple_forward_test", "cuda", 4),
         )
-        self.assertEqual(target_metadata("x_test_cpu", ["cpu", "ws2"]), ("x_test", "cpu", 2))
+        self.assertEqual(target_metadata("x_test_cpu", ["cpu", "ws2"]), ("x_test_cpu", "cpu", 2))
         self.assertEqual(target_metadata("odd_target", ["gpu"]), ("odd_target", "cuda", None))
+        self.assertEqual(target_metadata("no_device", ["ws2"]), ("no_device", "other", 2))
         self.assertEqual(TAG_TO_DEVICE, {"cpu": "cpu", "gpu": "cuda", "hpu": "hpu", "xpu": "xpu"})
-
-    def test_target_names_without_query(self):
-        self.assertEqual(
-            parse_target_name("multiple_forward_test_cpu"),
-            ("multiple_forward_test", "cpu", None),
-        )
-        self.assertEqual(
-            parse_target_name("uneven_sharding_test_cpu_ws4"),
-            ("uneven_sharding_test", "cpu", 4),
-        )
-        self.assertEqual(parse_target_name("odd_target"), ("odd_target", "other", None))
-
-    def test_api_from_recorded_parameter(self):
-        # The recorded parameter wins over the name; the name's token still goes.
-        self.assertEqual(
-            split_api("test_dcp_round_trip_a", "fsdp2"), ("test_dcp_round_trip_a", "fsdp2")
-        )
-        self.assertEqual(split_api("test_x_fsdp1", "fsdp1"), ("test_x", "fsdp1"))
 
     def test_rank_log_sections(self):
         text = (
