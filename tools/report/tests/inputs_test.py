@@ -23,10 +23,12 @@ from tools.report.tests.fixtures import (
     BROKEN,
     QUERY,
     JUNIT,
+    case_record,
     html_cells,
     md_row,
     run_cli,
     section,
+    write_cases,
     write_file,
 )
 
@@ -69,7 +71,9 @@ class BrokenInputsTest(absltest.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.rc, cls.out, cls.html, cls.md = run_cli("--testlogs", BROKEN)
+        cls.rc, cls.out, cls.html, cls.md = run_cli(
+            "--testlogs", BROKEN, "--query_xml", os.path.join(BROKEN, "query.xml")
+        )
         problems = re.search(r'<h2 id="problems">(.*?)</ul>', cls.html, re.S)
         cls.problems = problems.group(1)
 
@@ -130,7 +134,8 @@ class BrokenInputsTest(absltest.TestCase):
         self.assertIn("test.xml has no test cases", self.problems)
         self.assertIn("cannot read outputs.zip", self.problems)
         self.assertIn("bad environment.json", self.problems)
-        self.assertIn("FAIL", html_cells(self.html, "test_x")[0])  # still reported
+        # The corrupt outputs.zip held the case's record: the row is its JUnit name.
+        self.assertIn("FAIL", html_cells(self.html, "test_x_fsdp1")[0])  # still reported
         self.assertIn("PASS", html_cells(self.html, "test_y")[0])
 
     def test_other_packages_ignored(self):
@@ -176,16 +181,20 @@ class PytestJunitTest(absltest.TestCase):
             junit,
             '<testsuites><testsuite name="pytest">'
             '<testcase classname="fsdp.training.parity_test.ParityTest" '
-            'name="test_matches_fsdp2" time="0.5"/>'
+            'name="test_matches_fsdp2[ws2]" time="0.5"/>'
             '<testcase classname="fsdp.training.parity_test.ParityTest" '
-            'name="test_matches_a" time="0.5"/></testsuite></testsuites>',
+            'name="test_matches_a[ws2]" time="0.5"/></testsuite></testsuites>',
         )
         write_file(
             os.path.join(tmp, "environment.json"),
             '{"torch_version": "2.11.0+cu130", "device_names": ["NVIDIA H200"]}',
         )
-        write_file(
-            os.path.join(tmp, "test_params.json"), '{"ParityTest.test_matches_a": {"api": "fsdp1"}}'
+        cls = "fsdp.training.parity_test.ParityTest"
+        where = dict(file="fsdp/training/parity_test.py", device="cuda")
+        write_cases(
+            tmp,
+            case_record(cls, "test_matches_fsdp2", "test_matches", "fsdp2", **where),
+            case_record(cls, "test_matches_a", "test_matches_a", "fsdp1", **where),
         )
         col = parse_pytest_junit(junit, "cuda")
         self.assertEqual([r.behaviour for r in col.results], ["training/parity_test"] * 2)
@@ -196,8 +205,8 @@ class PytestJunitTest(absltest.TestCase):
         self.assertEqual(col.environments[0][1]["torch_version"], "2.11.0+cu130")
         shutil.rmtree(tmp)
 
-    def test_api_and_metadata_from_query_and_test_params(self):
-        """A target named against the convention, a method without an API token."""
+    def test_api_and_metadata_from_query_and_records(self):
+        """A target named against the convention, methods without an API token."""
         tmp = tempfile.mkdtemp()
         target = os.path.join(tmp, "fsdp", "renamed_target")
         os.makedirs(os.path.join(target, "test.outputs"))
@@ -208,10 +217,10 @@ class PytestJunitTest(absltest.TestCase):
             'time="0.1"/><testcase name="test_round_trip_b" '
             'classname="__main__.T" time="0.1"/></testsuite></testsuites>',
         )
-        write_file(
-            os.path.join(target, "test.outputs", "test_params.json"),
-            '{"T.test_round_trip_a": {"api": "fsdp1", "n": 2},'
-            ' "T.test_round_trip_b": {"api": "fsdp2"}}',
+        write_cases(
+            os.path.join(target, "test.outputs"),
+            case_record("__main__.T", "test_round_trip_a", "test_round_trip_a", "fsdp1", 4),
+            case_record("__main__.T", "test_round_trip_b", "test_round_trip_b", "fsdp2", 4),
         )
         query = (
             '<query version="2"><rule class="py_test" '

@@ -3,6 +3,7 @@
 The fixtures (testdata/) are described in fixtures.py.
 """
 
+import json
 import os
 import re
 import shutil
@@ -10,9 +11,8 @@ import tempfile
 
 from absl.testing import absltest
 
-from tools.report import collected, not_run_records, render_md
+from tools.report import case_records, collected, render_md
 from tools.report.files import read_text
-from tools.report.harness_records import read_known_failures
 from tools.report.junit import parse_bazel_xml
 from tools.report.known_bugs import apply_known_failure, issue_url
 from tools.report.matrix import build_report
@@ -23,17 +23,19 @@ from tools.report.tests.fixtures import (
     KNOWN,
     KNOWN_JUNIT,
     UNFREEZE,
+    case_record,
     cell_status,
     html_cells,
     md_row,
     run_cli,
     section,
+    write_cases,
     write_file,
 )
 
 
 class KnownTorchBugTest(absltest.TestCase):
-    """known_failures.json: known torch bugs are failures, with their issue."""
+    """known_bug in cases.json: known torch bugs are failures, with their issue."""
 
     @classmethod
     def setUpClass(cls):
@@ -108,14 +110,16 @@ class KnownTorchBugTest(absltest.TestCase):
 
     def test_xfail_without_record_is_still_a_known_bug(self):
         tmp = tempfile.mkdtemp()
-        shutil.copy(KNOWN_JUNIT, tmp)  # no known_failures.json beside it
+        shutil.copy(KNOWN_JUNIT, tmp)  # no cases.json beside it
         col = parse_pytest_junit(os.path.join(tmp, "results.xml"), "cuda")
         shutil.rmtree(tmp)
-        by_api = {r.api: r for r in col.results}
-        self.assertEqual(by_api["fsdp2"].status, KNOWN_BUG)
-        self.assertEqual(by_api["fsdp2"].message, "expected failure (pytest xfail)")
-        self.assertIsNone(by_api["fsdp2"].known_bug)
-        self.assertEqual(by_api["fsdp1"].status, FAIL)  # Unexpected success
+        # Without its record a case keeps its JUnit name and has no API.
+        by_name = {r.method: r for r in col.results}
+        fsdp2, fsdp1 = by_name[UNFREEZE + "_fsdp2[ws2]"], by_name[UNFREEZE + "_fsdp1[ws2]"]
+        self.assertEqual(fsdp2.status, KNOWN_BUG)
+        self.assertEqual(fsdp2.message, "expected failure (pytest xfail)")
+        self.assertIsNone(fsdp2.known_bug)
+        self.assertEqual(fsdp1.status, FAIL)  # Unexpected success
         rep = build_report(col)
         self.assertEqual(rep.counts.get(KNOWN_BUG), 1)
         self.assertNotIn(SKIPPED, rep.counts)
@@ -123,10 +127,9 @@ class KnownTorchBugTest(absltest.TestCase):
 
     def test_stale_record_beside_junit_is_ignored(self):
         tmp = tempfile.mkdtemp()
-        for name in ("results.xml", "known_failures.json"):
+        for name in ("results.xml", "cases.json"):
             shutil.copy(os.path.join(os.path.dirname(KNOWN_JUNIT), name), tmp)
-        known = os.path.join(tmp, "known_failures.json")
-        os.utime(known, (0, 0))  # written long before this run began
+        os.utime(os.path.join(tmp, "cases.json"), (0, 0))  # written long before this run
         col = parse_pytest_junit(os.path.join(tmp, "results.xml"), "cuda")
         shutil.rmtree(tmp)
         self.assertEqual(
@@ -170,20 +173,15 @@ class KnownTorchBugTest(absltest.TestCase):
 
     def test_bad_records_are_problems(self):
         problems = []
-        self.assertEqual(read_known_failures("[1]", "k", problems), {})
-        recs = read_known_failures(
-            '{"A.test_a": {"outcome": "exploded"}, "A.test_b": {"outcome": '
-            '"failed", "issue": "x#1"}}',
-            "k",
-            problems,
-        )
-        self.assertEqual(list(recs), ["A.test_b"])
+        self.assertEqual(case_records.read("[1]", "k", problems), [])
+        good = case_record("__main__.A", "test_b", "test_b", None, known_bug={"outcome": "failed"})
+        bad = case_record("__main__.A", "test_a", "test_a", None, known_bug={"outcome": "exploded"})
+        cases = case_records.read(json.dumps({"cases": [bad, good]}), "k", problems)
+        self.assertEqual([c["known_bug"] for c in cases], [None, {"outcome": "failed"}])
+        self.assertEqual(len(problems), 2, problems)
+        self.assertIn("bad cases.json: ", problems[0].message)
         self.assertEqual(
-            [p.message for p in problems],
-            [
-                "bad known_failures.json: not an object of objects",
-                "known_failures.json: A.test_a has outcome 'exploded'",
-            ],
+            problems[1].message, "cases.json: A.test_a has known_bug {'outcome': 'exploded'}"
         )
 
     def test_issue_links(self):
@@ -198,7 +196,7 @@ class NotRunTest(absltest.TestCase):
 
     REASON = "valid at world size even, not 1: a 2-D mesh halves the world"
 
-    def test_bazel_skip_explained_by_not_run_json(self):
+    def test_bazel_skip_explained_by_the_record(self):
         # absl writes a skip as status="notrun" with no reason; the harness's record has it.
         tmp = tempfile.mkdtemp()
         target = os.path.join(tmp, "fsdp", "mesh_test_cuda_ws1")
@@ -211,10 +209,18 @@ class NotRunTest(absltest.TestCase):
             '<testcase name="test_flat_fsdp2" status="run" result="completed" time="0.5" '
             'classname="__main__.MeshTest"/></testsuite></testsuites>',
         )
-        write_file(
-            os.path.join(target, "test.outputs", "not_run.json"),
-            '{"cases": [{"classname": "__main__.MeshTest", "method": "test_mesh_fsdp2", '
-            '"device": "cuda", "world_size": 1, "reason": "%s"}]}' % self.REASON,
+        where = dict(world_size=1, device="cuda", file="fsdp/mesh_test.py")
+        write_cases(
+            os.path.join(target, "test.outputs"),
+            case_record(
+                "__main__.MeshTest",
+                "test_mesh_fsdp2",
+                "test_mesh",
+                "fsdp2",
+                not_run=self.REASON,
+                **where,
+            ),
+            case_record("__main__.MeshTest", "test_flat_fsdp2", "test_flat", "fsdp2", **where),
         )
         rc, out, html_text, md = run_cli("--testlogs", tmp)
         shutil.rmtree(tmp)
@@ -238,10 +244,14 @@ class NotRunTest(absltest.TestCase):
             '<skipped type="pytest.skip" message="not run: needs 2 cuda devices, 1 visible"/>'
             "</testcase></testsuite></testsuites>" % (cls, cls),
         )
-        write_file(
-            os.path.join(tmp, "not_run.json"),
-            '{"cases": [{"classname": "%s", "method": "test_mesh_fsdp2", "device": "cuda", '
-            '"world_size": 1, "reason": "%s"}]}' % (cls, self.REASON),
+        where = dict(device="cuda", file="fsdp/hsdp/mesh_test.py")
+        write_cases(
+            tmp,
+            case_record(cls, "test_mesh_fsdp2", "test_mesh", "fsdp2", 2, **where),
+            case_record(
+                cls, "test_mesh_fsdp2", "test_mesh", "fsdp2", 1, not_run=self.REASON, **where
+            ),
+            case_record(cls, "test_flat_fsdp2", "test_flat", "fsdp2", 1, **where),
         )
         col = parse_pytest_junit(junit, "cuda")
         shutil.rmtree(tmp)
@@ -263,8 +273,8 @@ class NotRunTest(absltest.TestCase):
 
     def test_bad_record_is_a_problem(self):
         problems = []
-        self.assertEqual(not_run_records.read('{"cases": [{}]}', "n", problems), [])
-        self.assertIn("bad not_run.json", problems[0].message)
+        self.assertEqual(case_records.read('{"cases": [{}]}', "n", problems), [])
+        self.assertIn("bad cases.json", problems[0].message)
 
 
 if __name__ == "__main__":

@@ -48,11 +48,15 @@ def _testlogs(root, version, fsdp2, fsdp1):
     os.makedirs(os.path.join(target, "test.outputs"))
     fixtures.write_file(os.path.join(target, "test.xml"), _XML)
     env = {"torch_version": version, "device": "cpu", "backend": "gloo", "world_size": 2}
-    records = {"UnfreezeTest.test_unfrozen_unit_keeps_reduce_dtype_fsdp2": fsdp2}
-    if fsdp1:
-        records["UnfreezeTest.test_unfrozen_unit_keeps_reduce_dtype_fsdp1"] = fsdp1
-    for name, data in (("environment.json", env), ("known_failures.json", records)):
-        fixtures.write_file(os.path.join(target, "test.outputs", name), json.dumps(data))
+    cls = "__main__.UnfreezeTest"
+    method = "test_unfrozen_unit_keeps_reduce_dtype"
+    where = dict(file="fsdp/precision/unfreeze_test.py")
+    fixtures.write_cases(
+        os.path.join(target, "test.outputs"),
+        fixtures.case_record(cls, method + "_fsdp1", method, "fsdp1", known_bug=fsdp1, **where),
+        fixtures.case_record(cls, method + "_fsdp2", method, "fsdp2", known_bug=fsdp2, **where),
+    )
+    fixtures.write_file(os.path.join(target, "test.outputs", "environment.json"), json.dumps(env))
     return root
 
 
