@@ -81,6 +81,15 @@ def write_cases(directory, *records):
     write_file(os.path.join(directory, "cases.json"), json.dumps({"cases": list(records)}))
 
 
+def bazel_target(root, target, xml, *records):
+    """A result directory ``<root>/fsdp/<target>`` with ``xml`` as test.xml and ``records``
+    (from case_record) as its cases.json; returns the directory."""
+    path = os.path.join(root, "fsdp", target)
+    write_cases(os.path.join(path, "test.outputs"), *records)
+    write_file(os.path.join(path, "test.xml"), xml)
+    return path
+
+
 def run_cli(*args):
     """Runs report.main in-process; returns (exit code, stdout, html, md)."""
     out = tempfile.mkdtemp()

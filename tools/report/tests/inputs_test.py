@@ -23,6 +23,7 @@ from tools.report.tests.fixtures import (
     BROKEN,
     QUERY,
     JUNIT,
+    bazel_target,
     case_record,
     html_cells,
     md_row,
@@ -208,17 +209,13 @@ class PytestJunitTest(absltest.TestCase):
     def test_api_and_metadata_from_query_and_records(self):
         """A target named against the convention, methods without an API token."""
         tmp = tempfile.mkdtemp()
-        target = os.path.join(tmp, "fsdp", "renamed_target")
-        os.makedirs(os.path.join(target, "test.outputs"))
-        write_file(
-            os.path.join(target, "test.xml"),
+        bazel_target(
+            tmp,
+            "renamed_target",
             '<testsuites><testsuite name="T">'
             '<testcase name="test_round_trip_a" classname="__main__.T" '
             'time="0.1"/><testcase name="test_round_trip_b" '
             'classname="__main__.T" time="0.1"/></testsuite></testsuites>',
-        )
-        write_cases(
-            os.path.join(target, "test.outputs"),
             case_record("__main__.T", "test_round_trip_a", "test_round_trip_a", "fsdp1", 4),
             case_record("__main__.T", "test_round_trip_b", "test_round_trip_b", "fsdp2", 4),
         )

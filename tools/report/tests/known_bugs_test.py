@@ -19,19 +19,7 @@ from tools.report.matrix import build_report
 from tools.report.pytest_junit import parse_pytest_junit
 from tools.report.status import FAIL, KNOWN_BUG, NOT_RUN, PASS, SKIPPED
 
-from tools.report.tests.fixtures import (
-    KNOWN,
-    KNOWN_JUNIT,
-    UNFREEZE,
-    case_record,
-    cell_status,
-    html_cells,
-    md_row,
-    run_cli,
-    section,
-    write_cases,
-    write_file,
-)
+from tools.report.tests import fixtures
 
 
 class KnownTorchBugTest(absltest.TestCase):
@@ -40,8 +28,8 @@ class KnownTorchBugTest(absltest.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.rc, cls.out, cls.html, cls.md = run_cli(
-            "--testlogs", KNOWN, "--junit", KNOWN_JUNIT + ":cuda"
+        cls.rc, cls.out, cls.html, cls.md = fixtures.run_cli(
+            "--testlogs", fixtures.KNOWN, "--junit", fixtures.KNOWN_JUNIT + ":cuda"
         )
 
     def test_summary_counts_known_bugs_as_failures(self):
@@ -54,12 +42,12 @@ class KnownTorchBugTest(absltest.TestCase):
     def test_expected_failure_in_absl_xml_is_a_known_bug_cell(self):
         # absl writes the expected failure as a passing testcase; the record in
         # outputs.zip says it failed.
-        cell = html_cells(self.html, UNFREEZE)[1]  # cpu fsdp2
-        self.assertEqual(cell_status(cell), "st-known-bug")
+        cell = fixtures.html_cells(self.html, fixtures.UNFREEZE)[1]  # cpu fsdp2
+        self.assertEqual(fixtures.cell_status(cell), "st-known-bug")
         self.assertIn("KNOWN BUG", cell)
         self.assertNotIn("PASS", cell)
         self.assertIn("pytorch#186998: FSDP2 resolves", cell)
-        detail = section(self.html, re.search(r'href="#(r\d+)"', cell).group(1))
+        detail = fixtures.section(self.html, re.search(r'href="#(r\d+)"', cell).group(1))
         self.assertIn("KNOWN BUG", detail)
         self.assertIn(
             '<a href="https://github.com/pytorch/pytorch/issues/186998">pytorch#186998</a>', detail
@@ -68,37 +56,39 @@ class KnownTorchBugTest(absltest.TestCase):
         self.assertIn("seen on torch 2.13 \u00b7 this run: torch 2.13, failed as expected", detail)
 
     def test_strict_failure_is_a_known_bug_with_its_message(self):
-        cells = html_cells(self.html, "test_accumulates")
-        self.assertEqual(cell_status(cells[0]), "st-known-bug")
-        detail = section(self.html, re.search(r'href="#(r\d+)"', cells[0]).group(1))
+        cells = fixtures.html_cells(self.html, "test_accumulates")
+        self.assertEqual(fixtures.cell_status(cells[0]), "st-known-bug")
+        detail = fixtures.section(self.html, re.search(r'href="#(r\d+)"', cells[0]).group(1))
         self.assertIn("expected 4.0, got 2.0", detail)
         self.assertIn("this run: torch 2.13, failed<", detail)
         # Passed on a release outside seen_on: a pass, with a note.
-        self.assertEqual(cell_status(cells[1]), "st-pass")
+        self.assertEqual(fixtures.cell_status(cells[1]), "st-pass")
         self.assertIn("pytorch#556 did not occur on torch 2.13 (seen on torch 2.11)", cells[1])
 
     def test_pytest_xfail_is_a_known_bug_not_a_skip(self):
-        cell = html_cells(self.html, UNFREEZE)[3]  # cuda fsdp2 (pytest)
-        self.assertEqual(cell_status(cell), "st-known-bug")
-        detail = section(self.html, re.search(r'href="#(r\d+)"', cell).group(1))
+        cell = fixtures.html_cells(self.html, fixtures.UNFREEZE)[3]  # cuda fsdp2 (pytest)
+        self.assertEqual(fixtures.cell_status(cell), "st-known-bug")
+        detail = fixtures.section(self.html, re.search(r'href="#(r\d+)"', cell).group(1))
         self.assertIn("pytorch#186998", detail)
         self.assertIn("junit:results.xml", detail)
-        self.assertIn("\U0001f41e [KNOWN BUG](#", md_row(self.md, UNFREEZE)[3])
-        self.assertIn("pytorch#186998", md_row(self.md, UNFREEZE)[3])
+        self.assertIn("\U0001f41e [KNOWN BUG](#", fixtures.md_row(self.md, fixtures.UNFREEZE)[3])
+        self.assertIn("pytorch#186998", fixtures.md_row(self.md, fixtures.UNFREEZE)[3])
 
     def test_known_bug_that_did_not_reproduce_is_a_fail(self):
         for i in (0, 2):  # cpu fsdp1 (absl), cuda fsdp1 (pytest)
-            cell = html_cells(self.html, UNFREEZE)[i]
-            self.assertEqual(cell_status(cell), "st-fail", i)
+            cell = fixtures.html_cells(self.html, fixtures.UNFREEZE)[i]
+            self.assertEqual(fixtures.cell_status(cell), "st-fail", i)
             self.assertIn("known bug did not reproduce", cell)
-            detail = section(self.html, re.search(r'href="#(r\d+)"', cell).group(1))
+            detail = fixtures.section(self.html, re.search(r'href="#(r\d+)"', cell).group(1))
             self.assertIn("passed on torch 2.13, and example/repo#7 was seen on torch 2.13", detail)
             self.assertIn("this run: torch 2.13, passed", detail)
-        self.assertIn("\u274c [FAIL](#", md_row(self.md, UNFREEZE)[0])
+        self.assertIn("\u274c [FAIL](#", fixtures.md_row(self.md, fixtures.UNFREEZE)[0])
 
     def test_markdown_details(self):
         self.assertIn(
-            "KNOWN BUG: precision/unfreeze_test \u203a " + UNFREEZE + " \u2014 cpu \u00b7 fsdp2",
+            "KNOWN BUG: precision/unfreeze_test \u203a "
+            + fixtures.UNFREEZE
+            + " \u2014 cpu \u00b7 fsdp2",
             self.md,
         )
         self.assertIn(
@@ -110,12 +100,15 @@ class KnownTorchBugTest(absltest.TestCase):
 
     def test_xfail_without_record_is_still_a_known_bug(self):
         tmp = tempfile.mkdtemp()
-        shutil.copy(KNOWN_JUNIT, tmp)  # no cases.json beside it
+        shutil.copy(fixtures.KNOWN_JUNIT, tmp)  # no cases.json beside it
         col = parse_pytest_junit(os.path.join(tmp, "results.xml"), "cuda")
         shutil.rmtree(tmp)
         # Without its record a case keeps its JUnit name and has no API.
         by_name = {r.method: r for r in col.results}
-        fsdp2, fsdp1 = by_name[UNFREEZE + "_fsdp2[ws2]"], by_name[UNFREEZE + "_fsdp1[ws2]"]
+        fsdp2, fsdp1 = (
+            by_name[fixtures.UNFREEZE + "_fsdp2[ws2]"],
+            by_name[fixtures.UNFREEZE + "_fsdp1[ws2]"],
+        )
         self.assertEqual(fsdp2.status, KNOWN_BUG)
         self.assertEqual(fsdp2.message, "expected failure (pytest xfail)")
         self.assertIsNone(fsdp2.known_bug)
@@ -128,7 +121,7 @@ class KnownTorchBugTest(absltest.TestCase):
     def test_stale_record_beside_junit_is_ignored(self):
         tmp = tempfile.mkdtemp()
         for name in ("results.xml", "cases.json"):
-            shutil.copy(os.path.join(os.path.dirname(KNOWN_JUNIT), name), tmp)
+            shutil.copy(os.path.join(os.path.dirname(fixtures.KNOWN_JUNIT), name), tmp)
         os.utime(os.path.join(tmp, "cases.json"), (0, 0))  # written long before this run
         col = parse_pytest_junit(os.path.join(tmp, "results.xml"), "cuda")
         shutil.rmtree(tmp)
@@ -160,7 +153,9 @@ class KnownTorchBugTest(absltest.TestCase):
     def test_without_records_absl_expected_failure_is_a_pass(self):
         """What the records are for: absl's XML alone cannot tell."""
         results = parse_bazel_xml(
-            read_text(os.path.join(KNOWN, "fsdp", "precision", "unfreeze_test_cpu", "test.xml")),
+            read_text(
+                os.path.join(fixtures.KNOWN, "fsdp", "precision", "unfreeze_test_cpu", "test.xml")
+            ),
             source="x",
             label="//fsdp/precision:unfreeze_test_cpu",
             behaviour="precision/unfreeze_test",
@@ -174,8 +169,12 @@ class KnownTorchBugTest(absltest.TestCase):
     def test_bad_records_are_problems(self):
         problems = []
         self.assertEqual(case_records.read("[1]", "k", problems), [])
-        good = case_record("__main__.A", "test_b", "test_b", None, known_bug={"outcome": "failed"})
-        bad = case_record("__main__.A", "test_a", "test_a", None, known_bug={"outcome": "exploded"})
+        good = fixtures.case_record(
+            "__main__.A", "test_b", "test_b", None, known_bug={"outcome": "failed"}
+        )
+        bad = fixtures.case_record(
+            "__main__.A", "test_a", "test_a", None, known_bug={"outcome": "exploded"}
+        )
         cases = case_records.read(json.dumps({"cases": [bad, good]}), "k", problems)
         self.assertEqual([c["known_bug"] for c in cases], [None, {"outcome": "failed"}])
         self.assertEqual(len(problems), 2, problems)
@@ -199,20 +198,16 @@ class NotRunTest(absltest.TestCase):
     def test_bazel_skip_explained_by_the_record(self):
         # absl writes a skip as status="notrun" with no reason; the harness's record has it.
         tmp = tempfile.mkdtemp()
-        target = os.path.join(tmp, "fsdp", "mesh_test_cuda_ws1")
-        os.makedirs(os.path.join(target, "test.outputs"))
-        write_file(
-            os.path.join(target, "test.xml"),
+        where = dict(world_size=1, device="cuda", file="fsdp/mesh_test.py")
+        fixtures.bazel_target(
+            tmp,
+            "mesh_test_cuda_ws1",
             '<testsuites><testsuite name="MeshTest">'
             '<testcase name="test_mesh_fsdp2" status="notrun" result="suppressed" time="0.0" '
             'classname="__main__.MeshTest"/>'
             '<testcase name="test_flat_fsdp2" status="run" result="completed" time="0.5" '
             'classname="__main__.MeshTest"/></testsuite></testsuites>',
-        )
-        where = dict(world_size=1, device="cuda", file="fsdp/mesh_test.py")
-        write_cases(
-            os.path.join(target, "test.outputs"),
-            case_record(
+            fixtures.case_record(
                 "__main__.MeshTest",
                 "test_mesh_fsdp2",
                 "test_mesh",
@@ -220,23 +215,25 @@ class NotRunTest(absltest.TestCase):
                 not_run=self.REASON,
                 **where,
             ),
-            case_record("__main__.MeshTest", "test_flat_fsdp2", "test_flat", "fsdp2", **where),
+            fixtures.case_record(
+                "__main__.MeshTest", "test_flat_fsdp2", "test_flat", "fsdp2", **where
+            ),
         )
-        rc, out, html_text, md = run_cli("--testlogs", tmp)
+        rc, out, html_text, md = fixtures.run_cli("--testlogs", tmp)
         shutil.rmtree(tmp)
         self.assertEqual(rc, 0)
         self.assertIn("1 passed, 0 failed, 0 disabled, 1 not run", out)
         self.assertNotIn("skipped", out)
-        cells = html_cells(html_text, "test_mesh")
+        cells = fixtures.html_cells(html_text, "test_mesh")
         self.assertIn("NOT RUN", "".join(cells))
         self.assertIn("ws1: " + self.REASON, "".join(cells))
-        self.assertIn("not run: ws1: valid at world size even", md_row(md, "test_mesh")[0])
+        self.assertIn("not run: ws1: valid at world size even", fixtures.md_row(md, "test_mesh")[0])
 
     def test_pytest_sizes_share_a_row_and_left_out_cases_come_from_the_record(self):
         tmp = tempfile.mkdtemp()
         junit = os.path.join(tmp, "results.xml")
         cls = "fsdp.hsdp.mesh_test.MeshTest"
-        write_file(
+        fixtures.write_file(
             junit,
             '<testsuites><testsuite name="pytest">'
             '<testcase classname="%s" name="test_mesh_fsdp2[ws2]" time="0.5"/>'
@@ -245,13 +242,13 @@ class NotRunTest(absltest.TestCase):
             "</testcase></testsuite></testsuites>" % (cls, cls),
         )
         where = dict(device="cuda", file="fsdp/hsdp/mesh_test.py")
-        write_cases(
+        fixtures.write_cases(
             tmp,
-            case_record(cls, "test_mesh_fsdp2", "test_mesh", "fsdp2", 2, **where),
-            case_record(
+            fixtures.case_record(cls, "test_mesh_fsdp2", "test_mesh", "fsdp2", 2, **where),
+            fixtures.case_record(
                 cls, "test_mesh_fsdp2", "test_mesh", "fsdp2", 1, not_run=self.REASON, **where
             ),
-            case_record(cls, "test_flat_fsdp2", "test_flat", "fsdp2", 1, **where),
+            fixtures.case_record(cls, "test_flat_fsdp2", "test_flat", "fsdp2", 1, **where),
         )
         col = parse_pytest_junit(junit, "cuda")
         shutil.rmtree(tmp)
