@@ -1,4 +1,4 @@
-"""Known torch bugs: the harness's known_failures.json records, read into results."""
+"""Known torch bugs: the `known_bug` of the harness's case records, read into results."""
 
 import re
 from typing import Dict, List
