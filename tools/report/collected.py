@@ -28,9 +28,8 @@ class TestResult:
     log_path: str = ""  # test.log beside it, if any
     rank_logs: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
     anchor: str = ""  # set by build_report for results with detail
-    # The case's known torch bug, as its record in cases.json has it: issue,
-    # summary, affected, fixed_by, conditions, expected, outcome, torch (older
-    # records: seen_on instead of the range; see apply_known_failure).
+    # The case's known torch bug, as its record in cases.json has it: issue, summary,
+    # affected, fixed_by, conditions, expected, outcome, torch (testing/known_failures.py).
     known_bug: Optional[Dict[str, str]] = None
     # The torch version of the run (its environment.json), for release columns.
     torch: str = ""

@@ -20,7 +20,7 @@ testdata/known_bugs/     testlogs with known torch bugs (known_bug in cases.json
                     that did not reproduce), outputs in outputs.zip;
                     no_sync_test_cpu hand-written, plain test.outputs/: a
                     --known_failures=strict failure and a pass on a release
-                    outside seen_on
+                    outside the bug's range
 testdata/pytest_known_bugs/  the same unfreeze run through pytest (xfail, and
                     "Unexpected success"), with cases.json beside it
 NotRunTest writes its own small fixtures (cases.json under Bazel and beside JUnit).

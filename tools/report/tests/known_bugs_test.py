@@ -53,17 +53,25 @@ class KnownTorchBugTest(absltest.TestCase):
             '<a href="https://github.com/pytorch/pytorch/issues/186998">pytorch#186998</a>', detail
         )
         self.assertIn("a unit frozen then gets the param dtype", detail)
-        self.assertIn("seen on torch 2.13 \u00b7 this run: torch 2.13, failed as expected", detail)
+        self.assertIn(
+            "affects torch &gt;=2.10,&lt;2.14.1, fixed by pytorch#187376 \u00b7 "
+            "this run: torch 2.13.0+cpu, failed as expected",
+            detail,
+        )
 
     def test_strict_failure_is_a_known_bug_with_its_message(self):
         cells = fixtures.html_cells(self.html, "test_accumulates")
         self.assertEqual(fixtures.cell_status(cells[0]), "st-known-bug")
         detail = fixtures.section(self.html, re.search(r'href="#(r\d+)"', cells[0]).group(1))
         self.assertIn("expected 4.0, got 2.0", detail)
-        self.assertIn("this run: torch 2.13, failed<", detail)
-        # Passed on a release outside seen_on: a pass, with a note.
+        self.assertIn("this run: torch 2.13.0+cpu, failed<", detail)
+        # Passed on a release outside its range: a pass, with a note.
         self.assertEqual(fixtures.cell_status(cells[1]), "st-pass")
-        self.assertIn("pytorch#556 did not occur on torch 2.13 (seen on torch 2.11)", cells[1])
+        self.assertIn(
+            "pytorch#556 did not occur on torch 2.13.0+cpu "
+            "(torch 2.13.0 is outside &gt;=2.11,&lt;2.12)",
+            cells[1],
+        )
 
     def test_pytest_xfail_is_a_known_bug_not_a_skip(self):
         cell = fixtures.html_cells(self.html, fixtures.UNFREEZE)[3]  # cuda fsdp2 (pytest)
@@ -80,8 +88,12 @@ class KnownTorchBugTest(absltest.TestCase):
             self.assertEqual(fixtures.cell_status(cell), "st-fail", i)
             self.assertIn("known bug did not reproduce", cell)
             detail = fixtures.section(self.html, re.search(r'href="#(r\d+)"', cell).group(1))
-            self.assertIn("passed on torch 2.13, and example/repo#7 was seen on torch 2.13", detail)
-            self.assertIn("this run: torch 2.13, passed", detail)
+            self.assertIn(
+                "passed on torch 2.13.0+cpu, where example/repo#7 applies "
+                "(affects torch &gt;=2.13)",
+                detail,
+            )
+            self.assertIn("this run: torch 2.13.0+cpu, passed", detail)
         self.assertIn("\u274c [FAIL](#", fixtures.md_row(self.md, fixtures.UNFREEZE)[0])
 
     def test_markdown_details(self):
@@ -96,7 +108,7 @@ class KnownTorchBugTest(absltest.TestCase):
             "pytorch/pytorch/issues/186998)**",
             self.md,
         )
-        self.assertIn("seen on torch 2.11, 2.13 \u00b7 this run: torch 2.13, failed", self.md)
+        self.assertIn("affects torch &gt;=2.11 \u00b7 this run: torch 2.13.0+cpu, failed", self.md)
 
     def test_xfail_without_record_is_still_a_known_bug(self):
         tmp = tempfile.mkdtemp()
@@ -139,15 +151,16 @@ class KnownTorchBugTest(absltest.TestCase):
             {
                 "issue": "pytorch#1",
                 "summary": "s",
-                "seen_on": "2.13",
-                "torch": "2.13",
+                "affected": ">=2.13",
+                "torch": "2.13.0",
                 "outcome": "failed as expected",
                 "message": "rank 0: grad dtype bf16",
             },
         )
         self.assertEqual(r.status, KNOWN_BUG)
         self.assertEqual(
-            r.message, "known torch bug pytorch#1: s (seen on torch 2.13)\nrank 0: grad dtype bf16"
+            r.message,
+            "known torch bug pytorch#1: s (affects torch >=2.13)\nrank 0: grad dtype bf16",
         )
 
     def test_without_records_absl_expected_failure_is_a_pass(self):
