@@ -34,22 +34,19 @@ What the harness does with such a case (``--known_failures``, env
 * ``expect`` where the bug does not apply, or ``strict`` anywhere: the case is
   an ordinary test; a failure names the known bug and why it was not expected.
 
-The record of every known failure that ran goes to ``known_failures.json`` in
-the test's output directory, beside ``test_params.json``, for the report.
+The record of every known failure that ran goes into the case's entry of
+``cases.json`` (``known_bug``, see testing/case_params.py), for the report.
 """
 
 import dataclasses
-import json
-import os
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from packaging import specifiers, version
 
-FILE_NAME = "known_failures.json"
-MODES = ("expect", "strict")
+from testing import case_params
 
-_RECORDED: Dict[str, Dict[str, str]] = {}
+MODES = ("expect", "strict")
 _SIZE_TERM = re.compile(r"^(any|even|odd|\d+|>=\d+|<=\d+)$")
 
 
@@ -221,7 +218,7 @@ def expected_here(bug: Optional[TorchBug], mode: str, case: Case) -> bool:
 
 
 def record(
-    key: str,
+    record: Dict[str, Any],
     bug: TorchBug,
     outcome: str,
     output_dir: str,
@@ -230,10 +227,10 @@ def record(
     expected: bool,
     message: str = "",
 ) -> None:
-    """Adds one known-failure result to ``<output_dir>/known_failures.json``.
+    """Records how a case with a known bug went, as its ``known_bug`` in ``cases.json``.
 
     Args:
-      key: ``<Class>.<method>``, as ``test_params.json`` keys results.
+      record: the case's record (testing/case_params.py ``describe``).
       bug: the case's known bug.
       outcome: ``"failed as expected"``, ``"failed"`` or ``"passed"``.
       output_dir: the test's output directory.
@@ -259,6 +256,4 @@ def record(
     if message:
         # The JUnit of an expected failure keeps no message: the report shows this one.
         entry["message"] = message[:2000]
-    _RECORDED[key] = entry
-    with open(os.path.join(output_dir, FILE_NAME), "w") as f:
-        json.dump(_RECORDED, f, indent=1, sort_keys=True)
+    case_params.record(record, output_dir, known_bug=entry)

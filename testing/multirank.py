@@ -163,7 +163,11 @@ class MultiRankTestCase(absltest.TestCase):
 
     def _callTestMethod(self, method):
         del method  # runs on the ranks
-        case_params.record(self, output_dir())
+        case = self._known_failure_case()
+        record = case_params.describe(
+            type(self), self._testMethodName, device=case.device, world_size=case.world_size
+        )
+        case_params.record(record, output_dir())
         # A misspelt entry would never apply, and its bug would fail as if unknown.
         unknown = sorted(m for m in type(self).known_failures if not hasattr(type(self), m))
         if unknown:
@@ -174,15 +178,13 @@ class MultiRankTestCase(absltest.TestCase):
         if bug is None:
             self._run_on_ranks()
             return
-        key = f"{type(self).__name__}.{self._testMethodName}"
         expected = getattr(self, "__unittest_expecting_failure__", False)
-        case = self._known_failure_case()
         try:
             self._run_on_ranks()
         except self.failureException as e:
             outcome = "failed as expected" if expected else "failed"
             known_failures_lib.record(
-                key, bug, outcome, output_dir(), case=case, expected=expected, message=str(e)
+                record, bug, outcome, output_dir(), case=case, expected=expected, message=str(e)
             )
             why = ""
             if not expected:
@@ -191,7 +193,7 @@ class MultiRankTestCase(absltest.TestCase):
             raise self.failureException(
                 "\n".join(filter(None, [bug.describe(), why, str(e)]))
             ) from None
-        known_failures_lib.record(key, bug, "passed", output_dir(), case=case, expected=expected)
+        known_failures_lib.record(record, bug, "passed", output_dir(), case=case, expected=expected)
         if expected:
             sys.stderr.write(
                 f"{self.id()}: did not fail on torch {known_failures_lib.torch_version()}, "
@@ -231,17 +233,15 @@ class MultiRankTestCase(absltest.TestCase):
     def _record_not_run(self, device: str, size: int, reason: str) -> None:
         """Keeps the reason for the report: absl's JUnit XML drops skip reasons."""
         cls = type(self)
-        test_file = getattr(sys.modules.get(cls.__module__), "__file__", "") or ""
-        relative = os.path.relpath(test_file) if test_file else cls.__module__
         case = not_run_lib.NotRun(
             classname=f"{cls.__module__}.{cls.__qualname__}",
             method=self._testMethodName,
-            file=test_file if relative.startswith("..") else relative,
+            file=case_params.test_file(cls),
             device=device,
             world_size=size,
             reason=reason,
         )
-        not_run_lib.record([case], output_dir())
+        not_run_lib.record(cls, case, output_dir())
 
     def _run_on_ranks(self) -> None:
         size = options.world_size()

@@ -8,9 +8,9 @@ world size that ``testing/run_plan.py`` plans for it, named ``<method>[ws<N>]``
 Sizes that do not apply here (the declaration excludes them on this device, or the
 host has fewer accelerators than they need) are taken out of the run, so they count
 as neither passed, failed nor skipped. They are listed in one block at the end
-("not run: N cases", then file / world size / reason) and written to
-``not_run.json`` (``testing/not_run.py``) in the harness's output directory and
-beside ``--junitxml``, where tools/report reads them.
+("not run: N cases", then file / world size / reason) and recorded, with the reason,
+in ``cases.json`` (``testing/case_params.py``) in the harness's output directory; the
+plugin copies that file beside ``--junitxml``, where tools/report reads it.
 
 Items run sorted by world size, so each size's session pool of ranks starts once;
 the pools of one size are closed before the next size starts (device memory).
@@ -22,6 +22,7 @@ from typing import Dict, List, Optional
 
 import pytest
 
+from testing import case_params
 from testing import multirank
 from testing import not_run
 from testing import options
@@ -152,21 +153,20 @@ class _Finisher:
             if reason is None:
                 keep.append(item)
                 continue
-            plan.not_run.append(
-                not_run.NotRun(
-                    classname=f"{item.cls.__module__}.{item.cls.__qualname__}",
-                    method=_case_name(item.name),
-                    file=_repo_relative(str(getattr(item, "path", None) or item.fspath)),
-                    device=plan.device,
-                    world_size=getattr(item, _SIZE_ATTR),
-                    reason=reason,
-                )
+            case = not_run.NotRun(
+                classname=f"{item.cls.__module__}.{item.cls.__qualname__}",
+                method=_case_name(item.name),
+                file=_repo_relative(str(getattr(item, "path", None) or item.fspath)),
+                device=plan.device,
+                world_size=getattr(item, _SIZE_ATTR),
+                reason=reason,
             )
+            plan.not_run.append(case)
+            not_run.record(item.cls, case, multirank.output_dir())
         # Stable: within one size, the collection order (and so class grouping) stays.
         keep.sort(key=lambda item: getattr(item, _SIZE_ATTR, 0))
         _count_collected(config, len(keep) - len(items))
         items[:] = keep
-        not_run.record(plan.not_run, multirank.output_dir())
 
 
 def pytest_configure(config):
@@ -198,8 +198,8 @@ def pytest_terminal_summary(terminalreporter, config):
 
 
 def pytest_sessionfinish(session):
-    """Writes not_run.json beside the JUnit XML too, where tools/report looks."""
+    """Writes cases.json beside the JUnit XML too, where tools/report looks."""
     plan = session.config.stash.get(_PLAN_KEY, None)
     junit = session.config.getoption("xmlpath", None)
     if plan is not None and junit:
-        not_run.write(not_run.recorded(), os.path.dirname(os.path.abspath(junit)))
+        case_params.write(os.path.dirname(os.path.abspath(junit)))

@@ -197,11 +197,11 @@ class HarnessTest(absltest.TestCase):
         run = self.cases("ChecksAWorldOfThree", env=_ONLY_THREE)
         self.assertEqual(run.returncode, 0, run.output)
         self.assertEqual(run.testcases(), {"test_world_size_three": "skipped"})
-        # absl's XML drops skip reasons: the report reads them from not_run.json.
-        with open(os.path.join(run.state_dir, "out", "not_run.json")) as f:
+        # absl's XML drops skip reasons: the report reads them from the case's record.
+        with open(os.path.join(run.state_dir, "out", "cases.json")) as f:
             cases = json.load(f)["cases"]
         self.assertEqual(
-            [(c["test_id"], c["world_size"], c["reason"]) for c in cases],
+            [(c["test_id"], c["world_size"], c["not_run"]) for c in cases],
             [("ChecksAWorldOfThree.test_world_size_three", 2, _THREE_REASON)],
         )
 
@@ -216,8 +216,8 @@ class HarnessTest(absltest.TestCase):
         self.assertNotRegex(run.output, r"\d+ (passed|failed|skipped)")
         self.assertIn("not run: 1 case\n", run.output)
         self.assertIn(f"testing/tests/harness_cases.py  ws2  1 case  {_THREE_REASON}", run.output)
-        with open(os.path.join(run.state_dir, "not_run.json")) as f:
-            self.assertEqual(json.load(f)["cases"][0]["reason"], _THREE_REASON)
+        with open(os.path.join(run.state_dir, "cases.json")) as f:
+            self.assertEqual(json.load(f)["cases"][0]["not_run"], _THREE_REASON)
         run = CasesRun(
             self, ["-k", "ChecksAWorldOfThree", "--world-size=3"], env=_ONLY_THREE, pytest=True
         ).run()

@@ -5,19 +5,7 @@ from typing import List, Optional
 
 from tools.report.collected import TestResult
 from tools.report.known_bugs import bug_scope
-from tools.report.status import (
-    DISABLED,
-    FAIL,
-    FLAKY,
-    KNOWN_BUG,
-    MALFORMED,
-    NA,
-    NEEDS_DETAIL,
-    NO_RESULT,
-    NOT_RUN,
-    PASS,
-    SKIPPED,
-)
+from tools.report import status as st
 
 
 @dataclasses.dataclass
@@ -40,7 +28,7 @@ class Cell:
     def link(self) -> str:
         """Anchor of the first result with a detail section."""
         for r in self.results:
-            if r.anchor and r.status in NEEDS_DETAIL:
+            if r.anchor and r.status in st.NEEDS_DETAIL:
                 return r.anchor
         return ""
 
@@ -48,7 +36,7 @@ class Cell:
     def message(self) -> str:
         """The first failure message among the results, else the cell's reason."""
         for r in self.results:
-            if r.status in NEEDS_DETAIL and r.message:
+            if r.status in st.NEEDS_DETAIL and r.message:
                 return r.message
         return self.reason
 
@@ -56,21 +44,21 @@ class Cell:
 def aggregate(results: List[TestResult]) -> str:
     """The status of a cell from its results, the most severe first."""
     statuses = [r.status for r in results]
-    failing = [s for s in statuses if s == FAIL]
+    failing = [s for s in statuses if s == st.FAIL]
     if failing:
-        if PASS in statuses and any(r.run for r in results):
-            return FLAKY
-        return FAIL
-    if KNOWN_BUG in statuses:
-        return KNOWN_BUG
-    for s in (MALFORMED, NO_RESULT):
+        if st.PASS in statuses and any(r.run for r in results):
+            return st.FLAKY
+        return st.FAIL
+    if st.KNOWN_BUG in statuses:
+        return st.KNOWN_BUG
+    for s in (st.MALFORMED, st.NO_RESULT):
         if s in statuses:
             return s
-    if PASS in statuses:
-        return PASS
-    if SKIPPED in statuses:
-        return SKIPPED
-    return statuses[0] if statuses else NOT_RUN
+    if st.PASS in statuses:
+        return st.PASS
+    if st.SKIPPED in statuses:
+        return st.SKIPPED
+    return statuses[0] if statuses else st.NOT_RUN
 
 
 def cell_of(mine, beh, dev, api, target_level, beh_targets, used, qdevs) -> Cell:
@@ -91,20 +79,20 @@ def cell_of(mine, beh, dev, api, target_level, beh_targets, used, qdevs) -> Cell
             r.known_bug.get("not_expected_because") or bug_scope(r.known_bug),
         )
         for r in mine
-        if r.known_bug and r.status == PASS
+        if r.known_bug and r.status == st.PASS
     ]
     if mine:
-        # Sizes the declaration or the host excluded (not_run_records), with their reasons.
+        # Sizes the declaration or the host excluded (case_records), with their reasons.
         not_run = sorted(
             {
                 ("ws%d: %s" % (r.ws, r.message)) if r.ws else r.message
                 for r in mine
-                if r.status == NOT_RUN
+                if r.status == st.NOT_RUN
             }
         )
         status = aggregate(mine)
-        if status == NOT_RUN:
-            return Cell(NOT_RUN, list(mine), reason="; ".join(not_run), notes=notes)
+        if status == st.NOT_RUN:
+            return Cell(st.NOT_RUN, list(mine), reason="; ".join(not_run), notes=notes)
         return Cell(status, list(mine), notes=notes + ["not run at " + n for n in not_run])
     tl = [r for r in target_level.get((beh, dev), []) if api is None or r.api in (None, api)]
     if tl:
@@ -114,12 +102,12 @@ def cell_of(mine, beh, dev, api, target_level, beh_targets, used, qdevs) -> Cell
         live = [t for t in dev_targets if not t.disabled]
         if not live:
             reasons = sorted({t.reason or "no reason given" for t in dev_targets})
-            return Cell(DISABLED, reason="; ".join(reasons))
+            return Cell(st.DISABLED, reason="; ".join(reasons))
         return Cell(
-            NOT_RUN,
+            st.NOT_RUN,
             reason="target %s has no result" % ", ".join(t.label for t in live),
             notes=notes,
         )
     if beh_targets and dev in qdevs:
-        return Cell(NA, reason="no target for this device/API")
-    return Cell(NOT_RUN, reason="no result for this device")
+        return Cell(st.NA, reason="no target for this device/API")
+    return Cell(st.NOT_RUN, reason="no result for this device")

@@ -13,7 +13,7 @@ class TestResult:
     label: str  # //fsdp:foo_cpu, or "junit:<file>"
     behaviour: str
     device: str
-    method: Optional[str]  # row name (API token removed); None = target-level
+    method: Optional[str]  # row name (the record's name, else the JUnit name); None = target-level
     api: Optional[str] = None  # fsdp1 / fsdp2 / None (API-neutral)
     status: str = PASS
     raw_name: str = ""  # test name as written in the XML
@@ -28,9 +28,8 @@ class TestResult:
     log_path: str = ""  # test.log beside it, if any
     rank_logs: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
     anchor: str = ""  # set by build_report for results with detail
-    # The case's known torch bug, as recorded in known_failures.json: issue,
-    # summary, affected, fixed_by, conditions, expected, outcome, torch (older
-    # records: seen_on instead of the range; see apply_known_failure).
+    # The case's known torch bug, as its record in cases.json has it: issue, summary,
+    # affected, fixed_by, conditions, expected, outcome, torch (testing/known_failures.py).
     known_bug: Optional[Dict[str, str]] = None
     # The torch version of the run (its environment.json), for release columns.
     torch: str = ""
@@ -102,11 +101,3 @@ def only_devices(col: Collected, devices) -> Collected:
     out.targets = {k: t for k, t in col.targets.items() if t.device in keep}
     out.environments = [e for e in col.environments if e[0] in keep]
     return out
-
-
-def inherit_target_api(results: List[TestResult], targets: Dict[str, TargetInfo]) -> None:
-    """A target tagged with a single API makes its API-neutral methods that API's."""
-    for r in results:
-        t = targets.get(r.label)
-        if r.api is None and t is not None and len(t.apis) == 1:
-            r.api = t.apis[0]

@@ -4,10 +4,9 @@ import datetime
 import xml.etree.ElementTree as ET
 from typing import Any, List, Optional, Tuple
 
-from tools.report import not_run_records
+from tools.report import case_records
 from tools.report.collected import Problem, TestResult
 from tools.report.files import read_text, tail, to_float
-from tools.report.names import split_api
 from tools.report.status import FAIL, KNOWN_BUG, MALFORMED, NO_RESULT, NOT_RUN, PASS, SKIPPED
 
 
@@ -29,7 +28,7 @@ def _case_status(case: ET.Element) -> Tuple[str, str, str]:
         msg = el.get("message") or (el.text or "").strip()
         if el.get("type") == "pytest.xfail":
             # An expected failure: the harness's known torch bug reproduced.
-            # known_failures.json, when found, names the bug.
+            # The case's record (cases.json), when found, names the bug.
             return (
                 KNOWN_BUG,
                 ("expected failure (pytest xfail)%s" % (": " + msg if msg else "")),
@@ -37,9 +36,9 @@ def _case_status(case: ET.Element) -> Tuple[str, str, str]:
             )
         if msg == "xfail-marked test passes unexpectedly":
             return FAIL, msg, ""
-        if msg.startswith(not_run_records.PREFIX):
+        if msg.startswith(case_records.PREFIX):
             # The harness's "does not apply here" (testing/not_run.py): not a skip.
-            return NOT_RUN, msg[len(not_run_records.PREFIX) :], ""
+            return NOT_RUN, msg[len(case_records.PREFIX) :], ""
         return SKIPPED, msg, ""
     for prop in case.iter("property"):
         if prop.get("name") == "EXPECTED_FAILURE":
@@ -143,13 +142,15 @@ def parse_bazel_xml(
 
 
 def case_result(case: ET.Element, test_id: str, **fields: Any) -> TestResult:
-    """The TestResult of one JUnit ``testcase``; ``fields`` are its other TestResult fields."""
+    """The TestResult of one JUnit ``testcase``; ``fields`` are its other TestResult fields.
+
+    Its row and API come from the case's record (case_records.apply); until then the
+    row is the JUnit name.
+    """
     name = case.get("name", "")
-    method, api = split_api(name)
     status, msg, body = _case_status(case)
     return TestResult(
-        method=method,
-        api=api,
+        method=name,
         status=status,
         raw_name=name,
         test_id=test_id,
@@ -158,16 +159,6 @@ def case_result(case: ET.Element, test_id: str, **fields: Any) -> TestResult:
         duration=to_float(case.get("time")),
         **fields,
     )
-
-
-def junit_behaviour(classname: str, package: str) -> str:
-    """fsdp.training.parity_test.ParityTest -> training/parity_test, as for Bazel."""
-    parts = classname.split(".")
-    if len(parts) >= 2 and parts[-1][:1].isupper():
-        parts = parts[:-1]  # drop the test class
-    if package and len(parts) > 1 and parts[0] == package:
-        parts = parts[1:]
-    return "/".join(parts) or "(unknown)"
 
 
 def junit_start(root: ET.Element) -> Optional[float]:

@@ -1,7 +1,7 @@
-"""Known torch bugs: the harness's known_failures.json records, read into results."""
+"""Known torch bugs: the `known_bug` of the harness's case records, read into results."""
 
 import re
-from typing import Dict, List
+from typing import Dict
 
 from tools.report.collected import TestResult
 from tools.report.status import FAIL, KNOWN_BUG, KNOWN_FAILED, KNOWN_PASSED, PASS, SKIPPED
@@ -12,20 +12,11 @@ def known_bugs_phrase(n: int) -> str:
     return "%d known torch bug%s" % (n, "" if n == 1 else "s")
 
 
-def _releases(text: str) -> List[str]:
-    return [t.strip() for t in str(text or "").split(",") if t.strip()]
-
-
 def bug_scope(bug: Dict[str, str]) -> str:
-    """Where a recorded bug applies, in words.
-
-    Records with a release range (``affected``, testing/known_failures.py):
-    ``"affects torch >=2.10,<2.14.1, fixed by pytorch#187376; shows with world size
-    >=2"``. Records written before ranges: ``"seen on torch 2.11, 2.13"``.
+    """Where a recorded bug applies, in words (testing/known_failures.py's record):
+    ``"affects torch >=2.10,<2.14.1, fixed by pytorch#187376; shows with world size >=2"``.
     """
-    if not bug.get("affected"):
-        return "seen on torch %s" % bug.get("seen_on", "?")
-    text = "affects torch " + bug["affected"]
+    text = "affects torch " + bug.get("affected", "?")
     if bug.get("fixed_by"):
         text += ", fixed by " + bug["fixed_by"]
     if bug.get("conditions"):
@@ -40,14 +31,6 @@ def describe_known_bug(bug: Dict[str, str]) -> str:
         bug.get("summary", ""),
         bug_scope(bug),
     )
-
-
-def _expected_to_fail(bug: Dict[str, str]) -> bool:
-    """Whether the bug applied to the run that recorded it (its case had to fail)."""
-    if bug.get("expected") in ("yes", "no"):
-        return bug["expected"] == "yes"
-    torch = bug.get("torch", "")  # a record from before ranges: its seen_on list
-    return bool(torch) and torch in _releases(bug.get("seen_on"))
 
 
 def apply_known_failure(r: TestResult, bug: Dict[str, str]) -> None:
@@ -74,35 +57,21 @@ def apply_known_failure(r: TestResult, bug: Dict[str, str]) -> None:
             # leaves no message in the XML).
             if bug.get("message") and bug["message"] not in r.message:
                 r.message += "\n" + bug["message"]
-    elif outcome == KNOWN_PASSED and _expected_to_fail(bug):
+    elif outcome == KNOWN_PASSED and bug.get("expected") == "yes":
         junit = r.message
         r.status = FAIL
-        if bug.get("affected"):
-            r.message = (
-                "known bug did not reproduce: %s passed on torch %s, where %s applies "
-                "(%s). Either the test no longer catches the bug, or this build has a "
-                "fix (then update affected). The bug: %s"
-                % (
-                    r.test_id or r.raw_name,
-                    bug.get("torch_version") or bug.get("torch", "?"),
-                    bug.get("issue", "?"),
-                    bug_scope(bug),
-                    bug.get("summary", ""),
-                )
+        r.message = (
+            "known bug did not reproduce: %s passed on torch %s, where %s applies "
+            "(%s). Either the test no longer catches the bug, or this build has a "
+            "fix (then update affected). The bug: %s"
+            % (
+                r.test_id or r.raw_name,
+                bug.get("torch_version") or bug.get("torch", "?"),
+                bug.get("issue", "?"),
+                bug_scope(bug),
+                bug.get("summary", ""),
             )
-        else:
-            r.message = (
-                "known bug did not reproduce: %s passed on torch %s, and %s was "
-                "seen on torch %s. Either the test no longer catches the bug, or "
-                "this build has a fix (then update seen_on). The bug: %s"
-                % (
-                    r.test_id or r.raw_name,
-                    bug.get("torch", ""),
-                    bug.get("issue", "?"),
-                    bug.get("seen_on", ""),
-                    bug.get("summary", ""),
-                )
-            )
+        )
         if junit and junit not in r.text:
             r.text = junit + ("\n" + r.text if r.text else "")
 

@@ -6,22 +6,10 @@ import dataclasses
 from typing import Dict, List, Tuple
 
 from tools.report.cells import Cell, cell_of
-from tools.report.collected import Collected, Problem, TargetInfo, TestResult, inherit_target_api
+from tools.report.collected import Collected, Problem, TargetInfo, TestResult
 from tools.report.known_bugs import known_bugs_phrase
 from tools.report.names import KNOWN_APIS, KNOWN_DEVICES, order
-from tools.report.status import (
-    DISABLED,
-    FAIL,
-    FLAKY,
-    KNOWN_BUG,
-    MALFORMED,
-    NA,
-    NEEDS_DETAIL,
-    NO_RESULT,
-    NOT_RUN,
-    PASS,
-    SKIPPED,
-)
+from tools.report import status as st
 
 WHOLE_TARGET = "(whole target)"
 
@@ -66,20 +54,20 @@ class Report:
         c = self.counts
         # Known torch bugs are failures of conformance: counted as failed, and
         # named so that a reader sees how many of the failures are explained.
-        failed = "%d failed" % (c.get(FAIL, 0) + c.get(KNOWN_BUG, 0))
-        if c.get(KNOWN_BUG):
-            failed += " (%s)" % known_bugs_phrase(c[KNOWN_BUG])
+        failed = "%d failed" % (c.get(st.FAIL, 0) + c.get(st.KNOWN_BUG, 0))
+        if c.get(st.KNOWN_BUG):
+            failed += " (%s)" % known_bugs_phrase(c[st.KNOWN_BUG])
         line = "%d passed, %s, %d disabled, %d not run" % (
-            c.get(PASS, 0),
+            c.get(st.PASS, 0),
             failed,
-            c.get(DISABLED, 0),
-            c.get(NOT_RUN, 0),
+            c.get(st.DISABLED, 0),
+            c.get(st.NOT_RUN, 0),
         )
         extra = [
-            (FLAKY, "flaky"),
-            (SKIPPED, "skipped"),
-            (NO_RESULT, "without result"),
-            (MALFORMED, "malformed"),
+            (st.FLAKY, "flaky"),
+            (st.SKIPPED, "skipped"),
+            (st.NO_RESULT, "without result"),
+            (st.MALFORMED, "malformed"),
         ]
         for key, word in extra:
             if c.get(key):
@@ -94,7 +82,6 @@ class Report:
 
 def build_report(col: Collected) -> Report:
     """Arranges collected results into the report's matrix, details and counts."""
-    inherit_target_api(col.results, col.targets)
     layout = _Layout.of(col)
     groups = [_group(layout, beh) for beh in layout.behaviours]
     return Report(
@@ -202,7 +189,7 @@ def _method_row(
         if row.api_split:
             for api in layout.api_cols:
                 if api not in row_apis:
-                    row.cells[(dev, api)] = Cell(NA, reason="not a case for " + api)
+                    row.cells[(dev, api)] = Cell(st.NA, reason="not a case for " + api)
                     continue
                 mine = [r for r in rs if r.device == dev and r.api in (api, None)]
                 row.cells[(dev, api)] = cell_of(
@@ -252,7 +239,7 @@ def _count(groups: List[Group]) -> Dict[str, int]:
     for g in groups:
         for row in g.rows:
             for cell in row.cells.values():
-                if cell.status != NA:
+                if cell.status != st.NA:
                     counts[cell.status] = counts.get(cell.status, 0) + 1
     return counts
 
@@ -265,7 +252,7 @@ def _assign_anchors(groups: List[Group]) -> List[TestResult]:
         for row in g.rows:
             for cell in row.cells.values():
                 for r in cell.results:
-                    if r.status in NEEDS_DETAIL and id(r) not in seen:
+                    if r.status in st.NEEDS_DETAIL and id(r) not in seen:
                         seen.add(id(r))
                         r.anchor = "r%d" % (len(details) + 1)
                         details.append(r)

@@ -1,28 +1,28 @@
 """pytest's --junitxml output from a host without Bazel, with the harness's files beside it."""
 
-import json
 import os
 import xml.etree.ElementTree as ET
+from typing import Dict
 
-from tools.report import not_run_records
-from tools.report.collected import Collected, Problem
+from tools.report import case_records
+from tools.report.collected import Collected, Problem, TestResult
 from tools.report.files import Outputs, read_text
-from tools.report.harness_records import (
-    apply_case_params,
-    apply_known_failures,
-    read_case_params,
-    read_known_failures,
-)
-from tools.report.junit import case_result, junit_behaviour, junit_start
-from tools.report.names import split_api
+from tools.report.harness_records import parse_environment
+from tools.report.junit import case_result, junit_start
 from tools.report.rank_logs import attach_rank_logs
+
+
+def _pytest_key(case: Dict) -> str:
+    """The pytest plugin names a case's item ``<method>[ws<N>]``."""
+    return "%s.%s[ws%d]" % (case["classname"], case["method"], case["world_size"])
 
 
 def parse_pytest_junit(path: str, device: str, package: str = "fsdp") -> Collected:
     """Reads pytest's --junitxml output from a host without Bazel.
 
-    An environment.json beside the file (the harness writes one to
-    FSDP_TEST_OUTPUT_DIR) describes that host's torch and devices.
+    The harness's files beside it (the pytest plugin writes cases.json there, and
+    FSDP_TEST_OUTPUT_DIR puts environment.json and rank logs there) give each case
+    its row, API, world size, known bug and not-run reason.
     """
     out = Collected()
     out.inputs.append("pytest JUnit (%s): %s" % (device, path))
@@ -37,87 +37,55 @@ def parse_pytest_junit(path: str, device: str, package: str = "fsdp") -> Collect
         return out
     for case in root.iter("testcase"):
         classname = case.get("classname", "")
-        # The pytest plugin names items <method>[ws<N>]: one row, the size on the result.
-        name, ws = not_run_records.split_world_size(case.get("name", ""))
-        result = case_result(
-            case,
-            test_id=classname + "." + name,
-            label=label,
-            behaviour=junit_behaviour(classname, package),
-            device=device,
-            source=path,
-            ws=ws,
+        out.results.append(
+            case_result(
+                case,
+                test_id=classname + "." + case.get("name", ""),
+                label=label,
+                behaviour=classname,
+                device=device,
+                source=path,
+            )
         )
-        if ws is not None:
-            result.raw_name = name
-            result.method, result.api = split_api(name)
-        out.results.append(result)
-    _add_pytest_not_run(out, root, path, label, device, package)
     if not out.results:
         out.problems.append(Problem(path, "JUnit XML has no test cases"))
-    _apply_records_beside(out, root, path, device)
+    _apply_records_beside(out, root, path, label, device, package)
     return out
 
 
-def _add_pytest_not_run(
+def _apply_records_beside(
     out: Collected, root: ET.Element, path: str, label: str, device: str, package: str
 ) -> None:
-    """Adds the cases the pytest plugin left out of the run (not_run.json beside the XML)."""
-    not_run_path = os.path.join(os.path.dirname(path), not_run_records.FILE_NAME)
-    if not os.path.isfile(not_run_path):
-        return
+    """The harness's files beside the JUnit XML: cases.json, rank logs, environment.json."""
+    beside = os.path.dirname(path)
+    cases_path = os.path.join(beside, case_records.FILE_NAME)
+    text = read_text(cases_path) if os.path.isfile(cases_path) else None
     started = junit_start(root)
-    if started is not None and os.path.getmtime(not_run_path) < started - 1:
-        out.problems.append(
-            Problem(not_run_path, "older than the JUnit run it sits beside; ignored")
-        )
-        return
-    entries = not_run_records.read(read_text(not_run_path), not_run_path, out.problems)
-    # A case the harness itself found not to apply is in the XML already, as NOT_RUN.
-    have = {(r.test_id, r.ws) for r in out.results}
-    entries = [
-        e for e in entries if ("%s.%s" % (e["classname"], e["method"]), e["world_size"]) not in have
-    ]
+    if text is not None and started is not None and os.path.getmtime(cases_path) < started - 1:
+        # Left by an earlier run in the same directory: the plugin rewrites it at the
+        # end of every session that planned cases.
+        out.problems.append(Problem(cases_path, "older than the JUnit run it sits beside; ignored"))
+        text = None
+    cases = case_records.read(text, cases_path, out.problems)
+    by_result = {_result_key(r): r for r in out.results}
+    unmatched = case_records.apply(out.results, cases, _result_key, _pytest_key)
+    for case in cases:
+        r = by_result.get(_pytest_key(case))
+        if r is not None:
+            r.behaviour = case_records.behaviour(case, package)
+            r.raw_name, r.test_id = case["method"], "%s.%s" % (case["classname"], case["method"])
     out.results.extend(
-        not_run_records.results(
-            entries,
-            lambda classname: junit_behaviour(classname, package),
-            label=label,
-            device=device,
-            source=not_run_path,
+        case_records.not_run_results(
+            unmatched, package, label=label, device=device, source=cases_path
         )
     )
-
-
-def _apply_records_beside(out: Collected, root: ET.Element, path: str, device: str) -> None:
-    """The harness's files beside the JUnit XML (FSDP_TEST_OUTPUT_DIR): test_params.json,
-    known_failures.json, rank logs and environment.json."""
-    params_path = os.path.join(os.path.dirname(path), "test_params.json")
-    if os.path.isfile(params_path):
-        apply_case_params(
-            out.results, read_case_params(read_text(params_path), params_path, out.problems)
-        )
-    known_path = os.path.join(os.path.dirname(path), "known_failures.json")
-    if os.path.isfile(known_path):
-        started = junit_start(root)
-        if started is not None and os.path.getmtime(known_path) < started - 1:
-            # Left by an earlier run in the same FSDP_TEST_OUTPUT_DIR: the harness
-            # rewrites the file only when a known bug runs.
-            out.problems.append(
-                Problem(known_path, "older than the JUnit run it sits beside; ignored")
-            )
-        else:
-            apply_known_failures(
-                out.results, read_known_failures(read_text(known_path), known_path, out.problems)
-            )
-    # The harness's rank logs, when pytest ran with FSDP_TEST_OUTPUT_DIR there.
-    attach_rank_logs(out.results, Outputs(os.path.dirname(path), out.problems, subdir="rank_logs"))
-    env_path = os.path.join(os.path.dirname(path), "environment.json")
+    attach_rank_logs(out.results, Outputs(beside, out.problems, subdir="rank_logs"))
+    env_path = os.path.join(beside, "environment.json")
     if os.path.isfile(env_path):
-        try:
-            env = json.loads(read_text(env_path))
-            if not isinstance(env, dict):
-                raise ValueError("not a JSON object")
+        env = parse_environment(read_text(env_path), env_path, out.problems)
+        if env is not None:
             out.environments.append((device, env, env_path))
-        except ValueError as e:
-            out.problems.append(Problem(env_path, "bad environment.json: %s" % e))
+
+
+def _result_key(r: TestResult) -> str:
+    return r.test_id

@@ -41,16 +41,14 @@ def parse_query_xml(text: str, source: str, package: str = "fsdp") -> Collected:
         behaviour, device, ws = target_metadata(name, tags, generator)
         behaviour = behaviour_name(pkg, behaviour, package)
         reasons = [t.split(":", 1)[1].strip() for t in tags if t.startswith("disabled:")]
-        disabled = "disabled" in tags or bool(reasons)
-        apis = tuple(a for a in KNOWN_APIS if a in tags)
         out.targets[label] = TargetInfo(
-            label=label,
-            behaviour=behaviour,
-            device=device,
-            ws=ws,
-            apis=apis,
+            label,
+            behaviour,
+            device,
+            ws,
+            apis=tuple(a for a in KNOWN_APIS if a in tags),
             tags=tuple(tags),
-            disabled=disabled,
+            disabled="disabled" in tags or bool(reasons),
             reason="; ".join(reasons),
         )
     return out

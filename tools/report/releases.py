@@ -10,7 +10,7 @@ device columns, so the rest of the report needs no change.
 import dataclasses
 from typing import Dict, List, Optional
 
-from tools.report.collected import Collected, TargetInfo, inherit_target_api
+from tools.report.collected import Collected, TargetInfo
 from tools.report.matrix import Report
 from tools.report.names import natural_key
 from tools.report.status import FAIL, FLAKY, KNOWN_BUG, PASS
@@ -52,7 +52,6 @@ def split_columns(col: Collected) -> List[str]:
         return []
     # A target's API tags apply to its results in every column; read them before
     # the targets are copied per column.
-    inherit_target_api(col.results, col.targets)
     for r in col.results:
         if r.device in seen and r.torch:
             r.device = column(r.device, r.torch)

@@ -18,53 +18,34 @@ from tools.report.cells import Cell
 from tools.report.collected import TestResult
 from tools.report.known_bugs import bug_scope, describe_known_bug, issue_url
 from tools.report.matrix import WHOLE_TARGET, Report, Row
-from tools.report.presentation import (
-    column_heading,
-    device_caption,
-    environment_world_sizes,
-    fmt_duration,
-    hardware_summary,
-    missing_environment_reason,
-    shorten,
-)
-from tools.report.status import (
-    DISABLED,
-    FAIL,
-    FLAKY,
-    KNOWN_BUG,
-    MALFORMED,
-    NA,
-    NO_RESULT,
-    NOT_RUN,
-    PASS,
-    SKIPPED,
-)
+from tools.report import presentation
+from tools.report import status as st
 
 _TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 
 LABELS = {
-    PASS: ("\u2714", "PASS"),
-    FAIL: ("\u2718", "FAIL"),
-    KNOWN_BUG: ("\u2691", "KNOWN BUG"),
-    FLAKY: ("\u2248", "FLAKY"),
-    SKIPPED: ("\u21b7", "SKIPPED"),
-    DISABLED: ("\u2298", "DISABLED"),
-    NOT_RUN: ("\u00b7", "NOT RUN"),
-    NO_RESULT: ("?", "NO RESULT"),
-    MALFORMED: ("!", "MALFORMED"),
-    NA: ("", "\u2014"),
+    st.PASS: ("\u2714", "PASS"),
+    st.FAIL: ("\u2718", "FAIL"),
+    st.KNOWN_BUG: ("\u2691", "KNOWN BUG"),
+    st.FLAKY: ("\u2248", "FLAKY"),
+    st.SKIPPED: ("\u21b7", "SKIPPED"),
+    st.DISABLED: ("\u2298", "DISABLED"),
+    st.NOT_RUN: ("\u00b7", "NOT RUN"),
+    st.NO_RESULT: ("?", "NO RESULT"),
+    st.MALFORMED: ("!", "MALFORMED"),
+    st.NA: ("", "\u2014"),
 }
 LEGEND = {
-    PASS: "passed",
-    FAIL: "click for message and rank logs",
-    KNOWN_BUG: "fails from a known torch bug (issue shown)",
-    FLAKY: "failed in some runs",
-    DISABLED: "tagged disabled (reason shown)",
-    NOT_RUN: "does not apply here (reason shown), or target without result",
-    SKIPPED: "skipped by the test",
-    NO_RESULT: "test.xml missing",
-    MALFORMED: "test.xml unreadable",
-    NA: "no such target or case",
+    st.PASS: "passed",
+    st.FAIL: "click for message and rank logs",
+    st.KNOWN_BUG: "fails from a known torch bug (issue shown)",
+    st.FLAKY: "failed in some runs",
+    st.DISABLED: "tagged disabled (reason shown)",
+    st.NOT_RUN: "does not apply here (reason shown), or target without result",
+    st.SKIPPED: "skipped by the test",
+    st.NO_RESULT: "test.xml missing",
+    st.MALFORMED: "test.xml unreadable",
+    st.NA: "no such target or case",
 }
 CSS_CLASS = {s: "st-" + s.replace(" ", "-").replace("/", "") for s in LABELS}
 
@@ -74,28 +55,28 @@ def _cell_label(cell: Cell) -> str:
     sym, word = LABELS[cell.status]
     runs = len(cell.results)
     label = "%s %s" % (sym, word) if sym else word
-    if cell.status == FLAKY:
-        failed = sum(1 for r in cell.results if r.status == FAIL)
+    if cell.status == st.FLAKY:
+        failed = sum(1 for r in cell.results if r.status == st.FAIL)
         label += " %d/%d" % (failed, runs)
-    elif runs > 1 and cell.status in (PASS, FAIL):
+    elif runs > 1 and cell.status in (st.PASS, st.FAIL):
         label += " \u00d7%d" % runs
     return label
 
 
 def _cell_whys(cell: Cell) -> List[str]:
     """The short explanations under a cell's label."""
-    if cell.status == DISABLED or (cell.status == NOT_RUN and cell.results):
-        return [shorten(cell.reason, 90)]
-    if cell.status == KNOWN_BUG:
+    if cell.status == st.DISABLED or (cell.status == st.NOT_RUN and cell.results):
+        return [presentation.shorten(cell.reason, 90)]
+    if cell.status == st.KNOWN_BUG:
         bug = next((r.known_bug for r in cell.results if r.known_bug), None)
         why = "%s: %s" % (bug.get("issue", "?"), bug.get("summary", "")) if bug else cell.message
-        whys = [shorten(why, 48)]
+        whys = [presentation.shorten(why, 48)]
         if bug and bug.get("affected"):
             # The releases it affects, whole: the one thing a release column must show.
             whys.append("torch %s" % bug["affected"])
         return whys
-    if cell.status in (FAIL, FLAKY, NO_RESULT, MALFORMED):
-        return [shorten(cell.message, 48)]
+    if cell.status in (st.FAIL, st.FLAKY, st.NO_RESULT, st.MALFORMED):
+        return [presentation.shorten(cell.message, 48)]
     return []
 
 
@@ -110,11 +91,11 @@ def _cell(cell: Cell, row: Row, dev: str, api: str, first: bool) -> Dict:
         LABELS[cell.status][1],
     )
     if cell.message:
-        title += "\n" + shorten(cell.message, 400)
+        title += "\n" + presentation.shorten(cell.message, 400)
     for note in cell.notes:
         title += "\n" + note
-    duration = fmt_duration(cell.duration)
-    if cell.status in (NOT_RUN, DISABLED, NA, SKIPPED):
+    duration = presentation.fmt_duration(cell.duration)
+    if cell.status in (st.NOT_RUN, st.DISABLED, st.NA, st.SKIPPED):
         duration = ""
     return {
         "css": " ".join(css),
@@ -143,8 +124,10 @@ def _matrix(report: Report) -> Dict:
             rows.append({"method": row.method, "cells": cells})
         groups.append({"behaviour": g.behaviour, "labels": "  ".join(g.labels), "rows": rows})
     return {
-        "devices": [{"name": d, "caption": device_caption(report, d)} for d in report.devices],
-        "api_headings": [column_heading(api) for api in api_cols],
+        "devices": [
+            {"name": d, "caption": presentation.device_caption(report, d)} for d in report.devices
+        ],
+        "api_headings": [presentation.column_heading(api) for api in api_cols],
         "columns": len(report.devices) * len(api_cols),
         "groups": groups,
     }
@@ -156,7 +139,9 @@ def _environments(report: Report) -> List[Dict]:
     for dev in report.devices:
         envs = report.environments.get(dev)
         if not envs:
-            rows.append({"device": dev, "missing": missing_environment_reason(report, dev)})
+            rows.append(
+                {"device": dev, "missing": presentation.missing_environment_reason(report, dev)}
+            )
             continue
         for env, _ in envs:
             rows.append(
@@ -164,10 +149,10 @@ def _environments(report: Report) -> List[Dict]:
                     "device": dev,
                     "missing": "",
                     "torch": env.get("torch_version", "?"),
-                    "hardware": hardware_summary(env),
+                    "hardware": presentation.hardware_summary(env),
                     "count": env.get("device_count", ""),
                     "backend": env.get("backend", ""),
-                    "world_sizes": environment_world_sizes(env),
+                    "world_sizes": presentation.environment_world_sizes(env),
                     "python": str(env.get("python", "")).split()[0] if env.get("python") else "",
                 }
             )
@@ -199,7 +184,7 @@ def _detail(r: TestResult) -> Dict:
         % (sym, word, r.behaviour, r.method or WHOLE_TARGET, r.device, api),
         "where": r.where,
         "test_id": r.test_id,
-        "duration": fmt_duration(r.duration) if r.duration is not None else "",
+        "duration": presentation.fmt_duration(r.duration) if r.duration is not None else "",
         "source": r.source,
         "log_path": r.log_path,
         "bug": _bug(r.known_bug) if r.known_bug else None,
@@ -209,37 +194,37 @@ def _detail(r: TestResult) -> Dict:
         "rank_logs": [{"name": n, "lines": t.count("\n"), "text": t} for n, t in r.rank_logs],
         "no_rank_logs": not r.rank_logs
         and r.method is not None
-        and r.status == FAIL
+        and r.status == st.FAIL
         and r.label.startswith("//"),
     }
 
 
 _SUMMARY = (
-    (PASS, "passed"),
-    (FAIL, "failed"),
-    (KNOWN_BUG, "known torch bug"),
-    (FLAKY, "flaky"),
-    (DISABLED, "disabled"),
-    (NOT_RUN, "not run"),
-    (SKIPPED, "skipped"),
-    (NO_RESULT, "no result"),
-    (MALFORMED, "malformed"),
+    (st.PASS, "passed"),
+    (st.FAIL, "failed"),
+    (st.KNOWN_BUG, "known torch bug"),
+    (st.FLAKY, "flaky"),
+    (st.DISABLED, "disabled"),
+    (st.NOT_RUN, "not run"),
+    (st.SKIPPED, "skipped"),
+    (st.NO_RESULT, "no result"),
+    (st.MALFORMED, "malformed"),
 )
 
 
 def _badges(report: Report) -> List[Dict]:
     """The summary's counts; known torch bugs are failures too, named next."""
-    counts, known = report.counts, report.counts.get(KNOWN_BUG, 0)
+    counts, known = report.counts, report.counts.get(st.KNOWN_BUG, 0)
     badges = []
     for status, word in _SUMMARY:
         n = counts.get(status, 0)
-        if status == FAIL:
+        if status == st.FAIL:
             n += known
-        elif status == KNOWN_BUG:
+        elif status == st.KNOWN_BUG:
             word = word if known == 1 else word + "s"
             if n:
                 word = "of these: " + word
-        if n or status in (PASS, FAIL, DISABLED, NOT_RUN):
+        if n or status in (st.PASS, st.FAIL, st.DISABLED, st.NOT_RUN):
             badges.append({"css": CSS_CLASS[status], "count": n, "word": word})
     return badges
 
@@ -248,7 +233,7 @@ def _legend() -> List[Dict]:
     return [
         {
             "css": CSS_CLASS[s],
-            "text": (("%s %s" % LABELS[s]).strip() if s != NA else "\u2014 n/a")
+            "text": (("%s %s" % LABELS[s]).strip() if s != st.NA else "\u2014 n/a")
             + " \u2014 "
             + LEGEND[s],
         }
@@ -270,7 +255,12 @@ def render(report: Report, generated: str = "") -> str:
         {str(e.get("torch_version")) for envs in report.environments.values() for e, _ in envs}
     )
     devices = ", ".join(
-        d + (" (%s)" % device_caption(report, d) if device_caption(report, d) else "")
+        d
+        + (
+            " (%s)" % presentation.device_caption(report, d)
+            if presentation.device_caption(report, d)
+            else ""
+        )
         for d in report.devices
     )
     mixed = {e.get("torch_version") for envs in report.environments.values() for e, _ in envs}

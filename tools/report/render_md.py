@@ -11,38 +11,20 @@ from tools.report.cells import Cell
 from tools.report.collected import TestResult
 from tools.report.known_bugs import bug_scope, describe_known_bug, issue_url
 from tools.report.matrix import WHOLE_TARGET, Report
-from tools.report.presentation import (
-    column_heading,
-    environment_world_sizes,
-    fmt_duration,
-    hardware_summary,
-    missing_environment_reason,
-    shorten,
-)
-from tools.report.status import (
-    DISABLED,
-    FAIL,
-    FLAKY,
-    KNOWN_BUG,
-    MALFORMED,
-    NA,
-    NO_RESULT,
-    NOT_RUN,
-    PASS,
-    SKIPPED,
-)
+from tools.report import presentation
+from tools.report import status as st
 
 EMOJI = {
-    PASS: "\u2705 pass",
-    FAIL: "\u274c **FAIL**",
-    KNOWN_BUG: "\U0001f41e **KNOWN BUG**",
-    FLAKY: "\u26a0\ufe0f **FLAKY**",
-    SKIPPED: "\u21aa\ufe0f skipped",
-    DISABLED: "\u23f8\ufe0f disabled",
-    NOT_RUN: "\u25ab\ufe0f not run",
-    NO_RESULT: "\u2753 **no result**",
-    MALFORMED: "\u2757 **malformed**",
-    NA: "\u2014",
+    st.PASS: "\u2705 pass",
+    st.FAIL: "\u274c **FAIL**",
+    st.KNOWN_BUG: "\U0001f41e **KNOWN BUG**",
+    st.FLAKY: "\u26a0\ufe0f **FLAKY**",
+    st.SKIPPED: "\u21aa\ufe0f skipped",
+    st.DISABLED: "\u23f8\ufe0f disabled",
+    st.NOT_RUN: "\u25ab\ufe0f not run",
+    st.NO_RESULT: "\u2753 **no result**",
+    st.MALFORMED: "\u2757 **malformed**",
+    st.NA: "\u2014",
 }
 MD_LOG_LINES = 40
 
@@ -71,22 +53,22 @@ def _cell(cell: Cell) -> str:
     if cell.link:
         word = text.split(" ", 1)
         text = "%s [%s](#%s)" % (word[0], word[1].strip("*"), cell.link)
-    if cell.reason and (cell.status == DISABLED or (cell.status == NOT_RUN and cell.results)):
-        text += ": " + _cellesc(shorten(cell.reason, 60))
+    if cell.reason and (cell.status == st.DISABLED or (cell.status == st.NOT_RUN and cell.results)):
+        text += ": " + _cellesc(presentation.shorten(cell.reason, 60))
     bug = next((r.known_bug for r in cell.results if r.known_bug), None)
-    if cell.status == KNOWN_BUG and bug:
+    if cell.status == st.KNOWN_BUG and bug:
         text += " " + _cellesc(bug.get("issue", ""))
         if bug.get("affected"):
             text += " (torch %s)" % _cellesc(bug["affected"])
-    if len(cell.results) > 1 and cell.status in (PASS, FAIL, FLAKY):
-        failed = sum(1 for r in cell.results if r.status == FAIL)
+    if len(cell.results) > 1 and cell.status in (st.PASS, st.FAIL, st.FLAKY):
+        failed = sum(1 for r in cell.results if r.status == st.FAIL)
         text += (
             " (%d/%d failed)" % (failed, len(cell.results))
             if failed
             else " \u00d7%d" % len(cell.results)
         )
-    dur = fmt_duration(cell.duration)
-    if dur and cell.status not in (NOT_RUN, DISABLED, NA, SKIPPED):
+    dur = presentation.fmt_duration(cell.duration)
+    if dur and cell.status not in (st.NOT_RUN, st.DISABLED, st.NA, st.SKIPPED):
         text += " %s" % dur
     return text
 
@@ -98,11 +80,11 @@ def _environment(report: Report) -> List[str]:
     for dev in report.devices:
         envs = report.environments.get(dev)
         if not envs:
-            why = missing_environment_reason(report, dev)
+            why = presentation.missing_environment_reason(report, dev)
             out.append("| %s | | %s | | | |" % (dev, why))
             continue
         for env, _ in envs:
-            hw = hardware_summary(env)
+            hw = presentation.hardware_summary(env)
             out.append(
                 "| %s | `%s` | %s | %s | %s | %s |"
                 % (
@@ -111,7 +93,7 @@ def _environment(report: Report) -> List[str]:
                     _cellesc(hw),
                     env.get("device_count", ""),
                     _cellesc(env.get("backend", "")),
-                    environment_world_sizes(env),
+                    presentation.environment_world_sizes(env),
                 )
             )
     out.append("")
@@ -125,7 +107,9 @@ def _results(report: Report) -> List[str]:
         out.append("No results found.")
         out.append("")
         return out
-    heads = ["%s %s" % (d, column_heading(a)) for d in report.devices for a in api_cols]
+    heads = [
+        "%s %s" % (d, presentation.column_heading(a)) for d in report.devices for a in api_cols
+    ]
     out.append("| behaviour / test | %s |" % " | ".join(heads))
     out.append("|---|%s" % ("---|" * len(heads)))
     for g in report.groups:
@@ -185,7 +169,7 @@ def _failure(r: TestResult) -> List[str]:
     if r.test_id:
         meta.append("`%s`" % r.test_id)
     if r.duration is not None:
-        meta.append(fmt_duration(r.duration))
+        meta.append(presentation.fmt_duration(r.duration))
     out += [" \u00b7 ".join(meta), ""]
     if r.known_bug:
         out += _known_bug(r.known_bug)

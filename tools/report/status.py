@@ -16,6 +16,6 @@ NA = "n/a"
 # Statuses that get a detail section (message, traceback, rank logs).
 NEEDS_DETAIL = (FAIL, KNOWN_BUG, FLAKY, NO_RESULT, MALFORMED)
 
-# Outcomes the harness records in known_failures.json.
+# Outcomes the harness records as a case's known_bug (cases.json).
 KNOWN_FAILED = ("failed as expected", "failed")
 KNOWN_PASSED = "passed"

@@ -4,18 +4,11 @@ import os
 import re
 from typing import Dict, Optional, Tuple
 
-from tools.report import not_run_records
+from tools.report import case_records
 from tools.report.collected import Collected, Problem, TargetInfo, TestResult
 from tools.report.files import Outputs, read_text, tail
-from tools.report.harness_records import (
-    apply_case_params,
-    apply_known_failures,
-    read_case_params,
-    read_environment,
-    read_known_failures,
-)
+from tools.report.harness_records import read_environment
 from tools.report.junit import parse_bazel_xml
-from tools.report.names import behaviour_name, parse_target_name
 from tools.report.rank_logs import attach_rank_logs
 from tools.report.status import NO_RESULT
 
@@ -59,20 +52,34 @@ def _where(root: str, dirpath: str) -> Tuple[str, str, str, str, int]:
     return "/".join(rel[:-1]), rel[-1], shard, run, n_shards
 
 
-def _target_fields(pkg: str, target: str, package: str, targets: Dict[str, TargetInfo]) -> dict:
-    """label, behaviour, device and world size of a target: the query's, else its name's."""
+def _target_fields(pkg: str, target: str, targets: Dict[str, TargetInfo]) -> dict:
+    """label, behaviour, device and world size of a target, as the query describes it.
+
+    A target no query describes gets them from its cases' records (_place).
+    """
     label = "//%s:%s" % (pkg, target)
     info = targets.get(label)
-    if info is not None:
-        behaviour, device, ws = info.behaviour, info.device, info.ws
-    else:
-        behaviour, device, ws = parse_target_name(target)
-        behaviour = behaviour_name(pkg, behaviour, package)
-    return dict(label=label, behaviour=behaviour, device=device, ws=ws)
+    if info is None:
+        return dict(label=label, behaviour=target, device="other", ws=None)
+    return dict(label=label, behaviour=info.behaviour, device=info.device, ws=info.ws)
+
+
+def _place(results, cases, package: str) -> None:
+    """Places the results of a target no query describes where its records say."""
+    if not cases:
+        return
+    for r in results:
+        r.behaviour = case_records.behaviour(cases[0], package)
+        r.device, r.ws = cases[0]["device"], cases[0]["world_size"]
+
+
+def _case_key(r: TestResult) -> str:
+    """``<Class>.<method>`` of an absl result, as cases.json keys it."""
+    return ".".join(r.test_id.split(".")[-2:])
 
 
 def _read_result_dir(
-    out: Collected, dirpath: str, has_xml: bool, bazel_name: str, common: dict
+    out: Collected, dirpath: str, has_xml: bool, bazel_name: str, common: dict, package: str
 ) -> None:
     """Reads one result directory (test.xml, test.log, outputs) into ``out``."""
     xml_path = os.path.join(dirpath, "test.xml")
@@ -98,20 +105,14 @@ def _read_result_dir(
             **common,
         )
     outputs = Outputs(dirpath, out.problems)
-    apply_case_params(
-        results, read_case_params(outputs.read("test_params.json"), dirpath, out.problems)
-    )
-    apply_known_failures(
-        results, read_known_failures(outputs.read("known_failures.json"), dirpath, out.problems)
-    )
-    not_run_records.apply(
-        results,
-        not_run_records.read(outputs.read(not_run_records.FILE_NAME), dirpath, out.problems),
-    )
+    cases = case_records.read(outputs.read(case_records.FILE_NAME), dirpath, out.problems)
+    if common["device"] == "other":
+        _place(results, cases, package)
+    case_records.apply(results, cases, _case_key, lambda c: c["test_id"])
     attach_rank_logs(results, outputs)
     env = read_environment(outputs, dirpath, out.problems)
     if env is not None:
-        out.environments.append((common["device"], env, common["label"]))
+        out.environments.append((results[0].device, env, common["label"]))
     out.results.extend(results)
 
 
@@ -141,7 +142,7 @@ def scan_testlogs(
     """Reads a bazel-testlogs tree.
 
     A target's behaviour, device and world size come from `targets` (the query's
-    tags); targets it does not list are named by parse_target_name.
+    tags); targets it does not list are placed by their cases' records.
     """
     targets = targets or {}
     out = Collected()
@@ -160,11 +161,11 @@ def scan_testlogs(
             continue
         pkg, target, shard, run, n_shards = _where(root, dirpath)
         log_path = os.path.join(dirpath, "test.log")
-        common = _target_fields(pkg, target, package, targets)
+        common = _target_fields(pkg, target, targets)
         common.update(shard=shard, run=run, log_path=log_path if os.path.exists(log_path) else "")
         if n_shards:
             entry = shard_seen.setdefault((common["label"], run), (n_shards, set(), common))
             entry[1].add(int(shard.split("/")[0]))
-        _read_result_dir(out, dirpath, "test.xml" in filenames, pkg + "/" + target, common)
+        _read_result_dir(out, dirpath, "test.xml" in filenames, pkg + "/" + target, common, package)
     _missing_shards(out, root, shard_seen)
     return out

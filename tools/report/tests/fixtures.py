@@ -11,21 +11,24 @@ testdata/broken/    malformed / missing / empty XML, a crash (Bazel's own
                     test.xml), a missing shard, a flaky --runs_per_test target,
                     a corrupt outputs.zip, a bad environment.json, and a
                     target outside //fsdp
-testdata/pytest_xpu.xml  pytest --junitxml from a host without Bazel
-testdata/known_bugs/     testlogs with known torch bugs (known_failures.json):
+testdata/pytest_xpu/  pytest --junitxml from a host without Bazel, cases.json beside it
+Every result directory has the harness's cases.json (testing/case_params.py), except
+where a test says it has none; the broken/ tree has its own query.xml.
+testdata/known_bugs/     testlogs with known torch bugs (known_bug in cases.json):
                     precision/unfreeze_test_cpu from a real absl run (expected
                     failure written as a pass; a made-up bug on the FSDP1 case
                     that did not reproduce), outputs in outputs.zip;
                     no_sync_test_cpu hand-written, plain test.outputs/: a
                     --known_failures=strict failure and a pass on a release
-                    outside seen_on
+                    outside the bug's range
 testdata/pytest_known_bugs/  the same unfreeze run through pytest (xfail, and
-                    "Unexpected success"), with known_failures.json beside it
-NotRunTest writes its own small fixtures (not_run.json under Bazel and beside JUnit).
+                    "Unexpected success"), with cases.json beside it
+NotRunTest writes its own small fixtures (cases.json under Bazel and beside JUnit).
 """
 
 import contextlib
 import io
+import json
 import os
 import re
 import shutil
@@ -41,7 +44,7 @@ CPU = os.path.join(DATA, "cpu")
 CUDA = os.path.join(DATA, "cuda")
 BROKEN = os.path.join(DATA, "broken")
 QUERY = os.path.join(DATA, "query.xml")
-JUNIT = os.path.join(DATA, "pytest_xpu.xml")
+JUNIT = os.path.join(DATA, "pytest_xpu", "pytest_xpu.xml")
 KNOWN = os.path.join(DATA, "known_bugs")
 KNOWN_JUNIT = os.path.join(DATA, "pytest_known_bugs", "results.xml")
 UNFREEZE = "test_unfrozen_unit_keeps_reduce_dtype"
@@ -51,6 +54,40 @@ def write_file(path, text):
     """Writes ``text`` to ``path``."""
     with open(path, "w") as f:
         f.write(text)
+
+
+def case_record(classname, method, name, api, world_size=2, device="cpu", **fields):
+    """One case's record as the harness writes it to cases.json (testing/case_params.py)."""
+    record = {
+        "test_id": "%s.%s" % (classname.rsplit(".", 1)[-1], method),
+        "classname": classname,
+        "method": method,
+        "file": fields.pop("file", "fsdp/x_test.py"),
+        "name": name,
+        "device": device,
+        "world_size": world_size,
+        "api": api,
+        "params": {},
+        "known_bug": None,
+        "not_run": None,
+    }
+    record.update(fields)
+    return record
+
+
+def write_cases(directory, *records):
+    """Writes ``records`` (from case_record) to ``<directory>/cases.json``."""
+    os.makedirs(directory, exist_ok=True)
+    write_file(os.path.join(directory, "cases.json"), json.dumps({"cases": list(records)}))
+
+
+def bazel_target(root, target, xml, *records):
+    """A result directory ``<root>/fsdp/<target>`` with ``xml`` as test.xml and ``records``
+    (from case_record) as its cases.json; returns the directory."""
+    path = os.path.join(root, "fsdp", target)
+    write_cases(os.path.join(path, "test.outputs"), *records)
+    write_file(os.path.join(path, "test.xml"), xml)
+    return path
 
 
 def run_cli(*args):

@@ -12,7 +12,7 @@ from absl.testing import absltest
 
 from tools.report import rank_logs
 from tools.report.files import read_text
-from tools.report.names import TAG_TO_DEVICE, parse_target_name, split_api, target_metadata
+from tools.report.names import TAG_TO_DEVICE, target_metadata
 from tools.report.pytest_junit import parse_pytest_junit
 from tools.report.query import parse_query_xml
 from tools.report.rank_logs import split_sections
@@ -23,56 +23,28 @@ from tools.report.tests.fixtures import (
     BROKEN,
     QUERY,
     JUNIT,
+    bazel_target,
+    case_record,
     html_cells,
     md_row,
     run_cli,
     section,
+    write_cases,
     write_file,
 )
 
 
 class NameParsingTest(absltest.TestCase):
-    def test_api_from_method_names(self):
-        cases = {
-            "test_matches_ddp_fsdp1": ("test_matches_ddp", "fsdp1"),
-            "test_fsdp2_state_dict": ("test_state_dict", "fsdp2"),
-            "test_x0 (api='fsdp1')": ("test_x", "fsdp1"),
-            "test_p1 (api='fsdp2', dtype='bf16')": ("test_p (dtype='bf16')", "fsdp2"),
-            "test_plain1 ('fsdp2')": ("test_plain", "fsdp2"),
-            "test_y[fsdp1-bf16]": ("test_y[bf16]", "fsdp1"),
-            "test_no_api": ("test_no_api", None),
-            "test_fsdp12_is_not_an_api": ("test_fsdp12_is_not_an_api", None),
-        }
-        for name, want in cases.items():
-            self.assertEqual(split_api(name), want, name)
-
     def test_target_metadata_from_query_tags(self):
         # generator_name is the behaviour; the device tag and ws<N> the rest.
         self.assertEqual(
             target_metadata("odd_name", ["gpu", "ws4", "fsdp"], "multiple_forward_test"),
             ("multiple_forward_test", "cuda", 4),
         )
-        self.assertEqual(target_metadata("x_test_cpu", ["cpu", "ws2"]), ("x_test", "cpu", 2))
+        self.assertEqual(target_metadata("x_test_cpu", ["cpu", "ws2"]), ("x_test_cpu", "cpu", 2))
         self.assertEqual(target_metadata("odd_target", ["gpu"]), ("odd_target", "cuda", None))
+        self.assertEqual(target_metadata("no_device", ["ws2"]), ("no_device", "other", 2))
         self.assertEqual(TAG_TO_DEVICE, {"cpu": "cpu", "gpu": "cuda", "hpu": "hpu", "xpu": "xpu"})
-
-    def test_target_names_without_query(self):
-        self.assertEqual(
-            parse_target_name("multiple_forward_test_cpu"),
-            ("multiple_forward_test", "cpu", None),
-        )
-        self.assertEqual(
-            parse_target_name("uneven_sharding_test_cpu_ws4"),
-            ("uneven_sharding_test", "cpu", 4),
-        )
-        self.assertEqual(parse_target_name("odd_target"), ("odd_target", "other", None))
-
-    def test_api_from_recorded_parameter(self):
-        # The recorded parameter wins over the name; the name's token still goes.
-        self.assertEqual(
-            split_api("test_dcp_round_trip_a", "fsdp2"), ("test_dcp_round_trip_a", "fsdp2")
-        )
-        self.assertEqual(split_api("test_x_fsdp1", "fsdp1"), ("test_x", "fsdp1"))
 
     def test_rank_log_sections(self):
         text = (
@@ -100,7 +72,9 @@ class BrokenInputsTest(absltest.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.rc, cls.out, cls.html, cls.md = run_cli("--testlogs", BROKEN)
+        cls.rc, cls.out, cls.html, cls.md = run_cli(
+            "--testlogs", BROKEN, "--query_xml", os.path.join(BROKEN, "query.xml")
+        )
         problems = re.search(r'<h2 id="problems">(.*?)</ul>', cls.html, re.S)
         cls.problems = problems.group(1)
 
@@ -161,7 +135,8 @@ class BrokenInputsTest(absltest.TestCase):
         self.assertIn("test.xml has no test cases", self.problems)
         self.assertIn("cannot read outputs.zip", self.problems)
         self.assertIn("bad environment.json", self.problems)
-        self.assertIn("FAIL", html_cells(self.html, "test_x")[0])  # still reported
+        # The corrupt outputs.zip held the case's record: the row is its JUnit name.
+        self.assertIn("FAIL", html_cells(self.html, "test_x_fsdp1")[0])  # still reported
         self.assertIn("PASS", html_cells(self.html, "test_y")[0])
 
     def test_other_packages_ignored(self):
@@ -207,16 +182,20 @@ class PytestJunitTest(absltest.TestCase):
             junit,
             '<testsuites><testsuite name="pytest">'
             '<testcase classname="fsdp.training.parity_test.ParityTest" '
-            'name="test_matches_fsdp2" time="0.5"/>'
+            'name="test_matches_fsdp2[ws2]" time="0.5"/>'
             '<testcase classname="fsdp.training.parity_test.ParityTest" '
-            'name="test_matches_a" time="0.5"/></testsuite></testsuites>',
+            'name="test_matches_a[ws2]" time="0.5"/></testsuite></testsuites>',
         )
         write_file(
             os.path.join(tmp, "environment.json"),
             '{"torch_version": "2.11.0+cu130", "device_names": ["NVIDIA H200"]}',
         )
-        write_file(
-            os.path.join(tmp, "test_params.json"), '{"ParityTest.test_matches_a": {"api": "fsdp1"}}'
+        cls = "fsdp.training.parity_test.ParityTest"
+        where = dict(file="fsdp/training/parity_test.py", device="cuda")
+        write_cases(
+            tmp,
+            case_record(cls, "test_matches_fsdp2", "test_matches", "fsdp2", **where),
+            case_record(cls, "test_matches_a", "test_matches_a", "fsdp1", **where),
         )
         col = parse_pytest_junit(junit, "cuda")
         self.assertEqual([r.behaviour for r in col.results], ["training/parity_test"] * 2)
@@ -227,22 +206,18 @@ class PytestJunitTest(absltest.TestCase):
         self.assertEqual(col.environments[0][1]["torch_version"], "2.11.0+cu130")
         shutil.rmtree(tmp)
 
-    def test_api_and_metadata_from_query_and_test_params(self):
-        """A target named against the convention, a method without an API token."""
+    def test_api_and_metadata_from_query_and_records(self):
+        """A target named against the convention, methods without an API token."""
         tmp = tempfile.mkdtemp()
-        target = os.path.join(tmp, "fsdp", "renamed_target")
-        os.makedirs(os.path.join(target, "test.outputs"))
-        write_file(
-            os.path.join(target, "test.xml"),
+        bazel_target(
+            tmp,
+            "renamed_target",
             '<testsuites><testsuite name="T">'
             '<testcase name="test_round_trip_a" classname="__main__.T" '
             'time="0.1"/><testcase name="test_round_trip_b" '
             'classname="__main__.T" time="0.1"/></testsuite></testsuites>',
-        )
-        write_file(
-            os.path.join(target, "test.outputs", "test_params.json"),
-            '{"T.test_round_trip_a": {"api": "fsdp1", "n": 2},'
-            ' "T.test_round_trip_b": {"api": "fsdp2"}}',
+            case_record("__main__.T", "test_round_trip_a", "test_round_trip_a", "fsdp1", 4),
+            case_record("__main__.T", "test_round_trip_b", "test_round_trip_b", "fsdp2", 4),
         )
         query = (
             '<query version="2"><rule class="py_test" '

@@ -3,6 +3,7 @@
 The fixtures (testdata/) are described in fixtures.py.
 """
 
+import json
 import os
 import re
 import shutil
@@ -10,36 +11,25 @@ import tempfile
 
 from absl.testing import absltest
 
-from tools.report import collected, not_run_records, render_md
+from tools.report import case_records, collected, render_md
 from tools.report.files import read_text
-from tools.report.harness_records import read_known_failures
 from tools.report.junit import parse_bazel_xml
 from tools.report.known_bugs import apply_known_failure, issue_url
 from tools.report.matrix import build_report
 from tools.report.pytest_junit import parse_pytest_junit
 from tools.report.status import FAIL, KNOWN_BUG, NOT_RUN, PASS, SKIPPED
 
-from tools.report.tests.fixtures import (
-    KNOWN,
-    KNOWN_JUNIT,
-    UNFREEZE,
-    cell_status,
-    html_cells,
-    md_row,
-    run_cli,
-    section,
-    write_file,
-)
+from tools.report.tests import fixtures
 
 
 class KnownTorchBugTest(absltest.TestCase):
-    """known_failures.json: known torch bugs are failures, with their issue."""
+    """known_bug in cases.json: known torch bugs are failures, with their issue."""
 
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.rc, cls.out, cls.html, cls.md = run_cli(
-            "--testlogs", KNOWN, "--junit", KNOWN_JUNIT + ":cuda"
+        cls.rc, cls.out, cls.html, cls.md = fixtures.run_cli(
+            "--testlogs", fixtures.KNOWN, "--junit", fixtures.KNOWN_JUNIT + ":cuda"
         )
 
     def test_summary_counts_known_bugs_as_failures(self):
@@ -52,51 +42,65 @@ class KnownTorchBugTest(absltest.TestCase):
     def test_expected_failure_in_absl_xml_is_a_known_bug_cell(self):
         # absl writes the expected failure as a passing testcase; the record in
         # outputs.zip says it failed.
-        cell = html_cells(self.html, UNFREEZE)[1]  # cpu fsdp2
-        self.assertEqual(cell_status(cell), "st-known-bug")
+        cell = fixtures.html_cells(self.html, fixtures.UNFREEZE)[1]  # cpu fsdp2
+        self.assertEqual(fixtures.cell_status(cell), "st-known-bug")
         self.assertIn("KNOWN BUG", cell)
         self.assertNotIn("PASS", cell)
         self.assertIn("pytorch#186998: FSDP2 resolves", cell)
-        detail = section(self.html, re.search(r'href="#(r\d+)"', cell).group(1))
+        detail = fixtures.section(self.html, re.search(r'href="#(r\d+)"', cell).group(1))
         self.assertIn("KNOWN BUG", detail)
         self.assertIn(
             '<a href="https://github.com/pytorch/pytorch/issues/186998">pytorch#186998</a>', detail
         )
         self.assertIn("a unit frozen then gets the param dtype", detail)
-        self.assertIn("seen on torch 2.13 \u00b7 this run: torch 2.13, failed as expected", detail)
+        self.assertIn(
+            "affects torch &gt;=2.10,&lt;2.14.1, fixed by pytorch#187376 \u00b7 "
+            "this run: torch 2.13.0+cpu, failed as expected",
+            detail,
+        )
 
     def test_strict_failure_is_a_known_bug_with_its_message(self):
-        cells = html_cells(self.html, "test_accumulates")
-        self.assertEqual(cell_status(cells[0]), "st-known-bug")
-        detail = section(self.html, re.search(r'href="#(r\d+)"', cells[0]).group(1))
+        cells = fixtures.html_cells(self.html, "test_accumulates")
+        self.assertEqual(fixtures.cell_status(cells[0]), "st-known-bug")
+        detail = fixtures.section(self.html, re.search(r'href="#(r\d+)"', cells[0]).group(1))
         self.assertIn("expected 4.0, got 2.0", detail)
-        self.assertIn("this run: torch 2.13, failed<", detail)
-        # Passed on a release outside seen_on: a pass, with a note.
-        self.assertEqual(cell_status(cells[1]), "st-pass")
-        self.assertIn("pytorch#556 did not occur on torch 2.13 (seen on torch 2.11)", cells[1])
+        self.assertIn("this run: torch 2.13.0+cpu, failed<", detail)
+        # Passed on a release outside its range: a pass, with a note.
+        self.assertEqual(fixtures.cell_status(cells[1]), "st-pass")
+        self.assertIn(
+            "pytorch#556 did not occur on torch 2.13.0+cpu "
+            "(torch 2.13.0 is outside &gt;=2.11,&lt;2.12)",
+            cells[1],
+        )
 
     def test_pytest_xfail_is_a_known_bug_not_a_skip(self):
-        cell = html_cells(self.html, UNFREEZE)[3]  # cuda fsdp2 (pytest)
-        self.assertEqual(cell_status(cell), "st-known-bug")
-        detail = section(self.html, re.search(r'href="#(r\d+)"', cell).group(1))
+        cell = fixtures.html_cells(self.html, fixtures.UNFREEZE)[3]  # cuda fsdp2 (pytest)
+        self.assertEqual(fixtures.cell_status(cell), "st-known-bug")
+        detail = fixtures.section(self.html, re.search(r'href="#(r\d+)"', cell).group(1))
         self.assertIn("pytorch#186998", detail)
         self.assertIn("junit:results.xml", detail)
-        self.assertIn("\U0001f41e [KNOWN BUG](#", md_row(self.md, UNFREEZE)[3])
-        self.assertIn("pytorch#186998", md_row(self.md, UNFREEZE)[3])
+        self.assertIn("\U0001f41e [KNOWN BUG](#", fixtures.md_row(self.md, fixtures.UNFREEZE)[3])
+        self.assertIn("pytorch#186998", fixtures.md_row(self.md, fixtures.UNFREEZE)[3])
 
     def test_known_bug_that_did_not_reproduce_is_a_fail(self):
         for i in (0, 2):  # cpu fsdp1 (absl), cuda fsdp1 (pytest)
-            cell = html_cells(self.html, UNFREEZE)[i]
-            self.assertEqual(cell_status(cell), "st-fail", i)
+            cell = fixtures.html_cells(self.html, fixtures.UNFREEZE)[i]
+            self.assertEqual(fixtures.cell_status(cell), "st-fail", i)
             self.assertIn("known bug did not reproduce", cell)
-            detail = section(self.html, re.search(r'href="#(r\d+)"', cell).group(1))
-            self.assertIn("passed on torch 2.13, and example/repo#7 was seen on torch 2.13", detail)
-            self.assertIn("this run: torch 2.13, passed", detail)
-        self.assertIn("\u274c [FAIL](#", md_row(self.md, UNFREEZE)[0])
+            detail = fixtures.section(self.html, re.search(r'href="#(r\d+)"', cell).group(1))
+            self.assertIn(
+                "passed on torch 2.13.0+cpu, where example/repo#7 applies "
+                "(affects torch &gt;=2.13)",
+                detail,
+            )
+            self.assertIn("this run: torch 2.13.0+cpu, passed", detail)
+        self.assertIn("\u274c [FAIL](#", fixtures.md_row(self.md, fixtures.UNFREEZE)[0])
 
     def test_markdown_details(self):
         self.assertIn(
-            "KNOWN BUG: precision/unfreeze_test \u203a " + UNFREEZE + " \u2014 cpu \u00b7 fsdp2",
+            "KNOWN BUG: precision/unfreeze_test \u203a "
+            + fixtures.UNFREEZE
+            + " \u2014 cpu \u00b7 fsdp2",
             self.md,
         )
         self.assertIn(
@@ -104,18 +108,23 @@ class KnownTorchBugTest(absltest.TestCase):
             "pytorch/pytorch/issues/186998)**",
             self.md,
         )
-        self.assertIn("seen on torch 2.11, 2.13 \u00b7 this run: torch 2.13, failed", self.md)
+        self.assertIn("affects torch &gt;=2.11 \u00b7 this run: torch 2.13.0+cpu, failed", self.md)
 
     def test_xfail_without_record_is_still_a_known_bug(self):
         tmp = tempfile.mkdtemp()
-        shutil.copy(KNOWN_JUNIT, tmp)  # no known_failures.json beside it
+        shutil.copy(fixtures.KNOWN_JUNIT, tmp)  # no cases.json beside it
         col = parse_pytest_junit(os.path.join(tmp, "results.xml"), "cuda")
         shutil.rmtree(tmp)
-        by_api = {r.api: r for r in col.results}
-        self.assertEqual(by_api["fsdp2"].status, KNOWN_BUG)
-        self.assertEqual(by_api["fsdp2"].message, "expected failure (pytest xfail)")
-        self.assertIsNone(by_api["fsdp2"].known_bug)
-        self.assertEqual(by_api["fsdp1"].status, FAIL)  # Unexpected success
+        # Without its record a case keeps its JUnit name and has no API.
+        by_name = {r.method: r for r in col.results}
+        fsdp2, fsdp1 = (
+            by_name[fixtures.UNFREEZE + "_fsdp2[ws2]"],
+            by_name[fixtures.UNFREEZE + "_fsdp1[ws2]"],
+        )
+        self.assertEqual(fsdp2.status, KNOWN_BUG)
+        self.assertEqual(fsdp2.message, "expected failure (pytest xfail)")
+        self.assertIsNone(fsdp2.known_bug)
+        self.assertEqual(fsdp1.status, FAIL)  # Unexpected success
         rep = build_report(col)
         self.assertEqual(rep.counts.get(KNOWN_BUG), 1)
         self.assertNotIn(SKIPPED, rep.counts)
@@ -123,10 +132,9 @@ class KnownTorchBugTest(absltest.TestCase):
 
     def test_stale_record_beside_junit_is_ignored(self):
         tmp = tempfile.mkdtemp()
-        for name in ("results.xml", "known_failures.json"):
-            shutil.copy(os.path.join(os.path.dirname(KNOWN_JUNIT), name), tmp)
-        known = os.path.join(tmp, "known_failures.json")
-        os.utime(known, (0, 0))  # written long before this run began
+        for name in ("results.xml", "cases.json"):
+            shutil.copy(os.path.join(os.path.dirname(fixtures.KNOWN_JUNIT), name), tmp)
+        os.utime(os.path.join(tmp, "cases.json"), (0, 0))  # written long before this run
         col = parse_pytest_junit(os.path.join(tmp, "results.xml"), "cuda")
         shutil.rmtree(tmp)
         self.assertEqual(
@@ -143,21 +151,24 @@ class KnownTorchBugTest(absltest.TestCase):
             {
                 "issue": "pytorch#1",
                 "summary": "s",
-                "seen_on": "2.13",
-                "torch": "2.13",
+                "affected": ">=2.13",
+                "torch": "2.13.0",
                 "outcome": "failed as expected",
                 "message": "rank 0: grad dtype bf16",
             },
         )
         self.assertEqual(r.status, KNOWN_BUG)
         self.assertEqual(
-            r.message, "known torch bug pytorch#1: s (seen on torch 2.13)\nrank 0: grad dtype bf16"
+            r.message,
+            "known torch bug pytorch#1: s (affects torch >=2.13)\nrank 0: grad dtype bf16",
         )
 
     def test_without_records_absl_expected_failure_is_a_pass(self):
         """What the records are for: absl's XML alone cannot tell."""
         results = parse_bazel_xml(
-            read_text(os.path.join(KNOWN, "fsdp", "precision", "unfreeze_test_cpu", "test.xml")),
+            read_text(
+                os.path.join(fixtures.KNOWN, "fsdp", "precision", "unfreeze_test_cpu", "test.xml")
+            ),
             source="x",
             label="//fsdp/precision:unfreeze_test_cpu",
             behaviour="precision/unfreeze_test",
@@ -170,20 +181,19 @@ class KnownTorchBugTest(absltest.TestCase):
 
     def test_bad_records_are_problems(self):
         problems = []
-        self.assertEqual(read_known_failures("[1]", "k", problems), {})
-        recs = read_known_failures(
-            '{"A.test_a": {"outcome": "exploded"}, "A.test_b": {"outcome": '
-            '"failed", "issue": "x#1"}}',
-            "k",
-            problems,
+        self.assertEqual(case_records.read("[1]", "k", problems), [])
+        good = fixtures.case_record(
+            "__main__.A", "test_b", "test_b", None, known_bug={"outcome": "failed"}
         )
-        self.assertEqual(list(recs), ["A.test_b"])
+        bad = fixtures.case_record(
+            "__main__.A", "test_a", "test_a", None, known_bug={"outcome": "exploded"}
+        )
+        cases = case_records.read(json.dumps({"cases": [bad, good]}), "k", problems)
+        self.assertEqual([c["known_bug"] for c in cases], [None, {"outcome": "failed"}])
+        self.assertEqual(len(problems), 2, problems)
+        self.assertIn("bad cases.json: ", problems[0].message)
         self.assertEqual(
-            [p.message for p in problems],
-            [
-                "bad known_failures.json: not an object of objects",
-                "known_failures.json: A.test_a has outcome 'exploded'",
-            ],
+            problems[1].message, "cases.json: A.test_a has known_bug {'outcome': 'exploded'}"
         )
 
     def test_issue_links(self):
@@ -198,39 +208,45 @@ class NotRunTest(absltest.TestCase):
 
     REASON = "valid at world size even, not 1: a 2-D mesh halves the world"
 
-    def test_bazel_skip_explained_by_not_run_json(self):
+    def test_bazel_skip_explained_by_the_record(self):
         # absl writes a skip as status="notrun" with no reason; the harness's record has it.
         tmp = tempfile.mkdtemp()
-        target = os.path.join(tmp, "fsdp", "mesh_test_cuda_ws1")
-        os.makedirs(os.path.join(target, "test.outputs"))
-        write_file(
-            os.path.join(target, "test.xml"),
+        where = dict(world_size=1, device="cuda", file="fsdp/mesh_test.py")
+        fixtures.bazel_target(
+            tmp,
+            "mesh_test_cuda_ws1",
             '<testsuites><testsuite name="MeshTest">'
             '<testcase name="test_mesh_fsdp2" status="notrun" result="suppressed" time="0.0" '
             'classname="__main__.MeshTest"/>'
             '<testcase name="test_flat_fsdp2" status="run" result="completed" time="0.5" '
             'classname="__main__.MeshTest"/></testsuite></testsuites>',
+            fixtures.case_record(
+                "__main__.MeshTest",
+                "test_mesh_fsdp2",
+                "test_mesh",
+                "fsdp2",
+                not_run=self.REASON,
+                **where,
+            ),
+            fixtures.case_record(
+                "__main__.MeshTest", "test_flat_fsdp2", "test_flat", "fsdp2", **where
+            ),
         )
-        write_file(
-            os.path.join(target, "test.outputs", "not_run.json"),
-            '{"cases": [{"classname": "__main__.MeshTest", "method": "test_mesh_fsdp2", '
-            '"device": "cuda", "world_size": 1, "reason": "%s"}]}' % self.REASON,
-        )
-        rc, out, html_text, md = run_cli("--testlogs", tmp)
+        rc, out, html_text, md = fixtures.run_cli("--testlogs", tmp)
         shutil.rmtree(tmp)
         self.assertEqual(rc, 0)
         self.assertIn("1 passed, 0 failed, 0 disabled, 1 not run", out)
         self.assertNotIn("skipped", out)
-        cells = html_cells(html_text, "test_mesh")
+        cells = fixtures.html_cells(html_text, "test_mesh")
         self.assertIn("NOT RUN", "".join(cells))
         self.assertIn("ws1: " + self.REASON, "".join(cells))
-        self.assertIn("not run: ws1: valid at world size even", md_row(md, "test_mesh")[0])
+        self.assertIn("not run: ws1: valid at world size even", fixtures.md_row(md, "test_mesh")[0])
 
     def test_pytest_sizes_share_a_row_and_left_out_cases_come_from_the_record(self):
         tmp = tempfile.mkdtemp()
         junit = os.path.join(tmp, "results.xml")
         cls = "fsdp.hsdp.mesh_test.MeshTest"
-        write_file(
+        fixtures.write_file(
             junit,
             '<testsuites><testsuite name="pytest">'
             '<testcase classname="%s" name="test_mesh_fsdp2[ws2]" time="0.5"/>'
@@ -238,10 +254,14 @@ class NotRunTest(absltest.TestCase):
             '<skipped type="pytest.skip" message="not run: needs 2 cuda devices, 1 visible"/>'
             "</testcase></testsuite></testsuites>" % (cls, cls),
         )
-        write_file(
-            os.path.join(tmp, "not_run.json"),
-            '{"cases": [{"classname": "%s", "method": "test_mesh_fsdp2", "device": "cuda", '
-            '"world_size": 1, "reason": "%s"}]}' % (cls, self.REASON),
+        where = dict(device="cuda", file="fsdp/hsdp/mesh_test.py")
+        fixtures.write_cases(
+            tmp,
+            fixtures.case_record(cls, "test_mesh_fsdp2", "test_mesh", "fsdp2", 2, **where),
+            fixtures.case_record(
+                cls, "test_mesh_fsdp2", "test_mesh", "fsdp2", 1, not_run=self.REASON, **where
+            ),
+            fixtures.case_record(cls, "test_flat_fsdp2", "test_flat", "fsdp2", 1, **where),
         )
         col = parse_pytest_junit(junit, "cuda")
         shutil.rmtree(tmp)
@@ -263,8 +283,8 @@ class NotRunTest(absltest.TestCase):
 
     def test_bad_record_is_a_problem(self):
         problems = []
-        self.assertEqual(not_run_records.read('{"cases": [{}]}', "n", problems), [])
-        self.assertIn("bad not_run.json", problems[0].message)
+        self.assertEqual(case_records.read('{"cases": [{}]}', "n", problems), [])
+        self.assertIn("bad cases.json", problems[0].message)
 
 
 if __name__ == "__main__":

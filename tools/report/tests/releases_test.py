@@ -40,20 +40,33 @@ _MADE_UP = {
     "fixed_by": "",
     "conditions": "world size >=2",
 }
+_MESSAGE = "grad dtype bf16 vs float32"
+_OUTSIDE = "torch 2.14.1 is outside >=2.10,<2.14.1"
 
 
 def _testlogs(root, version, fsdp2, fsdp1):
     """A testlogs tree of one unfreeze_test_cpu run on torch ``version``."""
-    target = os.path.join(root, "fsdp", "precision", "unfreeze_test_cpu")
-    os.makedirs(os.path.join(target, "test.outputs"))
-    fixtures.write_file(os.path.join(target, "test.xml"), _XML)
+    cls = "__main__.UnfreezeTest"
+    method = "test_unfrozen_unit_keeps_reduce_dtype"
+    where = dict(file="fsdp/precision/unfreeze_test.py")
+    target = fixtures.bazel_target(
+        root,
+        os.path.join("precision", "unfreeze_test_cpu"),
+        _XML,
+        fixtures.case_record(cls, method + "_fsdp1", method, "fsdp1", known_bug=fsdp1, **where),
+        fixtures.case_record(cls, method + "_fsdp2", method, "fsdp2", known_bug=fsdp2, **where),
+    )
     env = {"torch_version": version, "device": "cpu", "backend": "gloo", "world_size": 2}
-    records = {"UnfreezeTest.test_unfrozen_unit_keeps_reduce_dtype_fsdp2": fsdp2}
-    if fsdp1:
-        records["UnfreezeTest.test_unfrozen_unit_keeps_reduce_dtype_fsdp1"] = fsdp1
-    for name, data in (("environment.json", env), ("known_failures.json", records)):
-        fixtures.write_file(os.path.join(target, "test.outputs", name), json.dumps(data))
+    fixtures.write_file(os.path.join(target, "test.outputs", "environment.json"), json.dumps(env))
     return root
+
+
+def _ran(bug, version, outcome, expected, **extra):
+    """``bug``'s record after a run on torch ``version`` (testing/known_failures.py)."""
+    release = version.split("+")[0]
+    return dict(
+        bug, outcome=outcome, expected=expected, torch=release, torch_version=version, **extra
+    )
 
 
 class ReleaseColumnsTest(absltest.TestCase):
@@ -64,34 +77,14 @@ class ReleaseColumnsTest(absltest.TestCase):
         old = _testlogs(
             os.path.join(cls.tmp, "2.13", "testlogs"),
             "2.13.0+cpu",
-            dict(
-                _BUG,
-                outcome="failed as expected",
-                expected="yes",
-                torch="2.13.0",
-                torch_version="2.13.0+cpu",
-                message="grad dtype bf16 vs float32",
-            ),
+            _ran(_BUG, "2.13.0+cpu", "failed as expected", "yes", message=_MESSAGE),
             None,
         )
         new = _testlogs(
             os.path.join(cls.tmp, "2.14", "testlogs"),
             "2.14.1+cu130",
-            dict(
-                _BUG,
-                outcome="passed",
-                expected="no",
-                torch="2.14.1",
-                torch_version="2.14.1+cu130",
-                not_expected_because="torch 2.14.1 is outside >=2.10,<2.14.1",
-            ),
-            dict(
-                _MADE_UP,
-                outcome="passed",
-                expected="yes",
-                torch="2.14.1",
-                torch_version="2.14.1+cu130",
-            ),
+            _ran(_BUG, "2.14.1+cu130", "passed", "no", not_expected_because=_OUTSIDE),
+            _ran(_MADE_UP, "2.14.1+cu130", "passed", "yes"),
         )
         cls.rc, cls.out, cls.html, cls.md = fixtures.run_cli("--testlogs", old, "--testlogs", new)
 
@@ -107,25 +100,27 @@ class ReleaseColumnsTest(absltest.TestCase):
         cells = fixtures.html_cells(self.html, fixtures.UNFREEZE)
         self.assertLen(cells, 4)  # (2.13, 2.14.1) x (fsdp1, fsdp2)
 
+    def _cell(self, index, status):
+        """The UNFREEZE row's cell ``index``, checked to have ``status``."""
+        cell = fixtures.html_cells(self.html, fixtures.UNFREEZE)[index]
+        self.assertEqual(fixtures.cell_status(cell), status)
+        return cell
+
     def test_known_bug_cell_names_the_releases_it_affects(self):
-        cells = fixtures.html_cells(self.html, fixtures.UNFREEZE)
-        self.assertEqual(fixtures.cell_status(cells[1]), "st-known-bug")  # 2.13 fsdp2
-        self.assertIn("torch &gt;=2.10,&lt;2.14.1", cells[1])
+        cell = self._cell(1, "st-known-bug")  # 2.13 fsdp2
+        self.assertIn("torch &gt;=2.10,&lt;2.14.1", cell)
         row = fixtures.md_row(self.md, fixtures.UNFREEZE)
         self.assertIn("pytorch#186998 (torch &gt;=2.10,&lt;2.14.1)", row[1])
 
     def test_fixed_release_passes_with_a_note(self):
-        cell = fixtures.html_cells(self.html, fixtures.UNFREEZE)[3]  # 2.14.1 fsdp2
-        self.assertEqual(fixtures.cell_status(cell), "st-pass")
         self.assertIn(
             "pytorch#186998 did not occur on torch 2.14.1+cu130 (torch 2.14.1 is outside "
             "&gt;=2.10,&lt;2.14.1)",
-            cell,
+            self._cell(3, "st-pass"),  # 2.14.1 fsdp2
         )
 
     def test_bug_that_applies_but_did_not_reproduce_fails(self):
-        cell = fixtures.html_cells(self.html, fixtures.UNFREEZE)[2]  # 2.14.1 fsdp1
-        self.assertEqual(fixtures.cell_status(cell), "st-fail")
+        self._cell(2, "st-fail")  # 2.14.1 fsdp1
         self.assertIn(
             "passed on torch 2.14.1+cu130, where example/repo#7 applies (affects torch "
             "&gt;=2.14; shows with world size &gt;=2)",
