@@ -109,6 +109,9 @@ class Declaration:
     cases: Mapping[str, Mapping[str, object]] = dataclasses.field(default_factory=dict)
     disabled: Mapping[str, str] = dataclasses.field(default_factory=dict)
     world_sizes: Optional[object] = None
+    # The FSDP API the whole file exercises (fsdp_test's ``api``), for methods
+    # whose name and parameters do not say it.
+    api: Optional[str] = None
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, object]) -> "Declaration":
@@ -125,6 +128,7 @@ class Declaration:
             cases=cases,
             disabled=dict(kwargs.get("disabled") or {}),
             world_sizes=kwargs.get("world_sizes"),
+            api=kwargs.get("api"),
         )
 
     @classmethod

@@ -36,6 +36,8 @@ import sys
 import unittest
 from typing import Any, Dict, List, Optional, Tuple
 
+from testing import applicability
+
 FILE_NAME = "cases.json"
 APIS = ("fsdp1", "fsdp2")
 
@@ -75,12 +77,16 @@ def parameters_of(cls: type, method_name: str) -> Dict[str, Any]:
     return dict(list(bound.arguments.items())[1:])  # without self
 
 
-def _api_of(method_name: str, params: Dict[str, Any]) -> Optional[str]:
-    """The ``api`` parameter, else the one fsdp1/fsdp2 token of the method name."""
+def _api_of(cls: type, method_name: str, params: Dict[str, Any]) -> Optional[str]:
+    """The ``api`` parameter, else the one fsdp1/fsdp2 token of the method name, else
+    the ``api`` of the file's ``fsdp_test`` (a file about one API)."""
     if params.get("api") in APIS:
         return params["api"]
     tokens = {part for part in method_name.split("_") if part in APIS}
-    return tokens.pop() if len(tokens) == 1 else None
+    if len(tokens) == 1:
+        return tokens.pop()
+    declaration = applicability.for_test_file(test_file(cls))
+    return declaration.api if declaration is not None else None
 
 
 def _without_api(name: str, api: Optional[str]) -> str:
@@ -114,7 +120,7 @@ def test_file(cls: type) -> str:
 def describe(cls: type, method_name: str, *, device: str, world_size: int) -> Dict[str, Any]:
     """The record of ``cls.method_name`` at ``world_size`` on ``device`` (see the module doc)."""
     params = parameters_of(cls, method_name)
-    api = _api_of(method_name, params)
+    api = _api_of(cls, method_name, params)
     return {
         "test_id": f"{cls.__name__}.{method_name}",
         "classname": f"{cls.__module__}.{cls.__qualname__}",

@@ -204,6 +204,7 @@ def fsdp_test(
     # The harness reads the rules from here (pytest reads them from this BUILD file);
     # env, not args, because args are shell-tokenized and reasons have spaces.
     env["FSDP_TEST_APPLICABILITY"] = json.encode({
+        "api": api,
         "cases": cases,
         "valid_world_sizes": valid_world_sizes,
     })

@@ -3,13 +3,15 @@
 Passes when, for tuple-, dict- and repr-named parameterized methods, parameters()
 returns each argument by its name; when each case's record has the report's row
 (the method without its API token; an unnamed case's parameters instead of absl's
-index) and its API (the ``api`` parameter, else the name's token, else none); and when
+index) and its API (the ``api`` parameter, else the name's token, else the file's
+``fsdp_test`` api, else none); and when
 record() keeps one entry per case and world size, later facts (a known bug, a not-run
 reason) updating it rather than adding a second.
 """
 
 import json
 import os
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -93,6 +95,12 @@ class CaseParamsTest(absltest.TestCase):
         for method, want in rows.items():
             record = self._describe(method)
             self.assertEqual((record["name"], record["api"]), want, method)
+
+    def test_file_api_for_methods_that_do_not_say(self):
+        # What the fsdp_test macro passes for a target declared with api = "fsdp2".
+        with mock.patch.dict(os.environ, {"FSDP_TEST_APPLICABILITY": '{"api": "fsdp2"}'}):
+            self.assertEqual(self._describe("test_plain")["api"], "fsdp2")
+            self.assertEqual(self._describe("test_tuple_cases_fsdp1")["api"], "fsdp1")
 
     def test_record_fields(self):
         record = self._describe("test_tuple_cases_fsdp1", world_size=4)
