@@ -20,7 +20,7 @@ SPEC = models.get("shared_twice")
 class MultipleForwardTest(multirank.MultiRankTestCase, parameterized.TestCase):
     @parameterized.named_parameters(*cases.API_CASES)
     def test_unit_called_twice_matches_reference(self, api):
-        training.check_against_reference(SPEC, api, steps=3, device=self.device)
+        training.check_against_reference(SPEC, api, steps=3)
 
     @parameterized.named_parameters(
         *cases.api_cases_with(
@@ -28,7 +28,7 @@ class MultipleForwardTest(multirank.MultiRankTestCase, parameterized.TestCase):
         )
     )
     def test_unit_called_twice_without_reshard_matches_reference(self, api, options):
-        training.check_against_reference(SPEC, api, steps=3, device=self.device, **options)
+        training.check_against_reference(SPEC, api, steps=3, **options)
 
 
 if __name__ == "__main__":

@@ -50,13 +50,11 @@ def _outer_root(inner: nn.Module, api: str, device) -> nn.Module:
 class MultipleWrappingTest(multirank.MultiRankTestCase):
     def _train_wrapped_inner(self, api):
         """Returns (inner, its trained outer root, reference, eval inputs)."""
-        inner = wrapping.wrap_spec(SPEC, api, device=self.device)
+        inner = wrapping.wrap_spec(SPEC, api)
         original = _outer_root(inner, api, self.device)
-        training.train(original, SPEC, steps=3, seed=0, device=self.device)
-        reference, _ = training.reference_train(SPEC, steps=3, seed=0, device=self.device)
-        inputs, _ = data.rank_batch(
-            SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP, device=self.device
-        )
+        training.train(original, SPEC, steps=3, seed=0)
+        reference, _ = training.reference_train(SPEC, steps=3, seed=0)
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP)
         return inner, original, reference, inputs
 
     def test_rewrapped_inner_model_matches_original_and_reference_fsdp1(self):

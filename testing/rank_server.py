@@ -117,6 +117,8 @@ def _join_group(rank, world_size, device_name, store_path) -> RankContext:
     import torch
     import torch.distributed as dist
 
+    from testing.fsdp import rank_device
+
     kind = devices.get(device_name)
     if kind.is_accelerator:
         # Rank r takes the r-th *visible* device, so an allocation made through
@@ -128,6 +130,8 @@ def _join_group(rank, world_size, device_name, store_path) -> RankContext:
         # Ranks share the machine's cores: one intra-op pool per core each
         # would oversubscribe them several times over.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    # The default of every testing/fsdp helper that takes a device.
+    rank_device.record(device)
     store = dist.FileStore(store_path, world_size)
     dist.init_process_group(
         kind.backend,

@@ -200,7 +200,7 @@ class CollectiveCountsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         ("no_shard_fsdp1", "NO_SHARD"),
     )
     def test_step_counts_sharding_strategy(self, strategy):
-        model = wrapping.wrap_spec(SPEC, "fsdp1", device=self.device, sharding_strategy=strategy)
+        model = wrapping.wrap_spec(SPEC, "fsdp1", sharding_strategy=strategy)
         expected = fsdp1_step(strategy, self.world_size)
         self._check(model, expected, f"api=fsdp1 sharding_strategy={strategy}")
 
@@ -213,9 +213,7 @@ class CollectiveCountsTest(multirank.MultiRankTestCase, parameterized.TestCase):
     @parameterized.named_parameters(*cases.API_CASES)
     def test_step_counts_gradient_accumulation(self, api):
         if api == "fsdp1":
-            model = wrapping.wrap_spec(
-                SPEC, api, device=self.device, sharding_strategy="FULL_SHARD"
-            )
+            model = wrapping.wrap_spec(SPEC, api, sharding_strategy="FULL_SHARD")
             synced, accumulate = fsdp1_step("FULL_SHARD", self.world_size), lambda m: m.no_sync()
         else:
             model = sized_chain.wrap_fsdp2(self.device, True)
@@ -251,7 +249,6 @@ class CollectiveCountsTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 lambda shape=shape: wrapping.wrap_spec(
                     SPEC,
                     "fsdp1",
-                    device=self.device,
                     **meshes.hsdp_wrap_options("fsdp1", shape, self.device.type),
                 ),
                 hsdp_step("fsdp1", *shape),
@@ -286,9 +283,7 @@ class CollectiveCountsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         """One all-gather more than the table, issued in forward, fails with its phase."""
         n = self.world_size
         if api == "fsdp1":
-            model = wrapping.wrap_spec(
-                SPEC, api, device=self.device, sharding_strategy="FULL_SHARD"
-            )
+            model = wrapping.wrap_spec(SPEC, api, sharding_strategy="FULL_SHARD")
             expected = fsdp1_step("FULL_SHARD", n)
         else:
             model = sized_chain.wrap_fsdp2(self.device, True)

@@ -70,10 +70,8 @@ class DelayedCollectivesTest(multirank.MultiRankTestCase, parameterized.TestCase
         else:
             injecting = delays.delay_collectives(POINTS[point], self.device)
         with injecting as injected:
-            losses = training.train(
-                model, SPEC, steps=STEPS, device=self.device, optimizer=optimizer
-            )
-        ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
+            losses = training.train(model, SPEC, steps=STEPS, optimizer=optimizer)
+        ref, ref_losses = training.reference_train(SPEC, steps=STEPS)
         context = f"api={api} delay before {point} ({injected[:1]})"
         parity.assert_params_close(
             params.full_params(model), params.full_params(ref), context=context

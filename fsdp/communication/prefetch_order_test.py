@@ -166,7 +166,6 @@ class PrefetchOrderTest(multirank.MultiRankTestCase, parameterized.TestCase):
         model = wrapping.wrap_spec(
             SPEC,
             "fsdp1",
-            device=self.device,
             sharding_strategy="FULL_SHARD",
             extra=_fsdp1_options(options),
         )

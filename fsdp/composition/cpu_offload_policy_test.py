@@ -36,9 +36,7 @@ def _devices(model, grads=False):
 class CpuOffloadPolicyTest(multirank.MultiRankTestCase):
     def test_offloaded_training_matches_reference_each_step_fsdp2(self):
         policy = compat.CPUOffloadPolicy(pin_memory=self.device.type != "cpu")
-        model = wrapping.wrap_spec(
-            SPEC, "fsdp2", device=self.device, extra={"offload_policy": policy}
-        )
+        model = wrapping.wrap_spec(SPEC, "fsdp2", extra={"offload_policy": policy})
         optimizer = training.default_optimizer(model.parameters())
         reference = SPEC.build(0).to(self.device)
         ref_optimizer = training.default_optimizer(reference.parameters())
@@ -57,13 +55,11 @@ class CpuOffloadPolicyTest(multirank.MultiRankTestCase):
                 SPEC,
                 steps=[step],
                 optimizer=optimizer,
-                device=self.device,
                 before_step=record,
             )
             training.reference_train(
                 SPEC,
                 steps=[step],
-                device=self.device,
                 model=reference,
                 optimizer=ref_optimizer,
                 before_step=record_ref,

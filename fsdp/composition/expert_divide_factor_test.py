@@ -114,13 +114,11 @@ class ExpertDivideFactorTest(multirank.MultiRankTestCase, parameterized.TestCase
         spec = expert_parallel.spec(ep)
         factors = _FACTORS[name]
         model = _shard(mesh, self.device, factors, reduction, self.world_size)
-        inputs, targets = data.rank_batch(spec, seed=0, rank=self.rank, step=0, device=self.device)
+        inputs, targets = data.rank_batch(spec, seed=0, rank=self.rank, step=0)
         spec.loss_fn(model(inputs), targets).backward()
         actual = self._named(params.full_grads(model), mesh)  # collective: before any assertion
 
-        _, reference = expert_parallel.reference_grads(
-            ep, world_size=self.world_size, device=self.device
-        )
+        _, reference = expert_parallel.reference_grads(ep, world_size=self.world_size)
         world = self.world_size
         expected = {
             n: reference[n] * expert_parallel.scale(world, _factor_of(n, factors, world, ep))
@@ -144,8 +142,8 @@ class ExpertDivideFactorTest(multirank.MultiRankTestCase, parameterized.TestCase
         mesh = self._mesh(layout)
         spec = expert_parallel.spec(mesh.size(1))
         model = _shard(mesh, self.device, _FACTORS["ep_corrected"], reduction, self.world_size)
-        losses = training.train(model, spec, steps=STEPS, device=self.device)
-        reference, ref_losses = training.reference_train(spec, steps=STEPS, device=self.device)
+        losses = training.train(model, spec, steps=STEPS)
+        reference, ref_losses = training.reference_train(spec, steps=STEPS)
         actual = self._named(params.full_params(model), mesh)  # collective: before any assertion
         expected = params.full_params(reference)
         training.assert_matches_reference(

@@ -35,9 +35,9 @@ def _unsharded(model):
 
 class ForwardMethodTest(multirank.MultiRankTestCase):
     def test_registered_generate_unshards_like_forward_fsdp2(self):
-        model = wrapping.wrap_spec(SPEC, "fsdp2", device=self.device)
+        model = wrapping.wrap_spec(SPEC, "fsdp2")
         register_fsdp_forward_method(model, "generate")
-        prompt, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0, device=self.device)
+        prompt, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0)
         seen_in_norm = []
         model.norm.register_forward_pre_hook(
             lambda m, args: seen_in_norm.append(compat.is_dtensor(m.weight))

@@ -41,9 +41,7 @@ class ReshardAfterBackwardTest(multirank.MultiRankTestCase):
             last = index == MICRO_BATCHES - 1
             model.set_requires_gradient_sync(last)
             model.set_reshard_after_backward(last)
-            inputs, targets = data.rank_batch(
-                SPEC, seed=0, rank=self.rank, step=index, device=self.device
-            )
+            inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=index)
             log = collective_count.StepLog()
             with log.recording():
                 with log.phase(collective_count.FORWARD):

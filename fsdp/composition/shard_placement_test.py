@@ -60,8 +60,8 @@ class ShardPlacementTest(multirank.MultiRankTestCase):
     def test_shard_dim1_layout_and_training_fsdp2(self):
         model = _wrap(self.device)
         initial = params.full_params(model)  # collective: before any assertion
-        losses = training.train(model, SPEC, steps=STEPS, device=self.device)
-        reference, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
+        losses = training.train(model, SPEC, steps=STEPS)
+        reference, ref_losses = training.reference_train(SPEC, steps=STEPS)
         actual = params.full_params(model)
 
         self._check_layout(model, actual, "after training")
@@ -76,7 +76,7 @@ class ShardPlacementTest(multirank.MultiRankTestCase):
 
     def test_shard_dim1_state_dict_round_trips_fsdp2(self):
         model = _wrap(self.device)
-        training.train(model, SPEC, steps=1, device=self.device)
+        training.train(model, SPEC, steps=1)
         saved = params.full_params(model)
         state = model.state_dict()
         fresh = _wrap(self.device, seed=1)

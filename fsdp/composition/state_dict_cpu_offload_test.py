@@ -89,16 +89,14 @@ class StateDictCpuOffloadTest(multirank.MultiRankTestCase, parameterized.TestCas
 
     @parameterized.named_parameters(("sharded_fsdp2", SHARDED), ("full_fsdp2", FULL))
     def test_offloaded_snapshots_match_reference_per_step(self, options):
-        model = wrapping.wrap_spec(SPEC, "fsdp2", device=self.device)
+        model = wrapping.wrap_spec(SPEC, "fsdp2")
         optimizer = training.default_optimizer(model.parameters())
         reference = SPEC.build(0).to(self.device)
         ref_optimizer = training.default_optimizer(reference.parameters())
         snapshots, live = [], []
         for step in range(STEPS):
-            training.train(model, SPEC, steps=[step], optimizer=optimizer, device=self.device)
-            training.reference_train(
-                SPEC, steps=[step], device=self.device, model=reference, optimizer=ref_optimizer
-            )
+            training.train(model, SPEC, steps=[step], optimizer=optimizer)
+            training.reference_train(SPEC, steps=[step], model=reference, optimizer=ref_optimizer)
             snapshots.append(
                 (_snapshot(model, optimizer, options), _reference_state(reference, ref_optimizer))
             )

@@ -41,7 +41,7 @@ class TensorParallelTest(multirank.MultiRankTestCase):
 
     def test_placements_and_local_shards_fsdp2(self):
         mesh = self._mesh()
-        model = tensor_parallel.shard_2d(mesh, PLAN, device=self.device)
+        model = tensor_parallel.shard_2d(mesh, PLAN)
         gathered = params.full_params(model)  # collective: before any assertion
         full = params.full_params(SPEC.build(0))
         strided = [n for n in full if tp_models.tp_dim(n, PLAN) == 0]
@@ -61,8 +61,8 @@ class TensorParallelTest(multirank.MultiRankTestCase):
         self._check_training(mesh, self.world_size // 2)
 
     def _check_training(self, mesh, data_groups):
-        model = tensor_parallel.shard_2d(mesh, PLAN, device=self.device)
-        run = dict(steps=STEPS, device=self.device, optim_fn=adamw)
+        model = tensor_parallel.shard_2d(mesh, PLAN)
+        run = dict(steps=STEPS, optim_fn=adamw)
         losses = training.train(model, SPEC, data_rank=meshes.data_rank(mesh), **run)
         reference, ref_losses = training.reference_train(SPEC, world_size=data_groups, **run)
         actual = params.full_params(model)  # collective: before any assertion

@@ -74,8 +74,8 @@ class TpClipGradNormTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def test_clip_grad_norm_matches_unsharded(self, plan):
         shape = meshes.dp_tp_shape(self.world_size)
         mesh = meshes.dp_tp_mesh(shape, self.device.type)
-        model = tensor_parallel.shard_2d(mesh, plan, device=self.device)
-        reference, _ = tensor_parallel.reference_grads(data_ranks=shape[0], device=self.device)
+        model = tensor_parallel.shard_2d(mesh, plan)
+        reference, _ = tensor_parallel.reference_grads(data_ranks=shape[0])
         _forward_backward(model, mesh, self.device)
 
         grads = [p.grad for p in model.parameters()]

@@ -45,13 +45,12 @@ class TpStateDictTest(multirank.MultiRankTestCase):
     def _trained(self):
         """A 2-D model and its optimizer after :data:`STEPS` steps; also its mesh."""
         mesh = meshes.dp_tp_mesh(meshes.dp_tp_shape(self.world_size), self.device.type)
-        model = tensor_parallel.shard_2d(mesh, PLAN, device=self.device)
+        model = tensor_parallel.shard_2d(mesh, PLAN)
         optimizer = adamw(model.parameters())
         training.train(
             model,
             SPEC,
             steps=STEPS,
-            device=self.device,
             optimizer=optimizer,
             data_rank=meshes.data_rank(mesh),
         )
@@ -65,10 +64,10 @@ class TpStateDictTest(multirank.MultiRankTestCase):
         # given dict's values with the DTensors it distributed (torch 2.13).
         dtensors = sorted(k for k, v in full.items() if compat.is_dtensor(v))
         as_saved = {params.clean_name(k): v.detach().to("cpu", copy=True) for k, v in full.items()}
-        from_full = tensor_parallel.shard_2d(mesh, PLAN, device=self.device, seed=1)
+        from_full = tensor_parallel.shard_2d(mesh, PLAN, seed=1)
         dsd.set_model_state_dict(from_full, full, options=FULL)
         sharded = model.state_dict()
-        from_sharded = tensor_parallel.shard_2d(mesh, PLAN, device=self.device, seed=1)
+        from_sharded = tensor_parallel.shard_2d(mesh, PLAN, seed=1)
         from_sharded.load_state_dict(sharded)
         loaded_full = params.full_params(from_full)  # collectives: before any assertion
         loaded_sharded = params.full_params(from_sharded)
@@ -104,7 +103,7 @@ class TpStateDictTest(multirank.MultiRankTestCase):
             for name, target in _TARGETS:
                 shape = target(self.world_size)
                 mesh = meshes.dp_tp_mesh(shape, self.device.type)
-                fresh = tensor_parallel.shard_2d(mesh, PLAN, device=self.device, seed=1)
+                fresh = tensor_parallel.shard_2d(mesh, PLAN, seed=1)
                 fresh_optimizer = adamw(fresh.parameters())
                 state = {
                     "model": dsd.get_model_state_dict(fresh),

@@ -54,7 +54,7 @@ class HsdpGradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCa
         options = meshes.hsdp_wrap_options(api, shape, self.device.type, **hybrid)
         if api == "fsdp1":
             options["use_orig_params"] = True  # full_grads needs it
-        return wrapping.wrap_spec(SPEC, api, device=self.device, **options)
+        return wrapping.wrap_spec(SPEC, api, **options)
 
     def _backward(self, model, index):
         inputs, targets = _micro_batch(self.rank, index, self.device)
@@ -111,7 +111,6 @@ class HsdpGradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCa
             lambda: self._backward(model, MICRO_BATCHES - 1),
             SPEC,
             micro_batches=MICRO_BATCHES,
-            device=self.device,
             context=context,
         )
 

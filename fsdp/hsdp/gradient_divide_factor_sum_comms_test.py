@@ -55,7 +55,6 @@ class HsdpGradientDivideFactorSumCommsTest(multirank.MultiRankTestCase, paramete
             kind,
             rank=self.rank,
             world_size=self.world_size,
-            device=self.device,
             force_sum=True,
         )
 

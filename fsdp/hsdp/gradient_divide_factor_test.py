@@ -42,7 +42,6 @@ class HsdpGradientDivideFactorTest(multirank.MultiRankTestCase, parameterized.Te
             kind,
             rank=self.rank,
             world_size=self.world_size,
-            device=self.device,
             force_sum=False,
         )
 

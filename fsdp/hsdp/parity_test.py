@@ -72,9 +72,7 @@ class HsdpParityTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     @parameterized.named_parameters(*CASES)
     def test_hsdp_matches_reference(self, kind, api, hybrid):
-        reference, ref_losses = training.reference_train(
-            SPEC, steps=STEPS, seed=0, device=self.device
-        )
+        reference, ref_losses = training.reference_train(SPEC, steps=STEPS, seed=0)
         expected = params.full_params(reference)
         failures = parity.DeferredFailures()  # every rank trains on every shape
         for shape in meshes.shapes_of_kind(kind, self.world_size):
@@ -85,10 +83,9 @@ class HsdpParityTest(multirank.MultiRankTestCase, parameterized.TestCase):
             model = wrapping.wrap_spec(
                 SPEC,
                 api,
-                device=self.device,
                 **meshes.hsdp_wrap_options(api, shape, self.device.type, **hybrid),
             )
-            losses = training.train(model, SPEC, steps=STEPS, seed=0, device=self.device)
+            losses = training.train(model, SPEC, steps=STEPS, seed=0)
             actual = params.full_params(model)
             with failures.check(f"mesh {meshes.shape_name(shape)}, across ranks"):
                 parity.assert_same_across_ranks(actual, name="full parameters", context=context)

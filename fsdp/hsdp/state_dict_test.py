@@ -47,17 +47,15 @@ class HsdpStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     def _wrap(self, api, seed):
         options = meshes.hsdp_wrap_options(api, self._shape(api), self.device.type)
-        return wrapping.wrap_spec(SPEC, api, seed=seed, device=self.device, **options)
+        return wrapping.wrap_spec(SPEC, api, seed=seed, **options)
 
     def _context(self, api, what):
         return f"api={api} mesh={meshes.shape_name(self._shape(api))} {what}"
 
     def _trained(self, api):
         model = self._wrap(api, seed=0)
-        training.train(model, SPEC, steps=2, seed=0, device=self.device)
-        inputs, _ = data.rank_batch(
-            SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP, device=self.device
-        )
+        training.train(model, SPEC, steps=2, seed=0)
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP)
         with torch.no_grad():
             outputs = model(inputs)
         return model, params.full_params(model), inputs, outputs

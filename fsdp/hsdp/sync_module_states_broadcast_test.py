@@ -39,7 +39,6 @@ class HsdpSyncModuleStatesBroadcastTest(multirank.MultiRankTestCase, parameteriz
             model,
             SPEC,
             steps=STEPS,
-            device=self.device,
             synced_context=f"after the broadcast, vs rank 0's init; {context}",
             trained_context=f"after {STEPS} steps vs reference; {context}",
         )
@@ -51,7 +50,6 @@ class HsdpSyncModuleStatesBroadcastTest(multirank.MultiRankTestCase, parameteriz
             SPEC,
             api,
             self.rank,
-            device=self.device,
             **options,
         )
         rank_sync.set_full_state_from_rank0(model, SPEC, self.rank)
@@ -64,7 +62,7 @@ class HsdpSyncModuleStatesBroadcastTest(multirank.MultiRankTestCase, parameteriz
         shape, options = self._options("fsdp2")
         model = models.rank_distinct_model(SPEC, self.rank).to(self.device)
         rank_sync.broadcast_from_rank0(model)
-        model = wrapping.wrap(model, "fsdp2", SPEC.units, device=self.device, **options)
+        model = wrapping.wrap(model, "fsdp2", SPEC.units, **options)
         self._assert_synced_and_trains(
             model, f"dist.broadcast before fully_shard mesh={meshes.shape_name(shape)}"
         )

@@ -41,7 +41,6 @@ class HsdpSyncModuleStatesTest(multirank.MultiRankTestCase, parameterized.TestCa
             SPEC,
             "fsdp1",
             self.rank,
-            device=self.device,
             **options,
         )
         context = f"HYBRID_SHARD via={via} mesh={meshes.shape_name(shape)}"
@@ -49,7 +48,6 @@ class HsdpSyncModuleStatesTest(multirank.MultiRankTestCase, parameterized.TestCa
             model,
             SPEC,
             steps=STEPS,
-            device=self.device,
             synced_context=f"after wrap, vs rank 0's init; {context}",
             trained_context=f"after {STEPS} steps vs reference; {context}",
         )

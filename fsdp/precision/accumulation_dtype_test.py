@@ -73,7 +73,6 @@ class AccumulationDtypeTest(multirank.MultiRankTestCase, parameterized.TestCase)
                 micro_batches=MICRO_BATCHES,
                 param_dtype=BF16,
                 accum_dtype=accum,
-                device=self.device,
             )
             for accum in (FP32, BF16)
         ]
@@ -91,9 +90,7 @@ class AccumulationDtypeTest(multirank.MultiRankTestCase, parameterized.TestCase)
         """Runs the micro-batches; returns the gradient collectives of each."""
         calls_per_micro_batch = []
         for k in range(MICRO_BATCHES):
-            inputs, targets = data.rank_batch(
-                SPEC, seed=0, rank=self.rank, step=k, device=self.device
-            )
+            inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=k)
             with (
                 collective_spy.record_reductions(collective_spy.GRADIENT_REDUCTIONS) as calls,
                 sync_micro_batch(k),
@@ -121,7 +118,7 @@ class AccumulationDtypeTest(multirank.MultiRankTestCase, parameterized.TestCase)
 
     def test_no_sync_accumulates_in_reduce_dtype_fsdp2(self):
         ref32, _ = self._references()
-        model = wrapping.wrap_spec(SPEC, "fsdp2", device=self.device, mixed_precision=POLICY)
+        model = wrapping.wrap_spec(SPEC, "fsdp2", mixed_precision=POLICY)
 
         @contextlib.contextmanager
         def sync_last(k):
@@ -140,9 +137,7 @@ class AccumulationDtypeTest(multirank.MultiRankTestCase, parameterized.TestCase)
 
     def test_synced_accumulation_in_reduce_dtype_fsdp1(self):
         ref32, _ = self._references()
-        model = wrapping.wrap_spec(
-            SPEC, "fsdp1", device=self.device, mixed_precision=POLICY, use_orig_params=True
-        )
+        model = wrapping.wrap_spec(SPEC, "fsdp1", mixed_precision=POLICY, use_orig_params=True)
         calls = self._run(model, lambda k: contextlib.nullcontext())
         self._check(
             model,
@@ -155,9 +150,7 @@ class AccumulationDtypeTest(multirank.MultiRankTestCase, parameterized.TestCase)
 
     def test_no_sync_accumulates_in_reduce_dtype_fsdp1(self):
         ref32, _ = self._references()
-        model = wrapping.wrap_spec(
-            SPEC, "fsdp1", device=self.device, mixed_precision=POLICY, use_orig_params=True
-        )
+        model = wrapping.wrap_spec(SPEC, "fsdp1", mixed_precision=POLICY, use_orig_params=True)
 
         def no_sync_but_last(k):
             return contextlib.nullcontext() if k == MICRO_BATCHES - 1 else model.no_sync()

@@ -109,13 +109,12 @@ class CastForwardInputsTest(multirank.MultiRankTestCase, parameterized.TestCase)
             model,
             api,
             UNITS,
-            device=self.device,
             mixed_precision=mixed_precision,
             unit_mixed_precision=per_unit,
         )
         model.register_forward_hook(lambda mod, args, out: outputs.append(out.dtype))
-        losses = training.train(model, SPEC, steps=STEPS, device=self.device)
-        ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
+        losses = training.train(model, SPEC, steps=STEPS)
+        ref, ref_losses = training.reference_train(SPEC, steps=STEPS)
         actual = params.full_params(model)  # collective: before any assert
 
         context = f"api={api} rank={self.rank}"

@@ -59,7 +59,7 @@ class PerUnitPolicyTest(multirank.MultiRankTestCase, parameterized.TestCase):
             model.get_submodule(name).register_forward_pre_hook(
                 lambda mod, args, name=name: seen[name].add((mod.weight.dtype, args[0].dtype))
             )
-        model = wrapping.wrap(model, api, UNITS, device=self.device, unit_mixed_precision=POLICIES)
+        model = wrapping.wrap(model, api, UNITS, unit_mixed_precision=POLICIES)
         optimizer = training.default_optimizer(model.parameters())
         grad_dtypes = set()
 
@@ -71,10 +71,9 @@ class PerUnitPolicyTest(multirank.MultiRankTestCase, parameterized.TestCase):
             SPEC,
             steps=STEPS,
             optimizer=optimizer,
-            device=self.device,
             before_step=record_grads,
         )
-        ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
+        ref, ref_losses = training.reference_train(SPEC, steps=STEPS)
         actual = params.full_params(model)  # collective: before any assert
 
         context = f"api={api} rank={self.rank}"

@@ -70,7 +70,7 @@ class UnfreezeTest(multirank.MultiRankTestCase, parameterized.TestCase):
         *cases.api_cases_with(fsdp1={"use_orig_params": True}, fsdp2={})
     )
     def test_unfrozen_unit_keeps_reduce_dtype(self, api, options):
-        model = wrapping.wrap_spec(SPEC, api, device=self.device, mixed_precision=POLICY, **options)
+        model = wrapping.wrap_spec(SPEC, api, mixed_precision=POLICY, **options)
         optimizer = training.default_optimizer(model.parameters())
         grads_seen = {}
 
@@ -85,7 +85,6 @@ class UnfreezeTest(multirank.MultiRankTestCase, parameterized.TestCase):
             SPEC,
             steps=STEPS,
             optimizer=optimizer,
-            device=self.device,
             before_step=record_grads,
             before_each=lambda step: _set_frozen(model, step),
         )
@@ -94,7 +93,6 @@ class UnfreezeTest(multirank.MultiRankTestCase, parameterized.TestCase):
             steps=STEPS,
             world_size=self.world_size,
             param_dtype=torch.bfloat16,
-            device=self.device,
             optim_fn=training.default_optimizer,
             before_forward=_set_frozen,
         )

@@ -77,13 +77,13 @@ class DcpEmptyShardTest(multirank.MultiRankTestCase, parameterized.TestCase):
     @parameterized.named_parameters(*cases.API_CASES)
     def test_dcp_round_trip_with_empty_shards(self, api):
         what = f"api={api} world_size={self.world_size}"
-        model = wrapping.wrap_spec(SPEC, api, device=self.device)
+        model = wrapping.wrap_spec(SPEC, api)
         opt = _adamw(model.parameters())
         training.train(model, SPEC, steps=range(2), optimizer=opt)
         expected_params = params.full_params(model)
         expected_optim = state_dicts.full_optim_state(model, opt)
 
-        fresh = wrapping.wrap_spec(SPEC, api, seed=1, device=self.device)
+        fresh = wrapping.wrap_spec(SPEC, api, seed=1)
         fresh_opt = _adamw(fresh.parameters())
         with dist_helpers.shared_tempdir(prefix="ckpt-") as path:
             model_state, optim_state = dsd.get_state_dict(model, opt)

@@ -22,16 +22,14 @@ SPEC = models.get("tied_transformer")
 
 class EvalTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def _inputs(self):
-        inputs, _ = data.rank_batch(
-            SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP, device=self.device
-        )
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP)
         return inputs
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_no_grad_eval_after_training_matches_reference(self, api):
-        model = wrapping.wrap_spec(SPEC, api, device=self.device)
-        training.train(model, SPEC, steps=2, seed=0, device=self.device)
-        reference, _ = training.reference_train(SPEC, steps=2, seed=0, device=self.device)
+        model = wrapping.wrap_spec(SPEC, api)
+        training.train(model, SPEC, steps=2, seed=0)
+        reference, _ = training.reference_train(SPEC, steps=2, seed=0)
         trained = params.full_params(model)
         model.eval()
         reference.eval()
@@ -54,17 +52,17 @@ class EvalTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_forward_without_backward_between_steps_matches_reference(self, api):
-        model = wrapping.wrap_spec(SPEC, api, device=self.device)
+        model = wrapping.wrap_spec(SPEC, api)
         opt = training.default_optimizer(model.parameters())
-        training.train(model, SPEC, steps=[0], optimizer=opt, device=self.device)
+        training.train(model, SPEC, steps=[0], optimizer=opt)
         model.eval()
         for _ in range(2):
             out = model(self._inputs())  # autograd on; no backward
             self.assertTrue(out.requires_grad)
             del out
         model.train()
-        training.train(model, SPEC, steps=[1, 2], optimizer=opt, device=self.device)
-        reference, _ = training.reference_train(SPEC, steps=3, seed=0, device=self.device)
+        training.train(model, SPEC, steps=[1, 2], optimizer=opt)
+        reference, _ = training.reference_train(SPEC, steps=3, seed=0)
         parity.assert_params_close(
             params.full_params(model),
             params.full_params(reference),

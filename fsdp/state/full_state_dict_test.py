@@ -75,8 +75,8 @@ class FullStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
     }
 
     def _trained(self, api):
-        model = wrapping.wrap_spec(SPEC, api, device=self.device)
-        training.train(model, SPEC, steps=2, seed=0, device=self.device)
+        model = wrapping.wrap_spec(SPEC, api)
+        training.train(model, SPEC, steps=2, seed=0)
         return model
 
     def _saved(self, model, api):
@@ -99,9 +99,7 @@ class FullStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
         parity.assert_params_close(
             params.full_params(loaded), expected, rtol=0, atol=0, context=f"loaded model api={api}"
         )
-        inputs, _ = data.rank_batch(
-            SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP, device=self.device
-        )
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP)
         with torch.no_grad():
             parity.assert_tensors_close(
                 loaded(inputs),
@@ -115,7 +113,7 @@ class FullStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def test_full_state_dict_round_trip_into_sharded_model(self, api):
         trained = self._trained(api)
         state, expected = self._saved(trained, api)
-        fresh = wrapping.wrap_spec(SPEC, api, seed=1, device=self.device)
+        fresh = wrapping.wrap_spec(SPEC, api, seed=1)
         _load_full_state_dict(fresh, api, state)
         self._assert_restored(fresh, trained, expected, api)
 

@@ -136,7 +136,7 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     @parameterized.named_parameters(("full_shard_fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
     def test_reshard_after_forward_frees_unsharded_params(self, api):
-        model = unit_stack.wrap(api, reshard=True, device=self.device)
+        model = unit_stack.wrap(api, reshard=True)
         after_forward, after_backward, peak = self._step_with_samples(model, api)
         unit = unit_stack.unit_bytes(self.world_size, api)
         self.assertLen(after_forward, N_UNITS, f"units found: {sorted(after_forward)}")
@@ -166,7 +166,7 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     @parameterized.named_parameters(("shard_grad_op_fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
     def test_without_reshard_unsharded_params_stay_allocated(self, api):
-        model = unit_stack.wrap(api, reshard=False, device=self.device)
+        model = unit_stack.wrap(api, reshard=False)
         after_forward, _, peak = self._step_with_samples(model, api)
         unit = unit_stack.unit_bytes(self.world_size, api)
         self.assertLen(after_forward, N_UNITS, f"units found: {sorted(after_forward)}")
@@ -185,7 +185,7 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
     )
     def test_forward_peak_allocated_memory_bounded(self, api, reshard):
         self.assertEqual(self.device.type, "cuda", "needs the CUDA caching allocator")
-        model = unit_stack.wrap(api, reshard, device=self.device)
+        model = unit_stack.wrap(api, reshard)
         inputs = unit_stack.inputs(self.rank, self.device)  # rank-distinct
         model(inputs).sum().backward()  # warm-up: lazy init, first all-gathers
         model.zero_grad(set_to_none=True)

@@ -86,7 +86,7 @@ class MetaInitTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def _assert_like_eager(self, model, api, what):
         for name, p in model.named_parameters():
             self.assertFalse(p.is_meta, f"{name} is still on the meta device ({what})")
-        eager = wrapping.wrap_spec(SPEC, api, init_device=self.device, device=self.device)
+        eager = wrapping.wrap_spec(SPEC, api, init_device=self.device)
         parity.assert_params_close(
             params.full_params(model),
             params.full_params(eager),
@@ -94,14 +94,14 @@ class MetaInitTest(multirank.MultiRankTestCase, parameterized.TestCase):
             atol=0,
             context=f"after init, {what}",
         )
-        training.train(model, SPEC, steps=2, seed=0, device=self.device)
-        training.train(eager, SPEC, steps=2, seed=0, device=self.device)
+        training.train(model, SPEC, steps=2, seed=0)
+        training.train(eager, SPEC, steps=2, seed=0)
         parity.assert_params_close(
             params.full_params(model), params.full_params(eager), context=f"after 2 steps, {what}"
         )
 
     def test_meta_init_reset_parameters_matches_eager_fsdp1(self):
-        model = wrapping.wrap_spec(SPEC, "fsdp1", init_device="meta", device=self.device)
+        model = wrapping.wrap_spec(SPEC, "fsdp1", init_device="meta")
         self._assert_like_eager(model, "fsdp1", "FSDP1 default materialization")
 
     def test_meta_init_param_init_fn_matches_eager_fsdp1(self):
@@ -109,13 +109,12 @@ class MetaInitTest(multirank.MultiRankTestCase, parameterized.TestCase):
             SPEC,
             "fsdp1",
             init_device="meta",
-            device=self.device,
             extra={"param_init_fn": _materialize_and_reset(self.device)},
         )
         self._assert_like_eager(model, "fsdp1", "FSDP1 param_init_fn")
 
     def test_meta_init_to_empty_and_full_state_dict_matches_eager_fsdp2(self):
-        model = wrapping.wrap_spec(SPEC, "fsdp2", init_device="meta", device=self.device)
+        model = wrapping.wrap_spec(SPEC, "fsdp2", init_device="meta")
         with torch.device(self.device):
             reference = SPEC.build(seed=0).state_dict()  # same on every rank (seeded)
         dcp_state_dict.set_model_state_dict(

@@ -92,16 +92,16 @@ class OptimStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
     )
     def test_optim_state_dict_round_trip_continues_training(self, api, full):
         what = f"api={api} {'full' if full else 'sharded'} state dicts"
-        model = wrapping.wrap_spec(SPEC, api, device=self.device)
+        model = wrapping.wrap_spec(SPEC, api)
         opt = _adam(model)
-        training.train(model, SPEC, steps=[0, 1], optimizer=opt, device=self.device)
+        training.train(model, SPEC, steps=[0, 1], optimizer=opt)
         # A copy, as a checkpoint would be: the optimizer state dict holds the live
         # state tensors (Adam's step counters, DTensor moments) that the
         # uninterrupted run below keeps updating in place, and
         # Optimizer.load_state_dict does not copy tensors already in place.
         model_state, optim_state = copy.deepcopy(save_state(model, opt, api, full))
 
-        fresh = wrapping.wrap_spec(SPEC, api, seed=1, device=self.device)
+        fresh = wrapping.wrap_spec(SPEC, api, seed=1)
         fresh_opt = _adam(fresh)
         load_state(fresh, fresh_opt, api, full, model_state, optim_state)
         expected_state = full_optim_state(model, opt, api)
@@ -120,8 +120,8 @@ class OptimStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
         )
 
         # The uninterrupted run, then the reloaded one.
-        training.train(model, SPEC, steps=[2, 3], optimizer=opt, device=self.device)
-        training.train(fresh, SPEC, steps=[2, 3], optimizer=fresh_opt, device=self.device)
+        training.train(model, SPEC, steps=[2, 3], optimizer=opt)
+        training.train(fresh, SPEC, steps=[2, 3], optimizer=fresh_opt)
         parity.assert_params_close(
             params.full_params(fresh),
             params.full_params(model),

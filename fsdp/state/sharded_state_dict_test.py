@@ -39,14 +39,12 @@ SPEC = models.get("nested_mlp")
 
 class ShardedStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def _trained(self, api, **wrap_options):
-        model = wrapping.wrap_spec(SPEC, api, device=self.device, **wrap_options)
-        training.train(model, SPEC, steps=2, seed=0, device=self.device)
+        model = wrapping.wrap_spec(SPEC, api, **wrap_options)
+        training.train(model, SPEC, steps=2, seed=0)
         return model
 
     def _inputs(self):
-        inputs, _ = data.rank_batch(
-            SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP, device=self.device
-        )
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP)
         return inputs
 
     def _assert_restored(self, loaded, expected_params, expected_out, what):
@@ -96,7 +94,7 @@ class ShardedStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
         state = state_dicts.sharded_state_dict(trained, api)
         self.assertEqual(sorted(state), sorted(expected_params), "sharded state dict keys")
         self._assert_rank_parts(state, expected_params, api)
-        fresh = wrapping.wrap_spec(SPEC, api, seed=1, device=self.device)
+        fresh = wrapping.wrap_spec(SPEC, api, seed=1)
         state_dicts.load_sharded_state_dict(fresh, api, state)
         self._assert_restored(
             fresh, expected_params, expected_out, f"in-memory sharded load api={api}"
@@ -108,7 +106,7 @@ class ShardedStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
         expected_params, expected_out = self._expected(trained)
         with dist_helpers.shared_tempdir(prefix="ckpt-") as path:
             dcp.save(state_dicts.sharded_state_dict(trained, api), checkpoint_id=path)
-            fresh = wrapping.wrap_spec(SPEC, api, seed=1, device=self.device)
+            fresh = wrapping.wrap_spec(SPEC, api, seed=1)
             state_dicts.dcp_load(fresh, api, path)
             self._assert_restored(
                 fresh, expected_params, expected_out, f"dcp.save/dcp.load api={api}"

@@ -26,11 +26,9 @@ class ShardedStateDictWorldSizeTest(multirank.MultiRankTestCase, parameterized.T
     @parameterized.named_parameters(*cases.API_CASES)
     def test_dcp_checkpoint_loads_at_half_the_world_size(self, api):
         self.assertGreaterEqual(self.world_size, 2, "needs at least 2 ranks to halve")
-        trained = wrapping.wrap_spec(SPEC, api, device=self.device)
-        training.train(trained, SPEC, steps=2, seed=0, device=self.device)
-        inputs, _ = data.rank_batch(
-            SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP, device=self.device
-        )
+        trained = wrapping.wrap_spec(SPEC, api)
+        training.train(trained, SPEC, steps=2, seed=0)
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP)
         expected_params = params.full_params(trained)
         with torch.no_grad():
             expected_out = trained(inputs)
@@ -49,7 +47,7 @@ class ShardedStateDictWorldSizeTest(multirank.MultiRankTestCase, parameterized.T
                     options = {"extra": {"process_group": group}}
                 else:
                     options = {"mesh": DeviceMesh.from_group(group, self.device.type)}
-                fresh = wrapping.wrap_spec(SPEC, api, seed=1, device=self.device, **options)
+                fresh = wrapping.wrap_spec(SPEC, api, seed=1, **options)
                 state_dicts.dcp_load(fresh, api, path, process_group=group)
                 parity.assert_params_close(
                     params.full_params(fresh), expected_params, rtol=0, atol=0, context=what

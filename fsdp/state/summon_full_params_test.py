@@ -32,8 +32,8 @@ def _rewrite(tensor):
 
 class SummonFullParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def _trained(self, api, **options):
-        model = wrapping.wrap_spec(SPEC, api, device=self.device, **options)
-        training.train(model, SPEC, steps=2, seed=0, device=self.device)
+        model = wrapping.wrap_spec(SPEC, api, **options)
+        training.train(model, SPEC, steps=2, seed=0)
         before = params.full_params(model)
         return model, {name: 2 * t + 1 for name, t in before.items()}
 
@@ -43,9 +43,7 @@ class SummonFullParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         parity.assert_same_across_ranks(written, name=f"full parameters, {what}")
         plain = SPEC.build(seed=1).to(self.device)
         plain.load_state_dict(expected)
-        inputs, _ = data.rank_batch(
-            SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP, device=self.device
-        )
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP)
         with torch.no_grad():
             parity.assert_tensors_close(
                 model(inputs), plain(inputs), name=f"output vs plain model with the write, {what}"

@@ -36,7 +36,6 @@ class SyncModuleStatesTest(multirank.MultiRankTestCase, parameterized.TestCase):
             model,
             SPEC,
             steps=2,
-            device=self.device,
             synced_context=f"after sync: rank 0's init ({what})",
             trained_context=f"after 2 steps vs reference ({what})",
         )
@@ -46,21 +45,20 @@ class SyncModuleStatesTest(multirank.MultiRankTestCase, parameterized.TestCase):
             SPEC,
             "fsdp1",
             self.rank,
-            device=self.device,
             extra={"sync_module_states": True},
         )
         self._assert_synced_and_trains(model, "sync_module_states=True")
 
     @parameterized.named_parameters(*cases.API_CASES)
     def test_broadcast_from_rank0_full_state_dict_makes_ranks_identical(self, api):
-        model = rank_sync.wrap_rank_distinct(SPEC, api, self.rank, device=self.device)
+        model = rank_sync.wrap_rank_distinct(SPEC, api, self.rank)
         rank_sync.set_full_state_from_rank0(model, SPEC, self.rank)
         self._assert_synced_and_trains(model, f"set_model_state_dict broadcast api={api}")
 
     def test_broadcast_before_fully_shard_makes_ranks_identical_fsdp2(self):
         model = models.rank_distinct_model(SPEC, self.rank).to(self.device)
         rank_sync.broadcast_from_rank0(model)
-        model = wrapping.wrap(model, "fsdp2", SPEC.units, device=self.device)
+        model = wrapping.wrap(model, "fsdp2", SPEC.units)
         self._assert_synced_and_trains(model, "dist.broadcast before fully_shard")
 
 

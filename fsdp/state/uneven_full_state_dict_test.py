@@ -74,7 +74,7 @@ class UnevenFullStateDictTest(multirank.MultiRankTestCase, parameterized.TestCas
     def test_full_state_dict_loads_right_rows(self, api, how):
         source = SPEC.build(seed=CHECKPOINT_SEED).to(self.device)
         checkpoint = {k: v.detach().clone() for k, v in source.state_dict().items()}
-        model = wrapping.wrap_spec(SPEC, api, seed=0, device=self.device)
+        model = wrapping.wrap_spec(SPEC, api, seed=0)
         # A copy: set_model_state_dict replaces the dict's values with sharded ones.
         _load(model, api, how, {k: v.clone() for k, v in checkpoint.items()})
         what = f"api={api} {how} world_size={self.world_size}"
@@ -96,9 +96,7 @@ class UnevenFullStateDictTest(multirank.MultiRankTestCase, parameterized.TestCas
             atol=0,
             context=f"{what}: full parameters",
         )
-        inputs, _ = data.rank_batch(
-            SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP, device=self.device
-        )
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP)
         with torch.no_grad():
             parity.assert_tensors_close(
                 model(inputs), source(inputs), name="output vs checkpoint model", context=what

@@ -55,8 +55,8 @@ class ActivationCheckpointingTest(multirank.MultiRankTestCase, parameterized.Tes
     )
     def test_checkpointed_blocks_match_reference(self, api, placement):
         model, calls = _checkpointed_model(api, placement, self.device)
-        losses = training.train(model, SPEC, steps=STEPS, device=self.device)
-        ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
+        losses = training.train(model, SPEC, steps=STEPS)
+        ref, ref_losses = training.reference_train(SPEC, steps=STEPS)
         actual = params.full_params(model)
         self.assertEqual(
             calls,

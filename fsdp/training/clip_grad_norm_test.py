@@ -74,9 +74,7 @@ class ClipGradNormTest(multirank.MultiRankTestCase, parameterized.TestCase):
     @parameterized.named_parameters(*_CASES)
     def test_clip_grad_norm_matches_unsharded(self, api, norm_type):
         ref = SPEC.build(seed=0).to(self.device)
-        inputs, targets = data.global_batch(
-            SPEC, seed=0, world_size=self.world_size, step=0, device=self.device
-        )
+        inputs, targets = data.global_batch(SPEC, seed=0, world_size=self.world_size, step=0)
         SPEC.loss_fn(ref(inputs), targets).backward()
         flat = torch.cat([p.grad.flatten() for p in ref.parameters()])
         # A quarter of the norm: every world size clips, each gradient to a quarter.
@@ -85,8 +83,8 @@ class ClipGradNormTest(multirank.MultiRankTestCase, parameterized.TestCase):
         ref_total = ref_total.detach().to("cpu", torch.float64)
 
         options = {"use_orig_params": True} if api == "fsdp1" else {}
-        model = wrapping.wrap_spec(SPEC, api, device=self.device, **options)
-        inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0, device=self.device)
+        model = wrapping.wrap_spec(SPEC, api, **options)
+        inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0)
         SPEC.loss_fn(model(inputs), targets).backward()
         total = _clip(model, api, max_norm, norm_type)
         grads = params.full_grads(model)

@@ -45,7 +45,7 @@ class CpuOffloadTest(multirank.MultiRankTestCase, parameterized.TestCase):
         model.layers[1].fc1.register_forward_pre_hook(
             lambda m, args: compute_devices.append((m.weight.device.type, args[0].device.type))
         )
-        model = wrapping.wrap(model, api, SPEC.units, device=self.device, cpu_offload=True)
+        model = wrapping.wrap(model, api, SPEC.units, cpu_offload=True)
         between_steps = [_local_devices(model)]
 
         def on_cpu_after_backward(m, step):
@@ -56,11 +56,9 @@ class CpuOffloadTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 set(grads.values()), {"cpu"}, f"sharded gradient devices at step {step}: {grads}"
             )
 
-        losses = training.train(
-            model, SPEC, steps=STEPS, device=self.device, before_step=on_cpu_after_backward
-        )
+        losses = training.train(model, SPEC, steps=STEPS, before_step=on_cpu_after_backward)
         between_steps.append(_local_devices(model))
-        ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
+        ref, ref_losses = training.reference_train(SPEC, steps=STEPS)
         actual = params.full_params(model)
 
         for i, placed in enumerate(between_steps):

@@ -89,7 +89,7 @@ class FrozenParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
     )
     def test_frozen_unchanged_under_adamw_trainable_match_reference(self, api, options):
         initial = params.full_params(SPEC.build(seed=0))
-        model = wrapping.wrap_spec(SPEC, api, device=self.device, **options)
+        model = wrapping.wrap_spec(SPEC, api, **options)
         frozen = sorted(
             params.clean_name(n) for n, p in model.named_parameters() if not p.requires_grad
         )
@@ -112,11 +112,9 @@ class FrozenParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         # AdamW's weight decay off them.
         opt = _adamw(list(model.parameters()))
         losses = training.train(
-            model, SPEC, steps=STEPS, optimizer=opt, device=self.device, before_step=no_frozen_grads
+            model, SPEC, steps=STEPS, optimizer=opt, before_step=no_frozen_grads
         )
-        ref, ref_losses = training.reference_train(
-            SPEC, steps=STEPS, device=self.device, optim_fn=_adamw
-        )
+        ref, ref_losses = training.reference_train(SPEC, steps=STEPS, optim_fn=_adamw)
         actual = params.full_params(model)  # collective: before any assert
         parity.assert_unchanged(
             actual, initial, FROZEN, context=f"{what}: frozen parameters vs initial"
@@ -132,7 +130,7 @@ class FrozenParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         # accepting the mixed unit would train its frozen parameters or freeze
         # its trainable ones.
         with self.assertRaisesRegex(ValueError, "requires_grad"):
-            wrapping.wrap_spec(SPEC, "fsdp1", device=self.device, use_orig_params=False)
+            wrapping.wrap_spec(SPEC, "fsdp1", use_orig_params=False)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ class GradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCase):
         *cases.api_cases_with(fsdp1={"use_orig_params": True}, fsdp2={})
     )
     def test_grad_accumulation_matches_large_batch(self, api, options):
-        model = wrapping.wrap_spec(SPEC, api, device=self.device, **options)
+        model = wrapping.wrap_spec(SPEC, api, **options)
         optimizer = training.default_optimizer(model.parameters())
         self._accumulate(model, api)
 
@@ -88,7 +88,6 @@ class GradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCase):
             lambda: (SPEC.loss_fn(model(inputs), targets) / MICRO_BATCHES).backward(),
             SPEC,
             micro_batches=MICRO_BATCHES,
-            device=self.device,
             context=f"api={api}",
         )
 

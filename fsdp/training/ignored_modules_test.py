@@ -60,7 +60,6 @@ class IgnoredModulesTest(multirank.MultiRankTestCase, parameterized.TestCase):
             model,
             api,
             SPEC.units,
-            device=self.device,
             extra=_ignore_option(api, how, ignored),
             **options,
         )
@@ -68,7 +67,7 @@ class IgnoredModulesTest(multirank.MultiRankTestCase, parameterized.TestCase):
             self.assertFalse(compat.is_dtensor(p), f"{IGNORED}.{name} was sharded (DTensor)")
             self.assertEqual(p.shape, shapes[name], f"{IGNORED}.{name} shape on this rank")
 
-        inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0, device=self.device)
+        inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0)
         SPEC.loss_fn(model(inputs), targets).backward()
         local_grads = {f"{IGNORED}.{n}": p.grad for n, p in ignored.named_parameters()}
         grads = params.full_grads(model)
@@ -77,9 +76,7 @@ class IgnoredModulesTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
         local_ref = _reference_grads(inputs, targets, self.device)
         global_ref = _reference_grads(
-            *data.global_batch(
-                SPEC, seed=0, world_size=self.world_size, step=0, device=self.device
-            ),
+            *data.global_batch(SPEC, seed=0, world_size=self.world_size, step=0),
             self.device,
         )
         parity.assert_params_close(

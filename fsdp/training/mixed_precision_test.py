@@ -70,7 +70,6 @@ class MixedPrecisionTest(multirank.MultiRankTestCase, parameterized.TestCase):
             model,
             api,
             SPEC.units,
-            device=self.device,
             extra=_policy(api, param_dtype, reduce_dtype),
         )
 
@@ -79,10 +78,8 @@ class MixedPrecisionTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
         spied = at_world_size.reduction_spy_names(self.world_size)
         with collective_spy.record_reductions(spied) as reduce_seen:
-            losses = training.train(
-                model, SPEC, steps=STEPS, device=self.device, before_step=grads_after_backward
-            )
-        ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
+            losses = training.train(model, SPEC, steps=STEPS, before_step=grads_after_backward)
+        ref, ref_losses = training.reference_train(SPEC, steps=STEPS)
         actual = params.full_params(model)  # collective: before any assert
 
         self.assertLen(forward_seen, 2 * STEPS)
@@ -114,11 +111,9 @@ class MixedPrecisionTest(multirank.MultiRankTestCase, parameterized.TestCase):
         policy = compat.MixedPrecision(
             param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16, buffer_dtype=buffer_dtype
         )
-        model = wrapping.wrap(
-            model, "fsdp1", TIED.units, device=self.device, extra={"mixed_precision": policy}
-        )
-        losses = training.train(model, TIED, steps=STEPS, device=self.device)
-        ref, ref_losses = training.reference_train(TIED, steps=STEPS, device=self.device)
+        model = wrapping.wrap(model, "fsdp1", TIED.units, extra={"mixed_precision": policy})
+        losses = training.train(model, TIED, steps=STEPS)
+        ref, ref_losses = training.reference_train(TIED, steps=STEPS)
         actual = params.full_params(model)
         self.assertEqual(seen, [buffer_dtype] * STEPS, "dtype of buffer 'pos' in forward")
         parity.assert_params_close(actual, params.full_params(ref), dtype=torch.bfloat16)

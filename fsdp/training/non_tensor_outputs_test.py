@@ -22,10 +22,8 @@ SPEC = models.get("dict_outputs")
 class NonTensorOutputsTest(multirank.MultiRankTestCase, parameterized.TestCase):
     @parameterized.named_parameters(*cases.API_CASES)
     def test_dict_outputs_with_none_train_like_reference(self, api):
-        result = training.check_against_reference(SPEC, api, steps=3, device=self.device)
-        inputs, _ = data.rank_batch(
-            SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP, device=self.device
-        )
+        result = training.check_against_reference(SPEC, api, steps=3)
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP)
         out = result["model"](inputs)
         self.assertEqual(
             sorted(out), ["aux", "count", "pair", "tag", "y"], f"api={api}: output keys"

@@ -75,7 +75,7 @@ class OrigParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
             self.assertTrue(all(compat.is_dtensor(p) for p in model.parameters()))
         self.assertEqual(shapes, {n: p.shape for n, p in original.items()})
 
-        inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0, device=self.device)
+        inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0)
         SPEC.loss_fn(model(inputs), targets).backward()
         for name, p in model.named_parameters():
             if p.numel() > 0:  # FSDP1: a rank may hold no piece of a parameter
@@ -83,9 +83,7 @@ class OrigParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 self.assertEqual(p.grad.shape, p.shape, name)
         grads = params.full_grads(model)
         ref = SPEC.build(seed=0).to(self.device)
-        inputs, targets = data.global_batch(
-            SPEC, seed=0, world_size=self.world_size, step=0, device=self.device
-        )
+        inputs, targets = data.global_batch(SPEC, seed=0, world_size=self.world_size, step=0)
         SPEC.loss_fn(ref(inputs), targets).backward()
         parity.assert_params_close(
             grads, params.full_grads(ref), what="gradient", context=f"api={api}"
@@ -94,12 +92,8 @@ class OrigParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
     @parameterized.named_parameters(*cases.API_CASES)
     def test_param_groups_with_different_lr_match_reference(self, api):
         model = _wrap(SPEC, api, self.device)
-        losses = training.train(
-            model, SPEC, steps=3, device=self.device, optim_fn=_grouped_sgd(model)
-        )
-        ref, ref_losses = training.reference_train(
-            SPEC, steps=3, device=self.device, optim_fn=_grouped_sgd()
-        )
+        losses = training.train(model, SPEC, steps=3, optim_fn=_grouped_sgd(model))
+        ref, ref_losses = training.reference_train(SPEC, steps=3, optim_fn=_grouped_sgd())
         actual = params.full_params(model)
         parity.assert_params_close(actual, params.full_params(ref), context=f"api={api}")
         parity.assert_tensors_close(losses, ref_losses, name="loss")
@@ -118,10 +112,8 @@ class OrigParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
             ]
             self.assertEqual(with_grad, [], f"frozen parameters with a gradient at step {step}")
 
-        losses = training.train(
-            model, FROZEN, steps=3, device=self.device, before_step=no_frozen_grads
-        )
-        ref, ref_losses = training.reference_train(FROZEN, steps=3, device=self.device)
+        losses = training.train(model, FROZEN, steps=3, before_step=no_frozen_grads)
+        ref, ref_losses = training.reference_train(FROZEN, steps=3)
         actual = params.full_params(model)
         parity.assert_unchanged(
             actual, initial, frozen, context=f"api={api} frozen parameters vs initial"

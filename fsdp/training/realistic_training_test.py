@@ -54,7 +54,6 @@ class RealisticTrainingTest(multirank.MultiRankTestCase, parameterized.TestCase)
             SPEC,
             api,
             steps=STEPS,
-            device=self.device,
             optim_fn=adamw,
             rtol=RTOL,
             atol=ATOL,

@@ -18,9 +18,7 @@ SPEC = models.get("nested_mlp")
 class ReshardToSubgroupTest(multirank.MultiRankTestCase):
     # Only non-root units reshard after forward, so this needs nested units.
     def test_matches_unsharded_training_reshard_after_forward_2_nested_fsdp2(self):
-        training.check_against_reference(
-            SPEC, "fsdp2", steps=3, device=self.device, reshard_after_forward=2
-        )
+        training.check_against_reference(SPEC, "fsdp2", steps=3, reshard_after_forward=2)
 
 
 if __name__ == "__main__":

@@ -56,8 +56,8 @@ class SharedParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     def _check_trains_like_reference(self, model, context):
         self.assertIs(model.lm_head.weight, model.embed.weight, "tie broken by sharding")
-        losses = training.train(model, SPEC, steps=STEPS, device=self.device)
-        ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
+        losses = training.train(model, SPEC, steps=STEPS)
+        ref, ref_losses = training.reference_train(SPEC, steps=STEPS)
         actual = params.full_params(model, buffers=True)  # tied weight once, as in ref
         parity.assert_params_close(actual, params.full_params(ref, buffers=True), context=context)
         parity.assert_tensors_close(losses, ref_losses, name="loss", context=context)
@@ -68,11 +68,11 @@ class SharedParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         ("fsdp2", "fsdp2", {}),
     )
     def test_tied_params_in_root_match_reference(self, api, options):
-        model = wrapping.wrap_spec(SPEC, api, device=self.device, **options)
+        model = wrapping.wrap_spec(SPEC, api, **options)
         inner = model.module if api == "fsdp1" else model
         self.assertIs(inner.lm_head.weight, inner.embed.weight, "tie broken by wrapping")
-        losses = training.train(model, SPEC, steps=STEPS, device=self.device)
-        ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
+        losses = training.train(model, SPEC, steps=STEPS)
+        ref, ref_losses = training.reference_train(SPEC, steps=STEPS)
         actual = params.full_params(model, buffers=True)
         context = f"api={api} {options}"
         parity.assert_params_close(actual, params.full_params(ref, buffers=True), context=context)
@@ -86,11 +86,11 @@ class SharedParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         # torch 2.13 refuses at the first forward (lazy initialization), not in fully_shard.
         try:
             model = _shard_fsdp2(SPEC.build(seed=0), [("embed",), ("lm_head",)], self.device)
-            losses = training.train(model, SPEC, steps=STEPS, device=self.device)
+            losses = training.train(model, SPEC, steps=STEPS)
         except (ValueError, RuntimeError) as e:
             self.assertIn("shared", str(e).lower(), f"refused, but for another reason: {e}")
             return
-        ref, ref_losses = training.reference_train(SPEC, steps=STEPS, device=self.device)
+        ref, ref_losses = training.reference_train(SPEC, steps=STEPS)
         actual = params.full_params(model, buffers=True)
         context = "accepted fully_shard(embed); fully_shard(lm_head)"
         parity.assert_params_close(actual, params.full_params(ref, buffers=True), context=context)

@@ -29,13 +29,11 @@ class TinyParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         *cases.api_cases_with(fsdp1={"use_orig_params": True}, fsdp2={})
     )
     def test_one_element_params_get_reference_grads(self, api, options):
-        model = wrapping.wrap_spec(SPEC, api, device=self.device, **options)
-        inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0, device=self.device)
+        model = wrapping.wrap_spec(SPEC, api, **options)
+        inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0)
         SPEC.loss_fn(model(inputs), targets).backward()
         ref = SPEC.build(seed=0).to(self.device)
-        inputs, targets = data.global_batch(
-            SPEC, seed=0, world_size=self.world_size, step=0, device=self.device
-        )
+        inputs, targets = data.global_batch(SPEC, seed=0, world_size=self.world_size, step=0)
         SPEC.loss_fn(ref(inputs), targets).backward()
         grads = params.full_grads(model)  # collective: before any assert
         expected = params.full_grads(ref)
@@ -48,7 +46,7 @@ class TinyParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
     @parameterized.named_parameters(*cases.API_CASES)
     def test_tiny_params_train_like_reference(self, api):
         exact = {"rtol": 0, "atol": 0} if self.world_size == 1 else {}
-        training.check_against_reference(SPEC, api, steps=3, device=self.device, **exact)
+        training.check_against_reference(SPEC, api, steps=3, **exact)
 
 
 if __name__ == "__main__":

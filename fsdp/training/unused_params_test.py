@@ -121,7 +121,7 @@ class UnusedParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         ("adamw_fsdp2", "fsdp2", {}, _adamw),
     )
     def test_unused_parts_not_updated_and_used_match_reference(self, api, options, optim_fn):
-        model = wrapping.wrap_spec(SPEC, api, device=self.device, **options)
+        model = wrapping.wrap_spec(SPEC, api, **options)
         opt = optim_fn([p for p in model.parameters() if p.requires_grad])
         ref = SPEC.build(seed=0).to(self.device)
         ref_opt = optim_fn(list(ref.parameters()))
@@ -136,7 +136,6 @@ class UnusedParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
             training.reference_train(
                 SPEC,
                 steps=[step],
-                device=self.device,
                 forward_kwargs=_step_kwargs,
                 before_step=ref_hook,
                 model=ref,
@@ -157,7 +156,6 @@ class UnusedParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 steps=[step],
                 optimizer=opt,
                 forward_kwargs=_step_kwargs,
-                device=self.device,
             )
             after = params.full_params(model)  # collective: before any assert
             self.assertEqual(

@@ -12,19 +12,29 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from testing.fsdp import at_world_size, collective_spy, compat, data, params, parity, training
+from testing.fsdp import (
+    at_world_size,
+    collective_spy,
+    compat,
+    data,
+    params,
+    parity,
+    rank_device,
+    training,
+)
 from testing.fsdp.models import ModelSpec
 
 
 def reference(
-    spec: ModelSpec, ranks: Sequence[int], micro_batches: int, total: int, device
+    spec: ModelSpec, ranks: Sequence[int], micro_batches: int, total: int, device=None
 ) -> nn.Module:
     """A plain model after backward of the mean loss over ``ranks``' first micro-batches.
 
     Each micro-batch loss is divided by ``total`` (the FSDP run's micro-batch count)
     times ``len(ranks)``: per rank as the FSDP run scales it, then averaged over the
-    ranks as FSDP's reduction does.
+    ranks as FSDP's reduction does. ``device`` defaults to the rank's device.
     """
+    device = rank_device.resolve(device)
     model = spec.build(seed=0).to(device)
     for rank in ranks:
         for index in range(micro_batches):
@@ -46,7 +56,7 @@ def check_synchronized_step(
     spec: ModelSpec,
     *,
     micro_batches: int,
-    device,
+    device=None,
     context: str,
 ) -> None:
     """Runs the synchronized micro-batch and the step; asserts both match the reference.
@@ -56,7 +66,8 @@ def check_synchronized_step(
     one rank: ``at_world_size.gradient_reduction``), that the full
     gradients then equal :func:`reference`'s over every rank's ``micro_batches``
     and that the parameters after ``optimizer.step()`` equal the reference's
-    after a ``training.default_optimizer`` step.
+    after a ``training.default_optimizer`` step. The reference runs on ``device``
+    (default the rank's device).
     """
     with collective_spy.record_reductions(collective_spy.GRADIENT_REDUCTIONS) as calls:
         backward()

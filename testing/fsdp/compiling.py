@@ -31,6 +31,7 @@ from testing.fsdp import (
     data,
     params,
     parity,
+    rank_device,
     tp_models,
     training,
     wrapping,
@@ -98,9 +99,12 @@ def compile_model(model: nn.Module, mode: str, backend) -> nn.Module:
 
 
 def run_recorded(
-    model: nn.Module, optimizer, steps: int, device
+    model: nn.Module, optimizer, steps: int, device=None
 ) -> Tuple[List[float], List[collective_count.StepLog]]:
-    """Trains ``steps`` steps on this rank's batches; returns its losses and each step's log."""
+    """Trains ``steps`` steps on this rank's batches; returns its losses and each step's log.
+
+    Batches go to ``device`` (default the rank's device).
+    """
     losses, logs = [], []
     for step in range(steps):
         inputs, targets = data.rank_batch(
@@ -114,25 +118,27 @@ def run_recorded(
     return losses, logs
 
 
-def any_rank(flag: bool, device) -> bool:
-    """True if ``flag`` is true on some rank (a collective on the rank's ``device``).
+def any_rank(flag: bool, device=None) -> bool:
+    """True if ``flag`` is true on some rank (a collective on ``device``).
 
-    The tensor lives on the rank's device: NCCL has no CPU tensors.
+    ``device`` defaults to the rank's device, where the tensor must live: NCCL has
+    no CPU tensors.
     """
-    value = torch.tensor(float(flag), device=device)
+    value = torch.tensor(float(flag), device=rank_device.resolve(device))
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 
 
-def break_reasons(model: nn.Module, device) -> List[str]:
+def break_reasons(model: nn.Module, device=None) -> List[str]:
     """Graph-break reasons ``torch._dynamo.explain`` gives for the first block's forward.
 
     The block's parameters are gathered (``unshard()``: a collective) so its forward
     runs outside FSDP2's hooks on a random activation of the right shape. Best
     effort, for failure messages: an error while explaining becomes the reason.
+    ``device`` (default the rank's device) holds the activation.
     """
     block = model.get_submodule(SPEC.units[0])
-    activation = torch.randn(2, tp_models.SEQ, tp_models.DIM, device=device)
+    activation = torch.randn(2, tp_models.SEQ, tp_models.DIM, device=rank_device.resolve(device))
     block.unshard()
     try:
         with torch.no_grad():
@@ -157,23 +163,20 @@ def check_matches_eager(test, mode: str, backend: str, *, steps: int = 3) -> Non
     equal eager's and the unsharded reference's (float32 tolerance); each step's
     collectives, per phase and kind, equal eager's in calls and bytes.
     """
-    device = test.device
     compat.dynamo_reset()
-    eager = wrapping.wrap_spec(SPEC, "fsdp2", device=device)
+    eager = wrapping.wrap_spec(SPEC, "fsdp2")
     eager_losses, eager_logs = run_recorded(
-        eager, training.default_optimizer(eager.parameters()), steps, device
+        eager, training.default_optimizer(eager.parameters()), steps
     )
     recorder = GraphRecorder(backend)
-    model = wrapping.wrap_spec(SPEC, "fsdp2", device=device)
+    model = wrapping.wrap_spec(SPEC, "fsdp2")
     compiled = compile_model(model, mode, recorder)
-    losses, logs = run_recorded(
-        compiled, training.default_optimizer(model.parameters()), steps, device
-    )
+    losses, logs = run_recorded(compiled, training.default_optimizer(model.parameters()), steps)
     split = split_blocks(recorder.graphs)
     reasons = []
-    if any_rank(bool(split) or not recorder.graphs, device):
-        reasons = break_reasons(model, device)
-    reference, _ = training.reference_train(SPEC, steps=steps, device=device)
+    if any_rank(bool(split) or not recorder.graphs):
+        reasons = break_reasons(model)
+    reference, _ = training.reference_train(SPEC, steps=steps)
     actual = params.full_params(model)  # collectives: before any assertion
     expected = params.full_params(eager)
 

@@ -9,6 +9,9 @@ Those global batches grow with the world size. A run that must see the same
 data at every world size uses a fixed global batch instead
 (:func:`fixed_global_batch`, seeded from ``(seed, s)`` only), of which rank
 ``r`` takes a contiguous share (:func:`rank_share`).
+
+Batches are drawn on CPU, then moved to ``device``: by default the rank's device
+(``rank_device.rank_device()``); outside a rank, pass ``device`` (e.g. ``"cpu"``).
 """
 
 import hashlib
@@ -16,6 +19,7 @@ from typing import Any, List, Optional, Tuple, Union
 
 import torch
 
+from testing.fsdp import rank_device
 from testing.fsdp.models import Batch, ModelSpec
 
 DEFAULT_BATCH_SIZE = 4
@@ -28,8 +32,7 @@ def batch_seed(seed: int, rank: int, step: int) -> int:
 
 
 def _to(batch: Batch, device) -> Batch:
-    if device is None:
-        return batch
+    device = rank_device.resolve(device)
     return tuple(t.to(device) for t in batch)
 
 

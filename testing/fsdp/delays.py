@@ -7,7 +7,7 @@ reads a gradient before the reduce-scatter has written it); with fast
 collectives that usually passes by luck. These helpers delay the collective side
 so such a race loses:
 
-    with delays.delay_collectives(("all_gather",), device) as injected:
+    with delays.delay_collectives(("all_gather",)) as injected:  # on the rank's device
         training.check_against_reference(...)
     assert injected  # a delay ran before every all-gather
 
@@ -32,7 +32,7 @@ from typing import Iterator, List, Sequence
 
 import torch
 
-from testing.fsdp import collective_spy, compat
+from testing.fsdp import collective_spy, compat, rank_device
 
 # About 10 ms on a current data-center GPU (1-2 GHz): long against a small
 # model's collectives, short enough for a few dozen per test.
@@ -51,14 +51,15 @@ BEFORE_REDUCE = (collective_spy.REDUCE_SCATTER, collective_spy.ALL_REDUCE)
 
 
 def delay(
-    device: torch.device, *, cycles: int = DEFAULT_CYCLES, cpu_seconds: float = DEFAULT_CPU_SECONDS
+    device=None, *, cycles: int = DEFAULT_CYCLES, cpu_seconds: float = DEFAULT_CPU_SECONDS
 ) -> str:
     """Delays what comes next on ``device``'s current stream; returns how.
 
     Returns ``"device_sleep"`` (CUDA spin kernel), ``"matmul"`` (public
-    fallback on an accelerator) or ``"host_sleep"`` (CPU).
+    fallback on an accelerator) or ``"host_sleep"`` (CPU). ``device`` defaults to
+    the rank's device.
     """
-    device = torch.device(device)
+    device = rank_device.resolve(device)
     if device.type == "cpu":
         time.sleep(cpu_seconds)
         return "host_sleep"
@@ -75,7 +76,7 @@ def delay(
 @contextlib.contextmanager
 def delay_collectives(
     kinds: Sequence[str],
-    device: torch.device,
+    device=None,
     *,
     cycles: int = DEFAULT_CYCLES,
     cpu_seconds: float = DEFAULT_CPU_SECONDS,
@@ -84,7 +85,7 @@ def delay_collectives(
 
     Args:
       kinds: collective kinds (``collective_spy.KINDS``), e.g. :data:`BEFORE_ALL_GATHER`.
-      device: this rank's device.
+      device: the device to delay (default the rank's device).
       cycles, cpu_seconds: passed to :func:`delay`.
 
     Yields:
@@ -92,6 +93,7 @@ def delay_collectives(
       assert that delays actually ran.
     """
     kinds = tuple(kinds)
+    device = rank_device.resolve(device)
     unknown = [k for k in kinds if k not in collective_spy.KINDS]
     if unknown:
         raise ValueError(f"unknown collective kinds {unknown}; use {collective_spy.KINDS}")
@@ -109,15 +111,17 @@ def delay_collectives(
 @contextlib.contextmanager
 def delay_optimizer_step(
     optimizer: torch.optim.Optimizer,
-    device: torch.device,
+    device=None,
     *,
     cycles: int = DEFAULT_CYCLES,
     cpu_seconds: float = DEFAULT_CPU_SECONDS,
 ) -> Iterator[List[str]]:
     """Runs :func:`delay` before every ``optimizer.step()`` inside the block.
 
-    Yields a list that gets ``"optimizer: <how>"`` per injected delay.
+    Yields a list that gets ``"optimizer: <how>"`` per injected delay. ``device``
+    defaults to the rank's device.
     """
+    device = rank_device.resolve(device)
     injected: List[str] = []
 
     def before(opt, args, kwargs):

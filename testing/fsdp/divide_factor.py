@@ -11,28 +11,32 @@ from typing import Dict
 
 import torch
 
-from testing.fsdp import compat, data, meshes, models, params, parity, wrapping
+from testing.fsdp import compat, data, meshes, models, params, parity, rank_device, wrapping
 
 SPEC = models.get("nested_mlp")
 
 
-def reference_grads(world_size: int, device: torch.device) -> Dict[str, torch.Tensor]:
-    """Gradients of the global batch's mean loss, on a model without FSDP."""
+def reference_grads(world_size: int, device=None) -> Dict[str, torch.Tensor]:
+    """Gradients of the global batch's mean loss, on a model without FSDP on ``device``.
+
+    ``device`` defaults to the rank's device.
+    """
+    device = rank_device.resolve(device)
     model = SPEC.build(seed=0).to(device)
     inputs, targets = data.global_batch(SPEC, seed=0, world_size=world_size, step=0, device=device)
     SPEC.loss_fn(model(inputs), targets).backward()
     return {name: p.grad.detach().cpu() for name, p in model.named_parameters()}
 
 
-def check_scaling(
-    kind: str, *, rank: int, world_size: int, device: torch.device, force_sum: bool
-) -> None:
+def check_scaling(kind: str, *, rank: int, world_size: int, force_sum: bool, device=None) -> None:
     """Asserts the divide factor's scaling on every mesh of ``kind`` and every factor.
 
     ``force_sum`` calls ``set_force_sum_reduction_for_comms(True)`` before the
     factor is set. Every rank runs every shape and factor (each builds process
-    groups) and the failures are raised together at the end.
+    groups) and the failures are raised together at the end. ``device`` defaults
+    to the rank's device.
     """
+    device = rank_device.resolve(device)
     reference = reference_grads(world_size, device)
     inputs, targets = data.rank_batch(SPEC, seed=0, rank=rank, step=0, device=device)
     reductions = ", SUM-only reductions" if force_sum else ""

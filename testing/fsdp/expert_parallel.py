@@ -27,7 +27,7 @@ import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch import nn
 
-from testing.fsdp import data, models, params
+from testing.fsdp import data, models, params, rank_device
 
 IN, DIM, HIDDEN, OUT = 8, 12, 16, 4
 
@@ -112,17 +112,17 @@ def spec(num_experts: int) -> models.ModelSpec:
     return _SPECS[num_experts]
 
 
-def build(mesh, device, seed: int = 0) -> nn.Module:
+def build(mesh, device=None, seed: int = 0) -> nn.Module:
     """:func:`spec` ``(ep)``'s model from ``seed``, expert-parallel over ``mesh["ep"]`` (unsharded).
 
     Keeps expert ``ep_rank`` only (as ``experts.0``); the caller shards it over
-    ``mesh["edp"]`` and the rest over the world.
+    ``mesh["edp"]`` and the rest over the world. ``device`` defaults to the rank's device.
     """
     model = spec(mesh.size(mesh.mesh_dim_names.index("ep"))).build(seed)
     ep_rank = mesh.get_local_rank("ep")
     model.experts = nn.ModuleList([model.experts[ep_rank]])
     model.ep_group, model.ep_rank = mesh.get_group("ep"), ep_rank
-    return model.to(device)
+    return model.to(rank_device.resolve(device))
 
 
 def expert_name(name: str, ep_rank: int) -> str:
@@ -134,9 +134,13 @@ def expert_name(name: str, ep_rank: int) -> str:
 def reference_grads(
     num_experts: int, *, world_size: int, step: int = 0, seed: int = 0, device=None
 ) -> Tuple[nn.Module, Dict[str, Optional[torch.Tensor]]]:
-    """The unsharded model and its gradients after one backward on the global batch of ``step``."""
+    """The unsharded model and its gradients after one backward on the global batch of ``step``.
+
+    The model and batch are on ``device`` (default the rank's device).
+    """
     moe = spec(num_experts)
-    model = moe.build(seed).to(device or "cpu")
+    device = rank_device.resolve(device)
+    model = moe.build(seed).to(device)
     inputs, targets = data.global_batch(
         moe, seed=seed, world_size=world_size, step=step, device=device
     )

@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from testing.fsdp import data
+from testing.fsdp import data, rank_device
 from testing.fsdp.models import ModelSpec
 
 Grads = Dict[str, Optional[torch.Tensor]]
@@ -87,7 +87,9 @@ def accumulated_grads(
     Rank ``r``'s micro-batch ``k`` is ``data.rank_batch(spec, seed, rank=r, step=k)``
     with loss divided by ``micro_batches``; its ``param_dtype`` gradients are summed
     in ``accum_dtype`` over ``k``, then averaged over ranks in ``reduce_dtype``.
+    The model and batches are on ``device`` (default the rank's device).
     """
+    device = rank_device.resolve(device)
     master = spec.build(seed).to(device)
     per_rank = []
     for rank in range(world_size):
@@ -123,8 +125,10 @@ def train(
     gradients averaged in ``reduce_dtype`` and set as float32 ``.grad``, then an
     optimizer step on the float32 model. ``before_forward(model, step)`` runs
     first (e.g. to freeze or unfreeze parameters); parameters with
-    ``requires_grad=False`` get no gradient. Losses are rank averages.
+    ``requires_grad=False`` get no gradient. Losses are rank averages. The model and
+    batches are on ``device`` (default the rank's device).
     """
+    device = rank_device.resolve(device)
     master = spec.build(seed).to(device)
     opt = optim_fn(list(master.parameters()))
     losses = []

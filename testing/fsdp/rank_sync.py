@@ -17,9 +17,12 @@ from testing.fsdp.models import ModelSpec
 
 
 def wrap_rank_distinct(
-    spec: ModelSpec, api: str, rank: int, *, device, **wrap_options
+    spec: ModelSpec, api: str, rank: int, *, device=None, **wrap_options
 ) -> nn.Module:
-    """``models.rank_distinct_model(spec, rank)`` wrapped with ``api`` on ``spec.units``."""
+    """``models.rank_distinct_model(spec, rank)`` wrapped with ``api`` on ``spec.units``.
+
+    ``device`` and ``wrap_options`` go to ``wrapping.wrap`` (default the rank's device).
+    """
     return wrapping.wrap(
         models.rank_distinct_model(spec, rank), api, spec.units, device=device, **wrap_options
     )
@@ -51,13 +54,14 @@ def assert_synced_and_trains(
     spec: ModelSpec,
     *,
     steps: int,
-    device,
+    device=None,
     synced_context: str,
     trained_context: str,
 ) -> None:
     """Asserts ``model`` holds rank 0's init exactly, then trains like the reference.
 
-    ``synced_context`` and ``trained_context`` are the two assertions' failure contexts.
+    ``synced_context`` and ``trained_context`` are the two assertions' failure contexts;
+    both runs' batches go to ``device`` (default the rank's device).
     """
     parity.assert_params_close(
         params.full_params(model, buffers=True),

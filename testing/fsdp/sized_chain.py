@@ -27,7 +27,7 @@ from torch import nn
 
 from testing import dist_helpers
 from testing.fsdp import collective_count, collective_spy, compat, data, models, params
-from testing.fsdp import parity, training
+from testing.fsdp import parity, rank_device, training
 
 UNITS = ("layers.0", "layers.1", "layers.2")
 ROOT = "root"
@@ -174,7 +174,7 @@ def set_trace(model: nn.Module, trace: Trace) -> None:
             module.trace = trace
 
 
-def wrap_fsdp2(device: torch.device, reshard=None, mesh=None) -> nn.Module:
+def wrap_fsdp2(device=None, reshard=None, mesh=None) -> nn.Module:
     """A fresh chain under FSDP2: ``reshard`` on the three layer units, the root on defaults.
 
     ``reshard`` is ``reshard_after_forward`` (None: torch's default); ``mesh``
@@ -182,7 +182,9 @@ def wrap_fsdp2(device: torch.device, reshard=None, mesh=None) -> nn.Module:
     resharded after forward, in every release): an explicit
     ``reshard_after_forward=True`` on the root is honoured by torch 2.13 and
     ignored by older releases, so tests leave it out to count the same everywhere.
+    ``device`` defaults to the rank's device.
     """
+    device = rank_device.resolve(device)
     model = SPEC.build(seed=0).to(device)
     mesh = mesh or compat.init_device_mesh(device.type, (compat.world_size(),))
     options = {} if reshard is None else {"reshard_after_forward": reshard}
@@ -202,7 +204,7 @@ ACCUMULATED_BATCH = 100
 
 def record_step(
     model: nn.Module,
-    device: torch.device,
+    device=None,
     accumulate: Optional[Callable[[nn.Module], ContextManager]] = None,
     trace: bool = False,
     before_forward: Optional[Callable[[nn.Module], None]] = None,
@@ -211,7 +213,7 @@ def record_step(
 
     Args:
       model: the wrapped chain.
-      device: where batches go.
+      device: where batches go (default the rank's device).
       accumulate: a context factory in which backward does not synchronize
         (``lambda m: m.no_sync()``); step 1 is then two micro-batches: one inside
         that context (phases ``accumulate_forward``/``accumulate_backward``) and
@@ -263,14 +265,15 @@ class _CallAfter:
 
 
 def check_parameters(
-    model: nn.Module, device: torch.device, context: str, accumulated: bool = False
+    model: nn.Module, device=None, context: str = "", accumulated: bool = False
 ) -> None:
     """Asserts ``model`` after :func:`record_step` equals an unsharded reference.
 
     The reference trains the same steps on the global batches (and, if
-    ``accumulated``, the extra micro-batch before step 1) in this process.
-    Collective: call on every rank.
+    ``accumulated``, the extra micro-batch before step 1) in this process, on
+    ``device`` (default the rank's device). Collective: call on every rank.
     """
+    device = rank_device.resolve(device)
     ref = SPEC.build(seed=0).to(device)
     opt = training.default_optimizer(ref.parameters())
     for step in range(RECORDED_STEP + 1):

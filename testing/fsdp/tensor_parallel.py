@@ -23,7 +23,7 @@ from torch import nn
 from torch.distributed.tensor import Replicate, Shard
 from torch.distributed.tensor.parallel import parallelize_module
 
-from testing.fsdp import compat, data, meshes, params, parity, tp_models, wrapping
+from testing.fsdp import compat, data, meshes, params, parity, rank_device, tp_models, wrapping
 
 # The model the 2-D tests train: one block carries every placement the plans give.
 SPEC = tp_models.ONE_BLOCK
@@ -47,14 +47,22 @@ def _shard_dim(mesh) -> str:
 
 
 def shard_2d(
-    mesh, plan: str, *, device, seed: int = 0, model: Optional[nn.Module] = None, **wrap_options
+    mesh,
+    plan: str,
+    *,
+    device=None,
+    seed: int = 0,
+    model: Optional[nn.Module] = None,
+    **wrap_options,
 ) -> nn.Module:
     """:data:`SPEC`'s model split by ``plan`` over ``mesh["tp"]``, then ``fully_shard``-ed.
 
     ``fully_shard`` goes on each of ``SPEC.units``, then the root, over
     :func:`fsdp_mesh`; ``wrap_options`` go to :func:`wrapping.wrap` (e.g.
-    ``reshard_after_forward``). ``model`` replaces ``SPEC.build(seed)``.
+    ``reshard_after_forward``). ``model`` replaces ``SPEC.build(seed)``. ``device``
+    defaults to the rank's device.
     """
+    device = rank_device.resolve(device)
     model = SPEC.build(seed) if model is None else model
     model = model.to(device)
     parallelize_module(model, mesh["tp"], tp_models.tp_plan(plan, SPEC.units))
@@ -133,10 +141,11 @@ def reference_grads(
     The global batch is the ``data_ranks`` data-parallel groups' batches of
     ``step`` (what a 2-D run trains on, ``tp`` ranks sharing their group's),
     so its gradients are what a 2-D run's must gather to. Returns ``(model,
-    {name: CPU gradient})``.
+    {name: CPU gradient})``; the model is on ``device`` (default the rank's device).
     """
     spec = SPEC
-    model = spec.build(seed).to(device or "cpu")
+    device = rank_device.resolve(device)
+    model = spec.build(seed).to(device)
     inputs, targets = data.global_batch(
         spec, seed=seed, world_size=data_ranks, step=step, device=device
     )

@@ -19,7 +19,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from testing.fsdp import at_world_size, collective_spy, compat, data, params, parity, wrapping
+from testing.fsdp import (
+    at_world_size,
+    collective_spy,
+    compat,
+    data,
+    params,
+    parity,
+    rank_device,
+    wrapping,
+)
 from testing.fsdp.models import ModelSpec
 
 OptimFn = Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer]
@@ -36,18 +45,6 @@ def default_optimizer(parameters) -> torch.optim.Optimizer:
 
 def _trainable(model: nn.Module):
     return [p for p in model.parameters() if p.requires_grad]
-
-
-def _device_of(model: nn.Module, device) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    if compat.is_fsdp1(model) or compat.is_fsdp2(model):
-        # FSDP computes on the rank's current device even when parameters are
-        # offloaded to CPU.
-        return wrapping.default_device()
-    for t in model.parameters():
-        return t.device
-    return torch.device("cpu")
 
 
 def step_indices(steps: Steps) -> Sequence[int]:
@@ -109,12 +106,12 @@ def train(
     """Trains ``model`` on this rank's batches; returns the rank-averaged loss per step.
 
     Args:
-      model: a wrapped model (or plain, for single-process use).
+      model: a wrapped model (or plain; outside a rank, pass ``device``).
       spec: its :class:`ModelSpec` (batch maker and loss).
       steps: a number of steps (batches 0..steps-1), or the batch indices to
         train on, e.g. ``range(2, 4)`` to continue after a checkpoint.
-      device: where batches go; default: the rank's current accelerator (CPU
-        without one) for FSDP models, else the first parameter's device.
+      device: where batches go; default the rank's device (FSDP computes there
+        even when parameters are offloaded to CPU).
       optim_fn: builds the optimizer from the trainable parameters.
       optimizer: an existing optimizer to step instead (its state carries over
         between calls); ``optim_fn`` is then unused.
@@ -131,7 +128,7 @@ def train(
         split one model by tensor parallelism share their group's index
         (``meshes.data_rank``); the loss is still averaged over every rank.
     """
-    device = _device_of(model, device)
+    device = rank_device.resolve(device)
     rank, world = compat.rank(), compat.world_size()
     rank = rank if data_rank is None else data_rank
     opt = optimizer if optimizer is not None else optim_fn(_trainable(model))
@@ -171,7 +168,8 @@ def reference_train(
     """Trains ``spec.build(seed)`` without FSDP on the global batches; no collectives.
 
     ``batch_size`` is per rank, as in :func:`train`.  Returns
-    ``(model, losses)``; the model stays on ``device`` (default CPU).
+    ``(model, losses)``; the model stays on ``device`` (default the rank's device;
+    ``device="cpu"`` for a CPU reference).
     ``forward_kwargs``, ``before_step`` and ``global_batch_size`` (the fixed
     global batch, whatever the world size) are as in :func:`train`. To continue a reference run
     (e.g. ``steps=range(2, 4)``, or at another ``world_size``), pass the
@@ -181,7 +179,7 @@ def reference_train(
     if (model is None) != (optimizer is None):
         raise ValueError("reference_train: pass model and optimizer together, or neither")
     world_size = compat.world_size() if world_size is None else world_size
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    device = rank_device.resolve(device)
     if model is None:
         model = spec.build(seed).to(device)
         optimizer = optim_fn(_trainable(model))

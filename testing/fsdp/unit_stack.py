@@ -8,7 +8,7 @@ unit's unsharded (padded) float32 parameters, so the full model is N_UNITS * U.
 import torch
 from torch import nn
 
-from testing.fsdp import wrapping
+from testing.fsdp import rank_device, wrapping
 
 N_UNITS = 8
 DIM = 256  # DIM and DIM * DIM + DIM divide by 2, 4 and 8: no padding at those world sizes
@@ -36,10 +36,11 @@ def build() -> UnitStack:
         return UnitStack()
 
 
-def wrap(api: str, reshard: bool, device: torch.device) -> nn.Module:
+def wrap(api: str, reshard: bool, device=None) -> nn.Module:
     """Shards a fresh stack, each unit separately, resharding after forward or not.
 
     FSDP1: FULL_SHARD (``reshard``) or SHARD_GRAD_OP; FSDP2: ``reshard_after_forward``.
+    ``device`` goes to ``wrapping.wrap`` (default the rank's device).
     """
     if api == "fsdp1":
         options = {"sharding_strategy": "FULL_SHARD" if reshard else "SHARD_GRAD_OP"}
@@ -62,7 +63,7 @@ def unit_bytes(world_size: int, api: str) -> int:
     return (rows * DIM + rows) * 4
 
 
-def inputs(rank: int, device: torch.device) -> torch.Tensor:
-    """A rank-distinct batch of 2 inputs."""
+def inputs(rank: int, device=None) -> torch.Tensor:
+    """A rank-distinct batch of 2 inputs on ``device`` (default the rank's device)."""
     gen = torch.Generator().manual_seed(1000 + rank)
-    return torch.randn(2, DIM, generator=gen).to(device)
+    return torch.randn(2, DIM, generator=gen).to(rank_device.resolve(device))

@@ -4,7 +4,7 @@
 root, and places the model on the rank's device:
 
     model = wrapping.wrap(spec.build(seed), "fsdp2", units=spec.units,
-                          device=self.device, mixed_precision=torch.bfloat16)
+                          mixed_precision=torch.bfloat16)
 
 Options common to both APIs are spelled once (``mixed_precision`` is a dtype
 or a :class:`Precision`, ``cpu_offload`` a bool); API-specific options (``sharding_strategy`` and
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from testing import dist_helpers
-from testing.fsdp import compat
+from testing.fsdp import compat, rank_device
 
 APIS = ("fsdp1", "fsdp2")
 
@@ -110,13 +110,6 @@ def _fsdp2_policy(option: MixedPrecisionOption):
     return compat.MixedPrecisionPolicy(**kwargs)
 
 
-def default_device() -> torch.device:
-    """``cuda:<current device>`` if CUDA is available, else CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def _sorted_units(model: nn.Module, units: Sequence[str]):
     """Validates unit names and orders them deepest first (stable)."""
     names = list(dict.fromkeys(u for u in units if u))
@@ -166,7 +159,7 @@ def wrap(
       api: ``"fsdp1"`` or ``"fsdp2"``.
       units: qualified submodule names wrapped separately before the root,
         e.g. ``spec.units``; ``None`` or ``()`` wraps only the root.
-      device: default ``cuda:<current>``, else CPU; FSDP1's ``device_id`` (CPU too).
+      device: default the rank's device; FSDP1's ``device_id`` (CPU too).
       mixed_precision: compute dtype (e.g. ``torch.bfloat16``); FSDP1 gets
         ``MixedPrecision(param_dtype, reduce_dtype, buffer_dtype)`` and FSDP2
         ``MixedPrecisionPolicy(param_dtype, reduce_dtype)`` of that dtype. A
@@ -186,7 +179,7 @@ def wrap(
     A model on the meta device is materialized on ``device`` (see the module
     docstring). Returns the FSDP1 root wrapper, or ``model`` itself for FSDP2.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = rank_device.resolve(device)
     _check_options(
         api, device, cpu_offload, sharding_strategy, use_orig_params, reshard_after_forward, mesh
     )

@@ -97,20 +97,20 @@ class BuilderTest(parameterized.TestCase):
 class DataTest(absltest.TestCase):
     def test_rank_batches_deterministic_and_distinct(self):
         spec = models.get("nested_mlp")
-        a0 = data.rank_batch(spec, seed=0, rank=0, step=0)
-        again = data.rank_batch(spec, seed=0, rank=0, step=0)
-        a1 = data.rank_batch(spec, seed=0, rank=1, step=0)
-        b0 = data.rank_batch(spec, seed=0, rank=0, step=1)
+        a0 = data.rank_batch(spec, seed=0, rank=0, step=0, device="cpu")
+        again = data.rank_batch(spec, seed=0, rank=0, step=0, device="cpu")
+        a1 = data.rank_batch(spec, seed=0, rank=1, step=0, device="cpu")
+        b0 = data.rank_batch(spec, seed=0, rank=0, step=1, device="cpu")
         self.assertTrue(torch.equal(a0[0], again[0]))
         self.assertFalse(torch.equal(a0[0], a1[0]))
         self.assertFalse(torch.equal(a0[0], b0[0]))
-        same = data.rank_batch(spec, seed=0, rank=1, step=0, same_across_ranks=True)
+        same = data.rank_batch(spec, seed=0, rank=1, step=0, same_across_ranks=True, device="cpu")
         self.assertTrue(torch.equal(a0[0], same[0]))
 
     def test_global_batch_is_rank_order_concatenation(self):
         spec = models.get("tied_transformer")
-        x, y = data.global_batch(spec, seed=3, world_size=3, step=2, batch_size=2)
-        parts = data.rank_batches(spec, seed=3, world_size=3, step=2, batch_size=2)
+        x, y = data.global_batch(spec, seed=3, world_size=3, step=2, batch_size=2, device="cpu")
+        parts = data.rank_batches(spec, seed=3, world_size=3, step=2, batch_size=2, device="cpu")
         self.assertEqual(x.shape[0], 6)
         for r, (xr, yr) in enumerate(parts):
             self.assertTrue(torch.equal(x[2 * r : 2 * r + 2], xr))

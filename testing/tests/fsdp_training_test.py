@@ -33,7 +33,7 @@ class FullParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def test_round_trip(self, api, name):
         spec = models.get(name)
         expected = params.full_params(spec.build(seed=5), buffers=True)
-        model = wrapping.wrap_spec(spec, api, seed=5, device=self.device)
+        model = wrapping.wrap_spec(spec, api, seed=5)
         parity.assert_params_close(
             params.full_params(model, buffers=True),
             expected,
@@ -45,15 +45,13 @@ class FullParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
     @parameterized.parameters(dict(api="fsdp1", use_orig_params=True), dict(api="fsdp2"))
     def test_full_grads_match_reference(self, api, **options):
         spec = models.get("nested_mlp")
-        model = wrapping.wrap_spec(spec, api, device=self.device, **options)
+        model = wrapping.wrap_spec(spec, api, **options)
         training.train(model, spec, steps=1, optim_fn=lambda ps: torch.optim.SGD(ps, lr=0.0))
         ref = spec.build(0).to(self.device)
-        x, y = data.global_batch(
-            spec, seed=0, world_size=self.world_size, step=0, device=self.device
-        )
+        x, y = data.global_batch(spec, seed=0, world_size=self.world_size, step=0)
         spec.loss_fn(ref(x), y).backward()
         # train() zeroes grads after its step; rerun one backward on the wrapped model.
-        xr, yr = data.rank_batch(spec, seed=0, rank=self.rank, step=0, device=self.device)
+        xr, yr = data.rank_batch(spec, seed=0, rank=self.rank, step=0)
         spec.loss_fn(model(xr), yr).backward()
         parity.assert_params_close(
             params.full_grads(model), params.full_grads(ref), what="gradient"
@@ -61,7 +59,7 @@ class FullParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     def test_full_grads_fsdp1_flat_params_rejected(self):
         spec = models.get("nested_mlp")
-        model = wrapping.wrap(spec.build(0), "fsdp1", device=self.device)
+        model = wrapping.wrap(spec.build(0), "fsdp1")
         with self.assertRaisesRegex(ValueError, "use_orig_params=True"):
             params.full_grads(model)
 
@@ -70,15 +68,15 @@ class WrapOptionsTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def test_wrong_api_options_rejected(self):
         build = models.get("nested_mlp").build
         with self.assertRaisesRegex(ValueError, "FSDP2 option"):
-            wrapping.wrap(build(0), "fsdp1", reshard_after_forward=False, device=self.device)
+            wrapping.wrap(build(0), "fsdp1", reshard_after_forward=False)
         with self.assertRaisesRegex(ValueError, "FSDP1 options"):
-            wrapping.wrap(build(0), "fsdp2", sharding_strategy="NO_SHARD", device=self.device)
+            wrapping.wrap(build(0), "fsdp2", sharding_strategy="NO_SHARD")
         with self.assertRaisesRegex(ValueError, "unknown sharding_strategy"):
-            wrapping.wrap(build(0), "fsdp1", sharding_strategy="HALF", device=self.device)
+            wrapping.wrap(build(0), "fsdp1", sharding_strategy="HALF")
         with self.assertRaisesRegex(ValueError, "api must be one of"):
-            wrapping.wrap(build(0), "ddp", device=self.device)
+            wrapping.wrap(build(0), "ddp")
         with self.assertRaises(AttributeError):
-            wrapping.wrap(build(0), "fsdp2", ["no.such.unit"], device=self.device)
+            wrapping.wrap(build(0), "fsdp2", ["no.such.unit"])
 
     def test_precision_options(self):
         build = models.get("nested_mlp").build
@@ -96,17 +94,16 @@ class WrapOptionsTest(multirank.MultiRankTestCase, parameterized.TestCase):
             ),
         ):
             with self.assertRaisesRegex(ValueError, pattern):
-                wrapping.wrap(build(0), api, device=self.device, mixed_precision=precision)
+                wrapping.wrap(build(0), api, mixed_precision=precision)
         with self.assertRaisesRegex(ValueError, "not units"):
             wrapping.wrap(
                 build(0),
                 "fsdp2",
                 ["layers.0"],
-                device=self.device,
                 unit_mixed_precision={"layers.1": torch.bfloat16},
             )
         with self.assertRaisesRegex(TypeError, "torch.dtype or wrapping.Precision"):
-            wrapping.wrap(build(0), "fsdp2", device=self.device, mixed_precision="bf16")
+            wrapping.wrap(build(0), "fsdp2", mixed_precision="bf16")
         self.assertEqual(wrapping.compute_dtype(None), torch.float32)
         self.assertEqual(wrapping.compute_dtype(torch.float16), torch.float16)
         # Per unit: layers.0 keeps the model-wide bf16/fp32 policy, layers.1 runs fp16,
@@ -116,7 +113,6 @@ class WrapOptionsTest(multirank.MultiRankTestCase, parameterized.TestCase):
             build(0),
             "fsdp1",
             ["layers.0", "layers.1"],
-            device=self.device,
             mixed_precision=policy,
             unit_mixed_precision={"layers.1": torch.float16, "": None},
         )
@@ -136,7 +132,7 @@ class WrapOptionsTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     def test_fsdp1_units_are_wrapped_nested(self):
         spec = models.get("nested_mlp")
-        model = wrapping.wrap_spec(spec, "fsdp1", device=self.device)
+        model = wrapping.wrap_spec(spec, "fsdp1")
         wrapped = [n for n, m in model.named_modules() if isinstance(m, compat.FSDP)]
         self.assertLen(wrapped, len(spec.units) + 1)
 
@@ -152,21 +148,17 @@ class WrapOptionsTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 module.reset_parameters()
 
         spec = models.get("nested_mlp")
-        model = wrapping.wrap_spec(
-            spec, "fsdp1", init_device="meta", device=self.device, extra={"param_init_fn": init}
-        )
+        model = wrapping.wrap_spec(spec, "fsdp1", init_device="meta", extra={"param_init_fn": init})
         self.assertTrue(seen and all(seen), f"param_init_fn saw meta modules: {seen}")
         self.assertFalse(wrapping.is_meta(model))
-        model = wrapping.wrap_spec(spec, "fsdp2", init_device="meta", device=self.device)
+        model = wrapping.wrap_spec(spec, "fsdp2", init_device="meta")
         for name, p in model.named_parameters():
             self.assertTrue(compat.is_dtensor(p) and not p.is_meta, name)
             self.assertEqual(p.to_local().device.type, self.device.type, name)
 
     @parameterized.product(api=APIS, dtype=(torch.bfloat16, torch.float16))
     def test_mixed_precision_parity(self, api, dtype):
-        training.check_against_reference(
-            models.get("nested_mlp"), api, device=self.device, mixed_precision=dtype
-        )
+        training.check_against_reference(models.get("nested_mlp"), api, mixed_precision=dtype)
 
     @parameterized.parameters(
         dict(api="fsdp1", sharding_strategy="SHARD_GRAD_OP"),
@@ -178,27 +170,21 @@ class WrapOptionsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         # Tied weights are what makes use_orig_params interesting; the rest
         # use the cheaper MLP.
         name = "tied_transformer" if "use_orig_params" in options else "nested_mlp"
-        training.check_against_reference(models.get(name), api, device=self.device, **options)
+        training.check_against_reference(models.get(name), api, **options)
 
     @parameterized.parameters(*APIS)
     def test_cpu_offload_parity(self, api):
         if self.device.type == "cpu":
             with self.assertRaisesRegex(ValueError, "needs an accelerator"):
-                wrapping.wrap(
-                    models.get("nested_mlp").build(0), api, device=self.device, cpu_offload=True
-                )
+                wrapping.wrap(models.get("nested_mlp").build(0), api, cpu_offload=True)
             return
-        training.check_against_reference(
-            models.get("nested_mlp"), api, device=self.device, cpu_offload=True
-        )
+        training.check_against_reference(models.get("nested_mlp"), api, cpu_offload=True)
 
 
 class ParityTest(multirank.MultiRankTestCase, parameterized.TestCase):
     @parameterized.product(api=APIS, name=models.names())
     def test_every_builder_matches_reference(self, api, name):
-        training.check_against_reference(
-            models.get(name), api, device=self.device, buffers=name != "batchnorm_mlp"
-        )
+        training.check_against_reference(models.get(name), api, buffers=name != "batchnorm_mlp")
 
     @parameterized.parameters(*APIS)
     def test_scaled_grads_on_rank1_fail_readably(self, api):
@@ -207,7 +193,6 @@ class ParityTest(multirank.MultiRankTestCase, parameterized.TestCase):
             training.check_against_reference(
                 models.get("nested_mlp"),
                 api,
-                device=self.device,
                 before_step=_scale_grads_on_rank(1, 1.5),
             )
         msg = str(cm.exception)
@@ -232,7 +217,6 @@ class ParityTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 models.get("nested_mlp"),
                 "fsdp1",
                 steps=1,
-                device=self.device,
                 sharding_strategy="NO_SHARD",
                 before_step=_scale_grads_on_rank(1, 1.5),
             )

@@ -21,7 +21,7 @@ SPEC = models.get("uneven_mlp")
 class UnevenWorldSize4Test(multirank.MultiRankTestCase, parameterized.TestCase):
     @parameterized.parameters(*wrapping.APIS)
     def test_uneven_world_size_4(self, api):
-        result = training.check_against_reference(SPEC, api, device=self.device, buffers=True)
+        result = training.check_against_reference(SPEC, api, buffers=True)
         if api != "fsdp2":
             return
         shards = {n: p.to_local().shape[0] for n, p in result["model"].named_parameters()}
