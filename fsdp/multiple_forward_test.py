@@ -10,7 +10,7 @@ trained without FSDP on all ranks' data.
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import cases
+from testing.fsdp import api_cases
 from testing.fsdp import models
 from testing.fsdp import training
 
@@ -18,12 +18,12 @@ SPEC = models.get("shared_twice")
 
 
 class MultipleForwardTest(multirank.MultiRankTestCase, parameterized.TestCase):
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_unit_called_twice_matches_reference(self, api):
         training.check_against_reference(SPEC, api, steps=3)
 
     @parameterized.named_parameters(
-        *cases.api_cases_with(
+        *api_cases.api_cases_with(
             fsdp1={"sharding_strategy": "SHARD_GRAD_OP"}, fsdp2={"reshard_after_forward": False}
         )
     )

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from testing import multirank
-from testing.fsdp import cases
+from testing.fsdp import api_cases
 from testing.fsdp import data
 from testing.fsdp import models
 from testing.fsdp import parity
@@ -54,7 +54,7 @@ class MultipleWrappingTest(multirank.MultiRankTestCase):
         original = _outer_root(inner, api, self.device)
         training.train(original, SPEC, steps=3, seed=0)
         reference, _ = training.reference_train(SPEC, steps=3, seed=0)
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP)
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=api_cases.EVAL_STEP)
         return inner, original, reference, inputs
 
     def test_rewrapped_inner_model_matches_original_and_reference_fsdp1(self):

@@ -260,7 +260,8 @@ def fsdp_test_suites(name = None):
 
     It also defines `applicability` (`<name>_applicability`): `applicability.json`, the
     targets the package's `fsdp_test`s made (device, world size, the declaration passed
-    to the harness, tags), with the BUILD file and test sources as runfiles.
+    to the harness, tags), with the BUILD file, the test sources and the package's own
+    libraries they depend on (`:fixtures`) as runfiles.
     //testing/tests:applicability_test compares it with what pytest reads from the same
     BUILD file, so the two runners cannot drift apart.
 
@@ -294,6 +295,10 @@ def fsdp_test_suites(name = None):
             "tags": rule["tags"],
         })
         srcs.extend([src for src in rule["srcs"] if src not in srcs])
+
+        # The package's own libraries (its fixtures): importing a test file needs them.
+        local = [d for d in rule["deps"] if d.startswith(":") or d.startswith("//%s:" % native.package_name())]
+        srcs.extend([dep for dep in local if dep not in srcs])
     _applicability_json(
         name = (name + "_applicability") if name else "applicability",
         content = json.encode({"package": native.package_name(), "targets": targets}),

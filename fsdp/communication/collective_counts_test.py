@@ -1,6 +1,6 @@
 """A training step issues exactly the collectives its FSDP configuration implies.
 
-Model: ``sized_chain`` (units ``layers.0``/``layers.1``/``layers.2`` of 576, 1632
+Model: ``distinct_size_units`` (units ``layers.0``/``layers.1``/``layers.2`` of 576, 1632
 and 1200 bytes, plus the root's own 224 bytes: 4 FSDP units, 3632 bytes in all,
 3408 bytes outside the root). The second step of a run (after lazy
 initialization) is recorded at the dispatcher per phase (forward, backward,
@@ -18,7 +18,7 @@ must also equal an unsharded reference, so counting never replaces correctness.
 What the world size changes:
 
 * bytes: a gather or reduce-scatter carries its unit padded for the shard group
-  (``sized_chain.padded_bytes``): exact at 1, 2 and 4; at 3, FSDP1 3636 B and
+  (``distinct_size_units.padded_bytes``): exact at 1, 2 and 4; at 3, FSDP1 3636 B and
   FSDP2 3816 B; at 8, FSDP1 3648 B and FSDP2 4256 B;
 * world size 1: FSDP1 turns FULL_SHARD and SHARD_GRAD_OP into NO_SHARD (an
   all-reduce of every unit on a group of one, no gather); FSDP2 on a one-rank
@@ -40,14 +40,14 @@ import torch.distributed as dist
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import cases, collective_count, meshes, parity, sized_chain, wrapping
+from testing.fsdp import api_cases, collective_count, distinct_size_units, meshes, parity, wrapping
 
-SPEC = sized_chain.SPEC
-ALL_UNITS = tuple(sized_chain.NUMEL)  # three layers, then the root
-NON_ROOT = sized_chain.UNITS  # units that may reshard after forward
+SPEC = distinct_size_units.SPEC
+ALL_UNITS = tuple(distinct_size_units.NUMEL)  # three layers, then the root
+NON_ROOT = distinct_size_units.UNITS  # units that may reshard after forward
 N_UNITS = len(ALL_UNITS)  # 4
 N_NON_ROOT = len(NON_ROOT)  # 3
-ALL = sum(sized_chain.unit_bytes(u) for u in ALL_UNITS)  # unpadded: 3632
+ALL = sum(distinct_size_units.unit_bytes(u) for u in ALL_UNITS)  # unpadded: 3632
 
 AG, RS, AR = "all_gather", "reduce_scatter", "all_reduce"
 FWD, BWD = collective_count.FORWARD, collective_count.BACKWARD
@@ -63,7 +63,7 @@ def _bytes(api, shard, units=ALL_UNITS):
     the root). Outside the root: 3408, or 3408 (FSDP1) / 3480 (FSDP2) at 3 and
     3424 / 3808 at 8.
     """
-    return sum(sized_chain.padded_bytes(u, api, shard) for u in units)
+    return sum(distinct_size_units.padded_bytes(u, api, shard) for u in units)
 
 
 def _key(kind, group):
@@ -184,11 +184,11 @@ class CollectiveCountsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         """
         own = failures is None
         failures = parity.DeferredFailures() if own else failures
-        log = sized_chain.record_step(model, self.device, accumulate)
+        log = distinct_size_units.record_step(model, self.device, accumulate)
         with failures.check(f"{context}: collectives"):
             collective_count.assert_counts(log, expected, by_group=True, context=context)
         with failures.check(f"{context}: parameters"):
-            sized_chain.check_parameters(
+            distinct_size_units.check_parameters(
                 model, self.device, context, accumulated=accumulate is not None
             )
         if own:
@@ -206,17 +206,17 @@ class CollectiveCountsTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     @parameterized.named_parameters(("reshard_true_fsdp2", True), ("reshard_false_fsdp2", False))
     def test_step_counts_reshard_after_forward(self, reshard):
-        model = sized_chain.wrap_fsdp2(self.device, reshard)
+        model = distinct_size_units.wrap_fsdp2(self.device, reshard)
         expected = fsdp2_step(reshard, self.world_size)
         self._check(model, expected, f"api=fsdp2 reshard_after_forward={reshard}")
 
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_step_counts_gradient_accumulation(self, api):
         if api == "fsdp1":
             model = wrapping.wrap_spec(SPEC, api, sharding_strategy="FULL_SHARD")
             synced, accumulate = fsdp1_step("FULL_SHARD", self.world_size), lambda m: m.no_sync()
         else:
-            model = sized_chain.wrap_fsdp2(self.device, True)
+            model = distinct_size_units.wrap_fsdp2(self.device, True)
             synced, accumulate = fsdp2_step(True, self.world_size), _fsdp2_no_gradient_sync
         expected = {
             **{"accumulate_" + phase: kinds for phase, kinds in accumulating(synced).items()},
@@ -229,7 +229,7 @@ class CollectiveCountsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         n = self.world_size
         shape = (n, 1) if which == "nx1" else (1, n)
         mesh = meshes.hsdp_mesh(shape, self.device.type)
-        model = sized_chain.wrap_fsdp2(self.device, mesh=mesh)
+        model = distinct_size_units.wrap_fsdp2(self.device, mesh=mesh)
         self._check(model, hsdp_step("fsdp2", *shape), f"api=fsdp2 mesh={meshes.shape_name(shape)}")
 
     def _check_each(self, configs):
@@ -260,7 +260,7 @@ class CollectiveCountsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         self._check_each(
             (
                 f"api=fsdp2 mesh={meshes.shape_name(shape)}",
-                lambda shape=shape: sized_chain.wrap_fsdp2(
+                lambda shape=shape: distinct_size_units.wrap_fsdp2(
                     self.device, mesh=meshes.hsdp_mesh(shape, self.device.type)
                 ),
                 hsdp_step("fsdp2", *shape),
@@ -272,13 +272,13 @@ class CollectiveCountsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         self._check_each(
             (
                 f"api=fsdp2 reshard_after_forward={d}",
-                lambda d=d: sized_chain.wrap_fsdp2(self.device, reshard=d),
+                lambda d=d: distinct_size_units.wrap_fsdp2(self.device, reshard=d),
                 reshard_to_subgroup_step(self.world_size, d),
             )
             for d in subgroup_sizes(self.world_size)
         )
 
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_extra_all_gather_fails_the_count(self, api):
         """One all-gather more than the table, issued in forward, fails with its phase."""
         n = self.world_size
@@ -286,13 +286,13 @@ class CollectiveCountsTest(multirank.MultiRankTestCase, parameterized.TestCase):
             model = wrapping.wrap_spec(SPEC, api, sharding_strategy="FULL_SHARD")
             expected = fsdp1_step("FULL_SHARD", n)
         else:
-            model = sized_chain.wrap_fsdp2(self.device, True)
+            model = distinct_size_units.wrap_fsdp2(self.device, True)
             expected = fsdp2_step(True, n)
         out = torch.empty(n * 4, device=self.device)
         model.register_forward_pre_hook(
             lambda module, args: dist.all_gather_into_tensor(out, torch.ones(4, device=self.device))
         )
-        log = sized_chain.record_step(model, self.device)
+        log = distinct_size_units.record_step(model, self.device)
         with self.assertRaises(AssertionError) as caught:
             collective_count.assert_counts(log, expected, by_group=True, context=f"api={api}")
         message = str(caught.exception)

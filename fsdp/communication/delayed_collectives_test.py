@@ -1,10 +1,10 @@
 """Training stays right when the collective side is slow.
 
-Each test trains ``sized_chain`` for 3 steps with prefetching on (FSDP1
+Each test trains ``distinct_size_units`` for 3 steps with prefetching on (FSDP1
 ``forward_prefetch`` and ``BACKWARD_PRE`` with ``limit_all_gathers=False``, so
 several gathers can be in flight; FSDP2 with explicit forward and backward
 prefetch lists and its default implicit prefetch), while a delay is injected
-(``testing/fsdp/delays.py``) at one point:
+(``fsdp/communication/fixtures/delays.py``) at one point:
 
 * before every all-gather (unsharded parameters arrive late: forward and
   backward must wait for them),
@@ -27,9 +27,10 @@ from absl.testing import parameterized
 from torch.distributed.fsdp import BackwardPrefetch
 
 from testing import multirank
-from testing.fsdp import delays, params, parity, sized_chain, training, wrapping
+from fsdp.communication.fixtures import delays
+from testing.fsdp import distinct_size_units, params, parity, training, wrapping
 
-SPEC = sized_chain.SPEC
+SPEC = distinct_size_units.SPEC
 STEPS = 3
 POINTS = {
     "all_gather": delays.BEFORE_ALL_GATHER,
@@ -51,7 +52,7 @@ def _wrap(api, device):
                 "backward_prefetch": BackwardPrefetch.BACKWARD_PRE,
             },
         )
-    model = sized_chain.wrap_fsdp2(device, reshard=True)
+    model = distinct_size_units.wrap_fsdp2(device, reshard=True)
     layers = model.layers
     layers[0].set_modules_to_forward_prefetch([layers[1], layers[2]])
     layers[2].set_modules_to_backward_prefetch([layers[1], layers[0]])

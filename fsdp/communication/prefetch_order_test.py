@@ -1,6 +1,6 @@
 """Prefetch options gather the right unit at the right time, and training stays right.
 
-Model: ``sized_chain``, units ``layers.0`` -> ``layers.1`` -> ``layers.2`` in
+Model: ``distinct_size_units``, units ``layers.0`` -> ``layers.1`` -> ``layers.2`` in
 forward order (then the root's own parameters), of distinct byte sizes, so each
 all-gather's and reduce-scatter's bytes name its unit. Each unit marks the start
 of its forward and of its backward computation in the same ordered log as the
@@ -33,7 +33,7 @@ Notation: ``AG x`` all-gather of unit x, ``RS x`` its reduce-scatter, ``F x`` /
   and not again at its own pre-forward.
 
 At any world size above 1 these orders hold as written; a unit's collectives
-are named by their bytes padded for the world (``sized_chain.unit_of``). On one
+are named by their bytes padded for the world (``distinct_size_units.unit_of``). On one
 rank there is nothing to gather or scatter: FSDP1 runs NO_SHARD (no gather; the
 reduce-scatter becomes an all-reduce, ``AR x``, at the same place) and FSDP2
 issues no collective at all, so the expected order is the table's without
@@ -51,9 +51,9 @@ from absl.testing import parameterized
 from torch.distributed.fsdp import BackwardPrefetch
 
 from testing import multirank
-from testing.fsdp import collective_count, sized_chain, wrapping
+from testing.fsdp import collective_count, distinct_size_units, wrapping
 
-SPEC = sized_chain.SPEC
+SPEC = distinct_size_units.SPEC
 FWD, BWD = collective_count.FORWARD, collective_count.BACKWARD
 
 
@@ -134,7 +134,7 @@ def at_world_size(short: str, api: str, world_size: int) -> str:
 
 def layer_sequence(log: collective_count.StepLog, phase: str, api: str) -> List[str]:
     """The log's events of ``phase`` that concern the layer units, in order."""
-    name_of = functools.partial(sized_chain.unit_of, api=api)
+    name_of = functools.partial(distinct_size_units.unit_of, api=api)
     return [e for e in log.sequence(name_of, phase=phase) if "layers." in e]
 
 
@@ -147,7 +147,7 @@ def _fsdp1_options(options: Dict) -> Dict:
 
 class PrefetchOrderTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def _check(self, model, api, context, forward, backward, **record_options):
-        log = sized_chain.record_step(model, self.device, trace=True, **record_options)
+        log = distinct_size_units.record_step(model, self.device, trace=True, **record_options)
         for phase, short in ((FWD, forward), (BWD, backward)):
             short = at_world_size(short, api, self.world_size)
             observed = layer_sequence(log, phase, api)
@@ -158,7 +158,7 @@ class PrefetchOrderTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 f"and computation (F/B) [{context}]\nexpected: {short}\nfull log:\n"
                 + log.describe(),
             )
-        sized_chain.check_parameters(model, self.device, context)
+        distinct_size_units.check_parameters(model, self.device, context)
 
     @parameterized.named_parameters(*[(f"{name}_fsdp1", name) for name in FSDP1_CASES])
     def test_prefetch_order(self, case):
@@ -172,11 +172,11 @@ class PrefetchOrderTest(multirank.MultiRankTestCase, parameterized.TestCase):
         self._check(model, "fsdp1", f"api=fsdp1 {options}", forward, backward)
 
     def test_implicit_prefetch_fsdp2(self):
-        model = sized_chain.wrap_fsdp2(self.device, reshard=True)
+        model = distinct_size_units.wrap_fsdp2(self.device, reshard=True)
         self._check(model, "fsdp2", "api=fsdp2 implicit prefetch", FWD_ON_DEMAND, BWD_PRE)
 
     def test_set_modules_to_forward_prefetch_fsdp2(self):
-        model = sized_chain.wrap_fsdp2(self.device, reshard=True)
+        model = distinct_size_units.wrap_fsdp2(self.device, reshard=True)
         model.layers[0].set_modules_to_forward_prefetch([model.layers[1], model.layers[2]])
         self._check(
             model,
@@ -187,7 +187,7 @@ class PrefetchOrderTest(multirank.MultiRankTestCase, parameterized.TestCase):
         )
 
     def test_set_modules_to_backward_prefetch_fsdp2(self):
-        model = sized_chain.wrap_fsdp2(self.device, reshard=True)
+        model = distinct_size_units.wrap_fsdp2(self.device, reshard=True)
         model.layers[2].set_modules_to_backward_prefetch([model.layers[1], model.layers[0]])
         self._check(
             model,
@@ -198,7 +198,7 @@ class PrefetchOrderTest(multirank.MultiRankTestCase, parameterized.TestCase):
         )
 
     def test_unshard_async_before_forward_fsdp2(self):
-        model = sized_chain.wrap_fsdp2(self.device, reshard=True)
+        model = distinct_size_units.wrap_fsdp2(self.device, reshard=True)
         handles = []
 
         def unshard_last(m):

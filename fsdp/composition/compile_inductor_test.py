@@ -11,7 +11,8 @@ compile on CPU): a target tagged ``large``.
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import compat, compiling
+from fsdp.composition.fixtures import compiling
+from testing.fsdp import compat
 
 BACKEND = "inductor"
 

@@ -2,7 +2,7 @@
 
 ``tp_models.SPEC`` (2 transformer blocks) is sharded with ``fully_shard`` on each block
 and the root, then compiled with the cheap ``aot_eager`` backend (dynamo and AOT
-autograd, no code generation) in two ways (``testing.fsdp.compiling``):
+autograd, no code generation) in two ways (``fsdp.composition.fixtures.compiling``):
 
 * ``per_block``: each ``fully_shard``-ed block compiled in place (``block.compile()``);
 * ``whole_model``: ``torch.compile(model)``.
@@ -23,7 +23,8 @@ Dynamo's caches are reset before and after each test: ranks serve many tests.
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import compat, compiling
+from fsdp.composition.fixtures import compiling
+from testing.fsdp import compat
 
 BACKEND = "aot_eager"
 

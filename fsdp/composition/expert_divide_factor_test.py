@@ -1,6 +1,6 @@
 """FSDP2's gradient divide factor makes expert-parallel gradients right (pytorch#160285).
 
-``testing.fsdp.expert_parallel``'s MoE runs with expert parallelism over the ``ep``
+``fsdp.composition.fixtures.expert_parallel``'s MoE runs with expert parallelism over the ``ep``
 ranks of an ``(edp, ep)`` mesh, one expert per ``ep`` rank: each rank's expert is
 ``fully_shard``-ed over ``mesh["edp"]`` (the ranks holding that expert), the dense
 layers over the world. A rank's expert gradient already sums its ``ep`` group's
@@ -36,7 +36,8 @@ from absl.testing import parameterized
 
 from testing import known_failures
 from testing import multirank
-from testing.fsdp import compat, data, expert_parallel, meshes, params, parity, training
+from fsdp.composition.fixtures import expert_parallel
+from testing.fsdp import compat, data, meshes, params, parity, training
 from testing.fsdp import wrapping
 
 STEPS = 3

@@ -22,7 +22,8 @@ import torch
 from torch.distributed.fsdp import register_fsdp_forward_method
 
 from testing import multirank
-from testing.fsdp import collective_count, compat, data, parity, tp_models, wrapping
+from fsdp.composition.fixtures import tp_models
+from testing.fsdp import collective_count, compat, data, parity, wrapping
 
 SPEC = tp_models.SPEC
 NEW_TOKENS = 3

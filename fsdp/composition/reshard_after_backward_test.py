@@ -1,6 +1,6 @@
 """``set_reshard_after_backward(False)`` keeps parameters gathered for the next micro-batch.
 
-``testing.fsdp.sized_chain``'s model (3 units of distinct sizes and root parameters)
+``testing.fsdp.distinct_size_units``'s model (3 units of distinct sizes and root parameters)
 under ``fully_shard`` accumulates gradients over 2 micro-batches of rank-distinct data,
 each loss divided by 2:
 
@@ -20,9 +20,9 @@ all (torch 2.13), so there only the states and gradients are checked.
 
 from testing import multirank
 from testing.fsdp import accumulation, collective_count, compat, data, params, parity
-from testing.fsdp import sized_chain
+from testing.fsdp import distinct_size_units
 
-SPEC = sized_chain.SPEC
+SPEC = distinct_size_units.SPEC
 MICRO_BATCHES = 2
 
 
@@ -33,7 +33,7 @@ def _gathered(model):
 
 class ReshardAfterBackwardTest(multirank.MultiRankTestCase):
     def test_no_reshard_after_backward_skips_next_all_gather_fsdp2(self):
-        model = sized_chain.wrap_fsdp2(self.device)
+        model = distinct_size_units.wrap_fsdp2(self.device)
         names = sorted(n for n, _ in model.named_parameters())
         logs = []
         gathered = []
@@ -58,7 +58,7 @@ class ReshardAfterBackwardTest(multirank.MultiRankTestCase):
         self.assertEqual(gathered[0], names, "gathered after micro-batch 1's backward")
         self.assertEqual(gathered[1], [], "gathered after the synchronized micro-batch")
         counts = [log.counts() for log in logs]
-        unit_bytes = sum(sized_chain.unit_bytes(u) for u in sized_chain.UNITS)
+        unit_bytes = sum(distinct_size_units.unit_bytes(u) for u in distinct_size_units.UNITS)
         reduced = counts[0].get(collective_count.BACKWARD, {}).get("reduce_scatter")
         self.assertIsNone(reduced, f"micro-batch 1 reduced gradients: {logs[0].describe()}")
         expected = {
@@ -67,8 +67,8 @@ class ReshardAfterBackwardTest(multirank.MultiRankTestCase):
             # The units resharded after this forward (reshard_after_forward), so
             # backward gathers them again; the root never reshards after forward.
             collective_count.BACKWARD: {
-                "all_gather": (len(sized_chain.UNITS), unit_bytes),
-                "reduce_scatter": len(sized_chain.UNITS) + 1,
+                "all_gather": (len(distinct_size_units.UNITS), unit_bytes),
+                "reduce_scatter": len(distinct_size_units.UNITS) + 1,
             },
         }
         collective_count.assert_counts(

@@ -23,7 +23,8 @@ Pass:
 import torch
 
 from testing import multirank
-from testing.fsdp import meshes, params, parity, tensor_parallel, tp_models, training
+from fsdp.composition.fixtures import tensor_parallel, tp_models
+from testing.fsdp import meshes, params, parity, training
 
 SPEC = tensor_parallel.SPEC
 PLAN = "sequence_parallel"

@@ -28,7 +28,8 @@ from absl.testing import parameterized
 
 from testing import known_failures
 from testing import multirank
-from testing.fsdp import compat, data, meshes, params, parity, tensor_parallel
+from fsdp.composition.fixtures import tensor_parallel
+from testing.fsdp import compat, data, meshes, params, parity
 
 MAX_NORM = 0.05
 

@@ -23,7 +23,8 @@ from torch.distributed.checkpoint import state_dict as dsd
 
 from testing import dist_helpers
 from testing import multirank
-from testing.fsdp import compat, meshes, params, parity, state_dicts, tensor_parallel
+from fsdp.composition.fixtures import tensor_parallel
+from testing.fsdp import compat, meshes, params, parity, state_dicts
 from testing.fsdp import training
 
 SPEC = tensor_parallel.SPEC

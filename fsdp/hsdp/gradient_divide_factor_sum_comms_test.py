@@ -31,7 +31,8 @@ from absl.testing import parameterized
 
 from testing import known_failures
 from testing import multirank
-from testing.fsdp import divide_factor, meshes
+from fsdp.hsdp.fixtures import divide_factor
+from testing.fsdp import meshes
 
 CASES = tuple((f"{kind}_fsdp2", kind) for kind in meshes.SHAPE_KINDS)
 

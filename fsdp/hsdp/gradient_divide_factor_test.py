@@ -30,7 +30,8 @@ strategies"). So this file tests FSDP2 only.
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import divide_factor, meshes
+from fsdp.hsdp.fixtures import divide_factor
+from testing.fsdp import meshes
 
 CASES = tuple((f"{kind}_fsdp2", kind) for kind in meshes.SHAPE_KINDS)
 

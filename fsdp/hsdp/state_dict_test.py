@@ -16,7 +16,7 @@ into a fresh hybridly sharded model built from another seed. Pass: every value
 of the sharded state dict is sharded (holds less than the full tensor when the
 shard groups have more than one rank); on every rank the loaded model's full
 parameters equal the trained model's exactly, and so do its outputs on a batch
-no training step used (``cases.EVAL_STEP``). A replica that loads another
+no training step used (``api_cases.EVAL_STEP``). A replica that loads another
 replica's shard, or a stale or missing one, fails on that rank.
 """
 
@@ -27,7 +27,7 @@ from torch.distributed.checkpoint import state_dict as dcp_state_dict
 
 from testing import dist_helpers, multirank
 from testing.fsdp import (
-    cases,
+    api_cases,
     data,
     meshes,
     models,
@@ -55,7 +55,7 @@ class HsdpStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def _trained(self, api):
         model = self._wrap(api, seed=0)
         training.train(model, SPEC, steps=2, seed=0)
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP)
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=api_cases.EVAL_STEP)
         with torch.no_grad():
             outputs = model(inputs)
         return model, params.full_params(model), inputs, outputs
@@ -76,7 +76,7 @@ class HsdpStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 out, expected_out, rtol=0, atol=0, name=f"rank {self.rank} eval output, {context}"
             )
 
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_hsdp_full_state_dict_round_trip(self, api):
         trained, expected, inputs, outputs = self._trained(api)
         state = dcp_state_dict.get_model_state_dict(
@@ -97,7 +97,7 @@ class HsdpStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
         )
         failures.raise_if_any()
 
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_hsdp_sharded_state_dict_round_trip(self, api):
         trained, expected, inputs, outputs = self._trained(api)
         state = state_dicts.sharded_state_dict(trained, api)

@@ -23,7 +23,7 @@ initialization, in parameters or in buffers, fails on its ranks. FSDP1's
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import cases, meshes, models, rank_sync, wrapping
+from testing.fsdp import api_cases, meshes, models, module_state_sync, wrapping
 
 SPEC = models.get("batchnorm_mlp")  # buffers: BatchNorm running statistics
 STEPS = 2
@@ -35,7 +35,7 @@ class HsdpSyncModuleStatesBroadcastTest(multirank.MultiRankTestCase, parameteriz
         return shape, meshes.hsdp_wrap_options(api, shape, self.device.type)
 
     def _assert_synced_and_trains(self, model, context):
-        rank_sync.assert_synced_and_trains(
+        module_state_sync.assert_synced_and_trains(
             model,
             SPEC,
             steps=STEPS,
@@ -43,16 +43,16 @@ class HsdpSyncModuleStatesBroadcastTest(multirank.MultiRankTestCase, parameteriz
             trained_context=f"after {STEPS} steps vs reference; {context}",
         )
 
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_hsdp_broadcast_from_rank0_full_state_dict_syncs_replicas(self, api):
         shape, options = self._options(api)
-        model = rank_sync.wrap_rank_distinct(
+        model = module_state_sync.wrap_rank_distinct(
             SPEC,
             api,
             self.rank,
             **options,
         )
-        rank_sync.set_full_state_from_rank0(model, SPEC, self.rank)
+        module_state_sync.set_full_state_from_rank0(model, SPEC, self.rank)
         self._assert_synced_and_trains(
             model,
             f"set_model_state_dict broadcast_from_rank0 api={api} mesh={meshes.shape_name(shape)}",
@@ -61,7 +61,7 @@ class HsdpSyncModuleStatesBroadcastTest(multirank.MultiRankTestCase, parameteriz
     def test_hsdp_broadcast_before_fully_shard_syncs_replicas_fsdp2(self):
         shape, options = self._options("fsdp2")
         model = models.rank_distinct_model(SPEC, self.rank).to(self.device)
-        rank_sync.broadcast_from_rank0(model)
+        module_state_sync.broadcast_from_rank0(model)
         model = wrapping.wrap(model, "fsdp2", SPEC.units, **options)
         self._assert_synced_and_trains(
             model, f"dist.broadcast before fully_shard mesh={meshes.shape_name(shape)}"

@@ -23,7 +23,7 @@ paths in sync_module_states_broadcast_test.py run on CPU.
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import meshes, models, rank_sync
+from testing.fsdp import meshes, models, module_state_sync
 
 SPEC = models.get("batchnorm_mlp")  # buffers: BatchNorm running statistics
 STEPS = 2
@@ -37,14 +37,14 @@ class HsdpSyncModuleStatesTest(multirank.MultiRankTestCase, parameterized.TestCa
         shape = meshes.hybrid_shape(self.world_size, min_shard=2)
         options = meshes.fsdp1_hybrid_options(shape, self.device.type, via=via)
         options["extra"]["sync_module_states"] = True
-        model = rank_sync.wrap_rank_distinct(
+        model = module_state_sync.wrap_rank_distinct(
             SPEC,
             "fsdp1",
             self.rank,
             **options,
         )
         context = f"HYBRID_SHARD via={via} mesh={meshes.shape_name(shape)}"
-        rank_sync.assert_synced_and_trains(
+        module_state_sync.assert_synced_and_trains(
             model,
             SPEC,
             steps=STEPS,

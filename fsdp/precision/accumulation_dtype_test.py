@@ -3,8 +3,9 @@
 Policy: ``param_dtype=bfloat16``, ``reduce_dtype=float32``. Each rank runs 4
 micro-batches of rank-distinct data, the loss of each divided by 4, and the
 accumulated gradient is compared with two unsharded references from
-``testing.fsdp.mp_reference``. Both compute every micro-batch exactly as FSDP
-does (bf16 copy of the model, bf16 inputs, the rank's own batch); they differ
+``fsdp.precision.fixtures.mixed_precision_reference``. Both compute every
+micro-batch exactly as FSDP does (bf16 copy of the model, bf16 inputs, the
+rank's own batch); they differ
 only in the dtype the 4 bf16 micro-batch gradients are summed in: float32 or
 bfloat16. They then average over ranks in float32.
 
@@ -42,7 +43,7 @@ from testing.fsdp import at_world_size
 from testing.fsdp import collective_spy
 from testing.fsdp import data
 from testing.fsdp import models
-from testing.fsdp import mp_reference
+from fsdp.precision.fixtures import mixed_precision_reference
 from testing.fsdp import params
 from testing.fsdp import parity
 from testing.fsdp import wrapping
@@ -67,7 +68,7 @@ class AccumulationDtypeTest(multirank.MultiRankTestCase, parameterized.TestCase)
     def _references(self):
         """(float32-accumulated, bf16-accumulated) reference gradients; checks they differ."""
         refs = [
-            mp_reference.accumulated_grads(
+            mixed_precision_reference.accumulated_grads(
                 SPEC,
                 world_size=self.world_size,
                 micro_batches=MICRO_BATCHES,

@@ -25,7 +25,7 @@ from absl.testing import parameterized
 
 from testing import multirank
 from testing.fsdp import at_world_size
-from testing.fsdp import cases
+from testing.fsdp import api_cases
 from testing.fsdp import models
 from testing.fsdp import params
 from testing.fsdp import training
@@ -51,7 +51,7 @@ WATCHED = {
 
 
 class PerUnitPolicyTest(multirank.MultiRankTestCase, parameterized.TestCase):
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_each_unit_computes_in_its_dtype(self, api):
         model = SPEC.build(seed=0)
         seen = collections.defaultdict(set)

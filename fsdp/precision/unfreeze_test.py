@@ -15,7 +15,7 @@ Pass, on every step: every gradient reduce-scatter runs in float32 (at world
 size 1: FSDP1's all-reduce; FSDP2 reduces nothing, see ``at_world_size``); every
 gradient handed to the optimizer is float32, and ``layers.1`` has none at step
 0 and all of them later; at the end the parameters and the per-step losses
-equal ``mp_reference.train``: the same bf16 computation per rank, gradients
+equal ``mixed_precision_reference.train``: the same bf16 computation per rank, gradients
 averaged in float32, ``layers.1`` frozen at step 0. Tolerance ``rtol=1e-5,
 atol=1e-6``: FSDP matches that reference up to the float32 reduction order,
 while one step of a bf16 reduction already moves parameters by about 1e-5 to
@@ -29,9 +29,9 @@ from absl.testing import parameterized
 from testing import known_failures
 from testing import multirank
 from testing.fsdp import at_world_size
-from testing.fsdp import cases
+from testing.fsdp import api_cases
 from testing.fsdp import models
-from testing.fsdp import mp_reference
+from fsdp.precision.fixtures import mixed_precision_reference
 from testing.fsdp import params
 from testing.fsdp import parity
 from testing.fsdp import training
@@ -67,7 +67,7 @@ class UnfreezeTest(multirank.MultiRankTestCase, parameterized.TestCase):
     }
 
     @parameterized.named_parameters(
-        *cases.api_cases_with(fsdp1={"use_orig_params": True}, fsdp2={})
+        *api_cases.api_cases_with(fsdp1={"use_orig_params": True}, fsdp2={})
     )
     def test_unfrozen_unit_keeps_reduce_dtype(self, api, options):
         model = wrapping.wrap_spec(SPEC, api, mixed_precision=POLICY, **options)
@@ -88,7 +88,7 @@ class UnfreezeTest(multirank.MultiRankTestCase, parameterized.TestCase):
             before_step=record_grads,
             before_each=lambda step: _set_frozen(model, step),
         )
-        ref, ref_losses = mp_reference.train(
+        ref, ref_losses = mixed_precision_reference.train(
             SPEC,
             steps=STEPS,
             world_size=self.world_size,

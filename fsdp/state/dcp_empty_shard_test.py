@@ -28,8 +28,8 @@ from torch.distributed.checkpoint import state_dict as dsd
 
 from testing import dist_helpers, known_failures, multirank
 from testing.fsdp import (
+    api_cases,
     at_world_size,
-    cases,
     models,
     params,
     parity,
@@ -74,7 +74,7 @@ class DcpEmptyShardTest(multirank.MultiRankTestCase, parameterized.TestCase):
         self.assertTrue(any(expected), f"{what}: no parameter leaves a rank without rows")
         self.assertEqual(per_rank, expected, f"{what}: parameters each rank holds no rows of")
 
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_dcp_round_trip_with_empty_shards(self, api):
         what = f"api={api} world_size={self.world_size}"
         model = wrapping.wrap_spec(SPEC, api)

@@ -15,17 +15,17 @@ import torch
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import cases, data, models, params, parity, training, wrapping
+from testing.fsdp import api_cases, data, models, params, parity, training, wrapping
 
 SPEC = models.get("tied_transformer")
 
 
 class EvalTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def _inputs(self):
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP)
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=api_cases.EVAL_STEP)
         return inputs
 
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_no_grad_eval_after_training_matches_reference(self, api):
         model = wrapping.wrap_spec(SPEC, api)
         training.train(model, SPEC, steps=2, seed=0)
@@ -50,7 +50,7 @@ class EvalTest(multirank.MultiRankTestCase, parameterized.TestCase):
             context=f"inference changed parameters api={api}",
         )
 
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_forward_without_backward_between_steps_matches_reference(self, api):
         model = wrapping.wrap_spec(SPEC, api)
         opt = training.default_optimizer(model.parameters())

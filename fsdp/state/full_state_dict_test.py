@@ -19,7 +19,7 @@ from torch.distributed.checkpoint import state_dict as dcp_state_dict
 from torch.distributed.fsdp import FullStateDictConfig, StateDictType
 
 from testing import known_failures, multirank
-from testing.fsdp import cases, compat, data, models, params, parity, training, wrapping
+from testing.fsdp import api_cases, compat, data, models, params, parity, training, wrapping
 
 SPEC = models.get("nested_mlp")
 
@@ -99,7 +99,7 @@ class FullStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
         parity.assert_params_close(
             params.full_params(loaded), expected, rtol=0, atol=0, context=f"loaded model api={api}"
         )
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP)
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=api_cases.EVAL_STEP)
         with torch.no_grad():
             parity.assert_tensors_close(
                 loaded(inputs),
@@ -109,7 +109,7 @@ class FullStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 name=f"loaded vs trained output api={api}",
             )
 
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_full_state_dict_round_trip_into_sharded_model(self, api):
         trained = self._trained(api)
         state, expected = self._saved(trained, api)
@@ -117,7 +117,7 @@ class FullStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
         _load_full_state_dict(fresh, api, state)
         self._assert_restored(fresh, trained, expected, api)
 
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_full_state_dict_loads_into_plain_model(self, api):
         trained = self._trained(api)
         state, expected = self._saved(trained, api)

@@ -2,7 +2,7 @@
 
 The model is a stack of N equal units (Linear + Tanh), each its own FSDP unit;
 the root holds no parameters. Let U be the bytes of one unit's unsharded
-(padded) parameters, so the full model is N * U (``unit_stack.unit_bytes``:
+(padded) parameters, so the full model is N * U (``equal_unit_stack.unit_bytes``:
 FSDP1 pads each flat parameter, FSDP2 each parameter's rows, to a multiple of
 the world size).
 
@@ -40,9 +40,10 @@ from absl.testing import parameterized
 from torch import nn
 
 from testing import multirank
-from testing.fsdp import at_world_size, compat, unit_stack
+from fsdp.state.fixtures import equal_unit_stack
+from testing.fsdp import at_world_size, compat
 
-N_UNITS = unit_stack.N_UNITS
+N_UNITS = equal_unit_stack.N_UNITS
 # Activations are batch 2 x DIM floats per op, plus the allocator's 512-byte
 # rounding per allocation: small next to one unit (257 KiB).
 ACTIVATION_SLACK = 256 * 1024
@@ -98,7 +99,7 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
         Returns (after_forward, after_backward, peak sampled total).
         """
-        inputs = unit_stack.inputs(self.rank, self.device)
+        inputs = equal_unit_stack.inputs(self.rank, self.device)
         model(inputs).sum().backward()  # lazy init and first all-gathers
         model.zero_grad(set_to_none=True)
         samples = []
@@ -136,9 +137,9 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     @parameterized.named_parameters(("full_shard_fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
     def test_reshard_after_forward_frees_unsharded_params(self, api):
-        model = unit_stack.wrap(api, reshard=True)
+        model = equal_unit_stack.wrap(api, reshard=True)
         after_forward, after_backward, peak = self._step_with_samples(model, api)
-        unit = unit_stack.unit_bytes(self.world_size, api)
+        unit = equal_unit_stack.unit_bytes(self.world_size, api)
         self.assertLen(after_forward, N_UNITS, f"units found: {sorted(after_forward)}")
         if not at_world_size.shards(api, self.world_size):
             self._assert_no_shard(model)
@@ -166,9 +167,9 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     @parameterized.named_parameters(("shard_grad_op_fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
     def test_without_reshard_unsharded_params_stay_allocated(self, api):
-        model = unit_stack.wrap(api, reshard=False)
+        model = equal_unit_stack.wrap(api, reshard=False)
         after_forward, _, peak = self._step_with_samples(model, api)
-        unit = unit_stack.unit_bytes(self.world_size, api)
+        unit = equal_unit_stack.unit_bytes(self.world_size, api)
         self.assertLen(after_forward, N_UNITS, f"units found: {sorted(after_forward)}")
         self.assertEqual(
             after_forward,
@@ -185,8 +186,8 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
     )
     def test_forward_peak_allocated_memory_bounded(self, api, reshard):
         self.assertEqual(self.device.type, "cuda", "needs the CUDA caching allocator")
-        model = unit_stack.wrap(api, reshard)
-        inputs = unit_stack.inputs(self.rank, self.device)  # rank-distinct
+        model = equal_unit_stack.wrap(api, reshard)
+        inputs = equal_unit_stack.inputs(self.rank, self.device)  # rank-distinct
         model(inputs).sum().backward()  # warm-up: lazy init, first all-gathers
         model.zero_grad(set_to_none=True)
         torch.cuda.synchronize(self.device)
@@ -196,7 +197,7 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
             model(inputs)
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device) - base
-        unit = unit_stack.unit_bytes(self.world_size, api)
+        unit = equal_unit_stack.unit_bytes(self.world_size, api)
         message = f"forward peak {peak} B over {base} B allocated; one unit is {unit} B"
         if not at_world_size.shards(api, self.world_size):
             self._assert_no_shard(model)

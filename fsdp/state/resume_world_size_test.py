@@ -42,7 +42,7 @@ from torch.distributed.checkpoint import state_dict as dsd
 from torch.distributed.device_mesh import DeviceMesh
 
 from testing import dist_helpers, known_failures, multirank
-from testing.fsdp import cases, data, models, params, parity, state_dicts, training, wrapping
+from testing.fsdp import api_cases, data, models, params, parity, state_dicts, training, wrapping
 
 
 @functools.lru_cache(maxsize=None)
@@ -132,7 +132,7 @@ class ResumeWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
             actual_params, actual_optim, expected_params, expected_optim, what
         )
 
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_resume_at_same_world_size(self, api):
         what = f"api={api} same world size {self.world_size}"
         model = _wrap(api, 0, self.device)

@@ -22,8 +22,8 @@ from absl.testing import parameterized
 
 from testing import dist_helpers, multirank
 from testing.fsdp import (
+    api_cases,
     at_world_size,
-    cases,
     compat,
     data,
     models,
@@ -44,7 +44,7 @@ class ShardedStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
         return model
 
     def _inputs(self):
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP)
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=api_cases.EVAL_STEP)
         return inputs
 
     def _assert_restored(self, loaded, expected_params, expected_out, what):
@@ -87,7 +87,7 @@ class ShardedStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
             f"{what}: elements held by all ranks together",
         )
 
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_sharded_state_dict_round_trip(self, api):
         trained = self._trained(api)
         expected_params, expected_out = self._expected(trained)
@@ -100,7 +100,7 @@ class ShardedStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
             fresh, expected_params, expected_out, f"in-memory sharded load api={api}"
         )
 
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_dcp_save_load_round_trip(self, api):
         trained = self._trained(api)
         expected_params, expected_out = self._expected(trained)

@@ -17,18 +17,18 @@ from absl.testing import parameterized
 from torch.distributed.device_mesh import DeviceMesh
 
 from testing import dist_helpers, multirank
-from testing.fsdp import cases, data, models, params, parity, state_dicts, training, wrapping
+from testing.fsdp import api_cases, data, models, params, parity, state_dicts, training, wrapping
 
 SPEC = models.get("nested_mlp")
 
 
 class ShardedStateDictWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_dcp_checkpoint_loads_at_half_the_world_size(self, api):
         self.assertGreaterEqual(self.world_size, 2, "needs at least 2 ranks to halve")
         trained = wrapping.wrap_spec(SPEC, api)
         training.train(trained, SPEC, steps=2, seed=0)
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP)
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=api_cases.EVAL_STEP)
         expected_params = params.full_params(trained)
         with torch.no_grad():
             expected_out = trained(inputs)

@@ -20,7 +20,7 @@ import torch
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import cases, compat, data, models, params, parity, training, wrapping
+from testing.fsdp import api_cases, compat, data, models, params, parity, training, wrapping
 
 SPEC = models.get("nested_mlp")
 
@@ -43,7 +43,7 @@ class SummonFullParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         parity.assert_same_across_ranks(written, name=f"full parameters, {what}")
         plain = SPEC.build(seed=1).to(self.device)
         plain.load_state_dict(expected)
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP)
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=api_cases.EVAL_STEP)
         with torch.no_grad():
             parity.assert_tensors_close(
                 model(inputs), plain(inputs), name=f"output vs plain model with the write, {what}"

@@ -25,14 +25,14 @@ world size 1 and failed at 2).
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import cases, models, rank_sync, wrapping
+from testing.fsdp import api_cases, models, module_state_sync, wrapping
 
 SPEC = models.get("batchnorm_mlp")  # buffers: BatchNorm running statistics
 
 
 class SyncModuleStatesTest(multirank.MultiRankTestCase, parameterized.TestCase):
     def _assert_synced_and_trains(self, model, what):
-        rank_sync.assert_synced_and_trains(
+        module_state_sync.assert_synced_and_trains(
             model,
             SPEC,
             steps=2,
@@ -41,7 +41,7 @@ class SyncModuleStatesTest(multirank.MultiRankTestCase, parameterized.TestCase):
         )
 
     def test_sync_module_states_makes_ranks_identical_fsdp1(self):
-        model = rank_sync.wrap_rank_distinct(
+        model = module_state_sync.wrap_rank_distinct(
             SPEC,
             "fsdp1",
             self.rank,
@@ -49,15 +49,15 @@ class SyncModuleStatesTest(multirank.MultiRankTestCase, parameterized.TestCase):
         )
         self._assert_synced_and_trains(model, "sync_module_states=True")
 
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_broadcast_from_rank0_full_state_dict_makes_ranks_identical(self, api):
-        model = rank_sync.wrap_rank_distinct(SPEC, api, self.rank)
-        rank_sync.set_full_state_from_rank0(model, SPEC, self.rank)
+        model = module_state_sync.wrap_rank_distinct(SPEC, api, self.rank)
+        module_state_sync.set_full_state_from_rank0(model, SPEC, self.rank)
         self._assert_synced_and_trains(model, f"set_model_state_dict broadcast api={api}")
 
     def test_broadcast_before_fully_shard_makes_ranks_identical_fsdp2(self):
         model = models.rank_distinct_model(SPEC, self.rank).to(self.device)
-        rank_sync.broadcast_from_rank0(model)
+        module_state_sync.broadcast_from_rank0(model)
         model = wrapping.wrap(model, "fsdp2", SPEC.units)
         self._assert_synced_and_trains(model, "dist.broadcast before fully_shard")
 

@@ -31,7 +31,7 @@ from torch.distributed.fsdp import StateDictType
 from torch.distributed.tensor import distribute_tensor
 
 from testing import multirank
-from testing.fsdp import cases, compat, data, models, params, parity, wrapping
+from testing.fsdp import api_cases, compat, data, models, params, parity, wrapping
 
 SPEC = models.get("uneven_mlp")
 CHECKPOINT_SEED = 3  # the model to load into is built from seed 0
@@ -96,7 +96,7 @@ class UnevenFullStateDictTest(multirank.MultiRankTestCase, parameterized.TestCas
             atol=0,
             context=f"{what}: full parameters",
         )
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP)
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=api_cases.EVAL_STEP)
         with torch.no_grad():
             parity.assert_tensors_close(
                 model(inputs), source(inputs), name="output vs checkpoint model", context=what

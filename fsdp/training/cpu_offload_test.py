@@ -12,7 +12,7 @@ available"), so the CPU target is disabled in BUILD.bazel.
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import cases
+from testing.fsdp import api_cases
 from testing.fsdp import compat
 from testing.fsdp import models
 from testing.fsdp import params
@@ -38,7 +38,7 @@ def _local_devices(model, grads=False):
 
 
 class CpuOffloadTest(multirank.MultiRankTestCase, parameterized.TestCase):
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_offloaded_params_match_reference(self, api):
         model = SPEC.build(seed=0)
         compute_devices = []

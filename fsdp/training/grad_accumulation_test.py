@@ -18,7 +18,7 @@ from absl.testing import parameterized
 
 from testing import multirank
 from testing.fsdp import accumulation
-from testing.fsdp import cases
+from testing.fsdp import api_cases
 from testing.fsdp import collective_spy
 from testing.fsdp import data
 from testing.fsdp import models
@@ -72,7 +72,7 @@ class GradAccumulationTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 self.assertEqual(sharded, [], "sharded gradients set before synchronization")
 
     @parameterized.named_parameters(
-        *cases.api_cases_with(fsdp1={"use_orig_params": True}, fsdp2={})
+        *api_cases.api_cases_with(fsdp1={"use_orig_params": True}, fsdp2={})
     )
     def test_grad_accumulation_matches_large_batch(self, api, options):
         model = wrapping.wrap_spec(SPEC, api, **options)

@@ -14,16 +14,16 @@ ranks' data.
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import cases, data, models, training
+from testing.fsdp import api_cases, data, models, training
 
 SPEC = models.get("dict_outputs")
 
 
 class NonTensorOutputsTest(multirank.MultiRankTestCase, parameterized.TestCase):
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_dict_outputs_with_none_train_like_reference(self, api):
         result = training.check_against_reference(SPEC, api, steps=3)
-        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=cases.EVAL_STEP)
+        inputs, _ = data.rank_batch(SPEC, seed=0, rank=self.rank, step=api_cases.EVAL_STEP)
         out = result["model"](inputs)
         self.assertEqual(
             sorted(out), ["aux", "count", "pair", "tag", "y"], f"api={api}: output keys"

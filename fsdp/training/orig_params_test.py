@@ -13,7 +13,7 @@ import torch
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import cases
+from testing.fsdp import api_cases
 from testing.fsdp import compat
 from testing.fsdp import data
 from testing.fsdp import models
@@ -61,7 +61,7 @@ def _grouped_sgd(model=None):
 
 
 class OrigParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_params_and_grads_keep_original_names_and_shapes(self, api):
         model = _wrap(SPEC, api, self.device)
         original = dict(SPEC.build(seed=0).named_parameters())
@@ -89,7 +89,7 @@ class OrigParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
             grads, params.full_grads(ref), what="gradient", context=f"api={api}"
         )
 
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_param_groups_with_different_lr_match_reference(self, api):
         model = _wrap(SPEC, api, self.device)
         losses = training.train(model, SPEC, steps=3, optim_fn=_grouped_sgd(model))
@@ -98,7 +98,7 @@ class OrigParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
         parity.assert_params_close(actual, params.full_params(ref), context=f"api={api}")
         parity.assert_tensors_close(losses, ref_losses, name="loss")
 
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_frozen_params_in_trained_unit_stay_unchanged(self, api):
         # Root only: the frozen backbone and the trainable head share one unit.
         model = _wrap(FROZEN, api, self.device, units=())

@@ -31,7 +31,7 @@ import torch
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import cases
+from testing.fsdp import api_cases
 from testing.fsdp import models
 from testing.fsdp import training
 
@@ -48,7 +48,7 @@ def adamw(parameters) -> torch.optim.Optimizer:
 
 
 class RealisticTrainingTest(multirank.MultiRankTestCase, parameterized.TestCase):
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_odd_transformer_adamw_matches_reference(self, api):
         result = training.check_against_reference(
             SPEC,

@@ -18,7 +18,7 @@ than ranks). Run at world sizes 1, 2 and (CPU) 4, see BUILD.bazel.
 from absl.testing import parameterized
 
 from testing import multirank
-from testing.fsdp import cases, data, models, params, parity, training, wrapping
+from testing.fsdp import api_cases, data, models, params, parity, training, wrapping
 
 SPEC = models.get("tiny_params")
 ONE_ELEMENT = ("gain.value", "head.bias", "offset")
@@ -26,7 +26,7 @@ ONE_ELEMENT = ("gain.value", "head.bias", "offset")
 
 class TinyParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
     @parameterized.named_parameters(
-        *cases.api_cases_with(fsdp1={"use_orig_params": True}, fsdp2={})
+        *api_cases.api_cases_with(fsdp1={"use_orig_params": True}, fsdp2={})
     )
     def test_one_element_params_get_reference_grads(self, api, options):
         model = wrapping.wrap_spec(SPEC, api, **options)
@@ -43,7 +43,7 @@ class TinyParamsTest(multirank.MultiRankTestCase, parameterized.TestCase):
             self.assertNotEqual(float(expected[name]), 0.0, f"reference {name}: zero gradient")
         parity.assert_params_close(grads, expected, what="gradient", context=what)
 
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_tiny_params_train_like_reference(self, api):
         exact = {"rtol": 0, "atol": 0} if self.world_size == 1 else {}
         training.check_against_reference(SPEC, api, steps=3, **exact)

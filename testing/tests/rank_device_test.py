@@ -11,7 +11,8 @@ from absl.testing import absltest
 import torch
 
 from testing import multirank
-from testing.fsdp import data, models, rank_device, training, unit_stack, wrapping
+from fsdp.state.fixtures import equal_unit_stack
+from testing.fsdp import data, models, rank_device, training, wrapping
 
 SPEC = models.get("nested_mlp")
 NO_DEVICE = "no rank device recorded in this process"
@@ -24,7 +25,7 @@ def _helpers_without_device():
         "data.global_batch": lambda: data.global_batch(SPEC, seed=0, world_size=2, step=0),
         "wrapping.wrap_spec": lambda: wrapping.wrap_spec(SPEC, "fsdp2"),
         "training.reference_train": lambda: training.reference_train(SPEC, world_size=2),
-        "unit_stack.inputs": lambda: unit_stack.inputs(0),
+        "equal_unit_stack.inputs": lambda: equal_unit_stack.inputs(0),
     }
 
 
@@ -58,7 +59,7 @@ class InsideRankTest(multirank.MultiRankTestCase):
             self.assertEqual(p.device, self.device, name)
         reference, _ = training.reference_train(SPEC, steps=1)
         self.assertEqual({p.device for p in reference.parameters()}, {self.device})
-        self.assertEqual(unit_stack.inputs(self.rank).device, self.device)
+        self.assertEqual(equal_unit_stack.inputs(self.rank).device, self.device)
 
     def test_helpers_follow_the_recorded_device(self):
         # On CPU the rank device and a CPU fallback agree; meta tells them apart.
@@ -66,7 +67,7 @@ class InsideRankTest(multirank.MultiRankTestCase):
         rank_device.record("meta")
         inputs, targets = data.rank_batch(SPEC, seed=0, rank=self.rank, step=0)
         self.assertTrue(inputs.is_meta and targets.is_meta)
-        self.assertTrue(unit_stack.inputs(self.rank).is_meta)
+        self.assertTrue(equal_unit_stack.inputs(self.rank).is_meta)
         self.assertEqual(rank_device.resolve("cpu"), torch.device("cpu"))
 
 

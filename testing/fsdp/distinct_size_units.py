@@ -73,7 +73,7 @@ class Unit(nn.Module):
         return y
 
 
-class SizedChain(nn.Module):
+class DistinctSizeUnits(nn.Module):
     """Three units of distinct sizes, then the root's ``scale`` and ``head``."""
 
     def __init__(self):
@@ -101,8 +101,8 @@ def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 SPEC = models.ModelSpec(
-    name="sized_chain",
-    factory=SizedChain,
+    name="distinct_size_units",
+    factory=DistinctSizeUnits,
     units=UNITS,
     make_batch=_batch,
     loss_fn=_mse,

@@ -1,9 +1,9 @@
 """Shared test vocabulary: the parameter cases and constants FSDP test files use.
 
     from absl.testing import parameterized
-    from testing.fsdp import cases
+    from testing.fsdp import api_cases
 
-    @parameterized.named_parameters(*cases.API_CASES)
+    @parameterized.named_parameters(*api_cases.API_CASES)
     def test_something(self, api): ...
 
 The named cases give test methods readable ``_fsdp1``/``_fsdp2`` suffixes; the
