@@ -40,8 +40,7 @@ from absl.testing import parameterized
 from torch import nn
 
 from testing import multirank
-from fsdp.state.fixtures import equal_unit_stack
-from testing.fsdp import at_world_size, compat
+from testing.fsdp import at_world_size, compat, equal_unit_stack
 
 N_UNITS = equal_unit_stack.N_UNITS
 # Activations are batch 2 x DIM floats per op, plus the allocator's 512-byte

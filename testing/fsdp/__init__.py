@@ -15,6 +15,8 @@ See README.md for each module's functions. The modules:
 * ``data``: deterministic per-rank and global batches.
 * ``distinct_size_units``: a chain of units of distinct byte sizes, so a collective's
   bytes name its unit, and each unit can trace its forward and backward.
+* ``equal_unit_stack``: a stack of equal units for memory tests, with its wrapping,
+  one unit's unsharded bytes and rank-distinct inputs.
 * ``meshes``: 2-D (replicate x shard) meshes for hybrid sharding, and meshes with a
   tensor- or expert-parallel dimension.
 * ``models``: seeded model builders and their registry (``get``, ``names``).

@@ -11,8 +11,7 @@ from absl.testing import absltest
 import torch
 
 from testing import multirank
-from fsdp.state.fixtures import equal_unit_stack
-from testing.fsdp import data, models, rank_device, training, wrapping
+from testing.fsdp import data, equal_unit_stack, models, rank_device, training, wrapping
 
 SPEC = models.get("nested_mlp")
 NO_DEVICE = "no rank device recorded in this process"
