@@ -175,27 +175,25 @@ class PrefetchOrderTest(multirank.MultiRankTestCase, parameterized.TestCase):
         model = distinct_size_units.wrap_fsdp2(self.device, reshard=True)
         self._check(model, "fsdp2", "api=fsdp2 implicit prefetch", FWD_ON_DEMAND, BWD_PRE)
 
-    def test_set_modules_to_forward_prefetch_fsdp2(self):
+    def _check_explicit_prefetch(self, direction, layer, targets, forward, backward):
+        """:meth:`_check` of FSDP2 layer ``layer`` set to prefetch ``targets`` (layer indices).
+
+        ``direction`` is ``"forward"`` or ``"backward"``: which of FSDP2's
+        ``set_modules_to_<direction>_prefetch`` is called.
+        """
         model = distinct_size_units.wrap_fsdp2(self.device, reshard=True)
-        model.layers[0].set_modules_to_forward_prefetch([model.layers[1], model.layers[2]])
-        self._check(
-            model,
-            "fsdp2",
-            "api=fsdp2 layers.0 forward-prefetches layers.1, layers.2",
-            FWD_NEXT_TWO,
-            BWD_PRE,
+        setter = getattr(model.layers[layer], f"set_modules_to_{direction}_prefetch")
+        setter([model.layers[i] for i in targets])
+        context = f"layers.{layer} {direction}-prefetches " + ", ".join(
+            f"layers.{i}" for i in targets
         )
+        self._check(model, "fsdp2", f"api=fsdp2 {context}", forward, backward)
+
+    def test_set_modules_to_forward_prefetch_fsdp2(self):
+        self._check_explicit_prefetch("forward", 0, [1, 2], FWD_NEXT_TWO, BWD_PRE)
 
     def test_set_modules_to_backward_prefetch_fsdp2(self):
-        model = distinct_size_units.wrap_fsdp2(self.device, reshard=True)
-        model.layers[2].set_modules_to_backward_prefetch([model.layers[1], model.layers[0]])
-        self._check(
-            model,
-            "fsdp2",
-            "api=fsdp2 layers.2 backward-prefetches layers.1, layers.0",
-            FWD_ON_DEMAND,
-            BWD_TWO_AHEAD,
-        )
+        self._check_explicit_prefetch("backward", 2, [1, 0], FWD_ON_DEMAND, BWD_TWO_AHEAD)
 
     def test_unshard_async_before_forward_fsdp2(self):
         model = distinct_size_units.wrap_fsdp2(self.device, reshard=True)

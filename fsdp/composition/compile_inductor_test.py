@@ -8,27 +8,15 @@ generates code (C++ on CPU, so it needs a C++ compiler, and takes tens of second
 compile on CPU): a target tagged ``large``.
 """
 
-from absl.testing import parameterized
-
 from testing import multirank
 from fsdp.composition.fixtures import compiling
-from testing.fsdp import compat
-
-BACKEND = "inductor"
 
 
-class CompileInductorTest(multirank.MultiRankTestCase, parameterized.TestCase):
+class CompileInductorTest(compiling.CompiledMatchesEagerCase):
     # A cold inductor cache builds a precompiled header of torch's C++ API first:
     # minutes on a loaded 2-core host.
     timeout_s = 600
-
-    def tearDown(self):
-        compat.dynamo_reset()
-        super().tearDown()
-
-    @parameterized.named_parameters(*[(mode, mode) for mode in compiling.MODES])
-    def test_compiled_matches_eager_fsdp2(self, mode):
-        compiling.check_matches_eager(self, mode, BACKEND)
+    compile_backend = "inductor"
 
 
 if __name__ == "__main__":

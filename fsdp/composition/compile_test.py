@@ -20,23 +20,12 @@ Pass, after 3 SGD steps on rank-distinct batches:
 Dynamo's caches are reset before and after each test: ranks serve many tests.
 """
 
-from absl.testing import parameterized
-
 from testing import multirank
 from fsdp.composition.fixtures import compiling
-from testing.fsdp import compat
-
-BACKEND = "aot_eager"
 
 
-class CompileTest(multirank.MultiRankTestCase, parameterized.TestCase):
-    def tearDown(self):
-        compat.dynamo_reset()
-        super().tearDown()
-
-    @parameterized.named_parameters(*[(mode, mode) for mode in compiling.MODES])
-    def test_compiled_matches_eager_fsdp2(self, mode):
-        compiling.check_matches_eager(self, mode, BACKEND)
+class CompileTest(compiling.CompiledMatchesEagerCase):
+    compile_backend = "aot_eager"
 
 
 if __name__ == "__main__":

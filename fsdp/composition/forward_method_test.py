@@ -22,16 +22,11 @@ import torch
 from torch.distributed.fsdp import register_fsdp_forward_method
 
 from testing import multirank
-from fsdp.composition.fixtures import tp_models
+from fsdp.composition.fixtures import tp_models, unsharded
 from testing.fsdp import collective_count, compat, data, parity, wrapping
 
 SPEC = tp_models.SPEC
 NEW_TOKENS = 3
-
-
-def _unsharded(model):
-    """Names of the parameters that are not sharded DTensors right now."""
-    return sorted(n for n, p in model.named_parameters() if not compat.is_dtensor(p))
 
 
 class ForwardMethodTest(multirank.MultiRankTestCase):
@@ -44,17 +39,17 @@ class ForwardMethodTest(multirank.MultiRankTestCase):
             lambda m, args: seen_in_norm.append(compat.is_dtensor(m.weight))
         )
 
-        fresh = _unsharded(model)
+        fresh = unsharded.gathered_names(model)
         forward_log = collective_count.StepLog()
         with torch.no_grad(), forward_log.recording():
             model(prompt)
-        after_forward = _unsharded(model)
+        after_forward = unsharded.gathered_names(model)
         model.reshard()  # back to the fresh state, so generate starts where forward did
         seen_in_norm.clear()
         generate_log = collective_count.StepLog()
         with generate_log.recording():
             tokens, logits = model.generate(prompt, NEW_TOKENS)
-        after_generate = _unsharded(model)
+        after_generate = unsharded.gathered_names(model)
 
         reference = SPEC.build(0).to(self.device)
         ref_tokens, ref_logits = reference.generate(prompt, NEW_TOKENS)

@@ -19,16 +19,12 @@ all (torch 2.13), so there only the states and gradients are checked.
 """
 
 from testing import multirank
-from testing.fsdp import accumulation, collective_count, compat, data, params, parity
+from fsdp.composition.fixtures import unsharded
+from testing.fsdp import accumulation, collective_count, data, params, parity
 from testing.fsdp import distinct_size_units
 
 SPEC = distinct_size_units.SPEC
 MICRO_BATCHES = 2
-
-
-def _gathered(model):
-    """Names of the parameters that are not sharded DTensors right now."""
-    return sorted(n for n, p in model.named_parameters() if not compat.is_dtensor(p))
 
 
 class ReshardAfterBackwardTest(multirank.MultiRankTestCase):
@@ -49,7 +45,7 @@ class ReshardAfterBackwardTest(multirank.MultiRankTestCase):
                 with log.phase(collective_count.BACKWARD):
                     loss.backward()
             logs.append(log)
-            gathered.append(_gathered(model))
+            gathered.append(unsharded.gathered_names(model))
         actual = params.full_grads(model)  # collective: before any assertion
 
         reference = accumulation.reference(

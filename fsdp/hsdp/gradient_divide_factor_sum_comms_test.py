@@ -53,10 +53,7 @@ class HsdpGradientDivideFactorSumCommsTest(multirank.MultiRankTestCase, paramete
     @parameterized.named_parameters(*CASES)
     def test_gradient_divide_factor_with_sum_reductions_scales_gradients(self, kind):
         divide_factor.check_scaling(
-            kind,
-            rank=self.rank,
-            world_size=self.world_size,
-            force_sum=True,
+            kind, rank=self.rank, world_size=self.world_size, force_sum=True
         )
 
 

@@ -40,10 +40,7 @@ class HsdpGradientDivideFactorTest(multirank.MultiRankTestCase, parameterized.Te
     @parameterized.named_parameters(*CASES)
     def test_gradient_divide_factor_scales_gradients(self, kind):
         divide_factor.check_scaling(
-            kind,
-            rank=self.rank,
-            world_size=self.world_size,
-            force_sum=False,
+            kind, rank=self.rank, world_size=self.world_size, force_sum=False
         )
 
 

@@ -26,17 +26,8 @@ from absl.testing import parameterized
 from torch.distributed.checkpoint import state_dict as dcp_state_dict
 
 from testing import dist_helpers, multirank
-from testing.fsdp import (
-    api_cases,
-    data,
-    meshes,
-    models,
-    params,
-    parity,
-    state_dicts,
-    training,
-    wrapping,
-)
+from testing.fsdp import api_cases, data, meshes, models, params, parity, state_dicts, training
+from testing.fsdp import wrapping
 
 SPEC = models.get("nested_mlp")
 

@@ -51,6 +51,15 @@ EVERY_UNIT = wrapping.Precision(param_dtype=BF16, reduce_dtype=FP32)
 # bf16 `out` layer uncast (the root casts inputs only at its own forward).
 ROOT_OUTPUT = {"": wrapping.Precision(param_dtype=BF16, reduce_dtype=FP32, output_dtype=FP32)}
 
+# What both one-unit cases expect: layers.1 runs in bf16 and casts its input to bf16;
+# the units around it, and the root's `out` layer, see float32 weights and inputs.
+ONLY_LAYER_1_BF16 = {
+    "layers.0.fc1": (FP32, FP32),
+    "layers.1.fc1": (BF16, BF16),
+    "layers.2.fc1": (FP32, FP32),
+    "out": (FP32, FP32),
+}
+
 # case name, api, mixed_precision, unit_mixed_precision,
 # expected {module: (weight, input) dtypes}, expected dtype of out's output
 _CASES = (
@@ -59,12 +68,7 @@ _CASES = (
         "fsdp1",
         None,
         FSDP1_CASTS,
-        {
-            "layers.0.fc1": (FP32, FP32),
-            "layers.1.fc1": (BF16, BF16),
-            "layers.2.fc1": (FP32, FP32),
-            "out": (FP32, FP32),
-        },
+        ONLY_LAYER_1_BF16,
         FP32,
     ),
     (
@@ -72,12 +76,7 @@ _CASES = (
         "fsdp2",
         None,
         FSDP2_ONE_UNIT,
-        {
-            "layers.0.fc1": (FP32, FP32),
-            "layers.1.fc1": (BF16, BF16),
-            "layers.2.fc1": (FP32, FP32),
-            "out": (FP32, FP32),
-        },
+        ONLY_LAYER_1_BF16,
         FP32,
     ),
     (

@@ -27,16 +27,8 @@ from absl.testing import parameterized
 from torch.distributed.checkpoint import state_dict as dsd
 
 from testing import dist_helpers, known_failures, multirank
-from testing.fsdp import (
-    api_cases,
-    at_world_size,
-    models,
-    params,
-    parity,
-    state_dicts,
-    training,
-    wrapping,
-)
+from testing.fsdp import api_cases, at_world_size, models, params, parity, state_dicts, training
+from testing.fsdp import wrapping
 
 SPEC = models.get("tiny_params")
 

@@ -13,13 +13,13 @@ trained model's outputs on rank-distinct inputs.
 """
 
 import torch
-import torch.distributed as dist
 from absl.testing import parameterized
 from torch.distributed.checkpoint import state_dict as dcp_state_dict
 from torch.distributed.fsdp import FullStateDictConfig, StateDictType
 
 from testing import known_failures, multirank
 from testing.fsdp import api_cases, compat, data, models, params, parity, training, wrapping
+from testing.fsdp import state_dicts
 
 SPEC = models.get("nested_mlp")
 
@@ -47,13 +47,6 @@ def _load_full_state_dict(model, api, state):
         return
     options = dcp_state_dict.StateDictOptions(full_state_dict=True)
     dcp_state_dict.set_model_state_dict(model, state, options=options)
-
-
-def _from_rank0(obj):
-    """Returns rank 0's ``obj`` on every rank."""
-    holder = [obj if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
 
 
 # At world size 1 FSDP1 runs NO_SHARD, and its full state dict then keeps the tensors
@@ -93,7 +86,7 @@ class FullStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
             )
         else:
             self.assertEqual(dict(state), {}, "rank0_only: non-zero ranks get nothing")
-        return _from_rank0(dict(state)), expected
+        return state_dicts.from_rank0(dict(state)), expected
 
     def _assert_restored(self, loaded, trained, expected, api):
         parity.assert_params_close(

@@ -121,6 +121,17 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
         self.assertLen(samples, 2 * N_UNITS, "hooks did not run in every unit")
         return after_forward, after_backward, max(samples)
 
+    def _sampled_step(self, api, reshard):
+        """:meth:`_step_with_samples` of a fresh stack; fails unless every unit was sampled.
+
+        Returns (model, after_forward, after_backward, peak, one unit's full bytes).
+        """
+        model = equal_unit_stack.wrap(api, reshard=reshard)
+        after_forward, after_backward, peak = self._step_with_samples(model, api)
+        self.assertLen(after_forward, N_UNITS, f"units found: {sorted(after_forward)}")
+        unit = equal_unit_stack.unit_bytes(self.world_size, api)
+        return model, after_forward, after_backward, peak, unit
+
     def _assert_no_shard(self, model):
         """FSDP1 on one rank: every unit runs NO_SHARD, whatever was asked."""
         strategies = {
@@ -134,12 +145,17 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
             f"FSDP1 strategies at world size {self.world_size}: {strategies}",
         )
 
+    def _assert_every_unit(self, unsharded_bytes, expected, when):
+        """Each unit's live unsharded parameter bytes ``when`` are ``expected``."""
+        self.assertEqual(
+            unsharded_bytes,
+            dict.fromkeys(unsharded_bytes, expected),
+            f"unsharded parameter bytes {when}",
+        )
+
     @parameterized.named_parameters(("full_shard_fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
     def test_reshard_after_forward_frees_unsharded_params(self, api):
-        model = equal_unit_stack.wrap(api, reshard=True)
-        after_forward, after_backward, peak = self._step_with_samples(model, api)
-        unit = equal_unit_stack.unit_bytes(self.world_size, api)
-        self.assertLen(after_forward, N_UNITS, f"units found: {sorted(after_forward)}")
+        model, after_forward, after_backward, peak, unit = self._sampled_step(api, reshard=True)
         if not at_world_size.shards(api, self.world_size):
             self._assert_no_shard(model)
             whole = dict.fromkeys(after_forward, unit)
@@ -147,16 +163,8 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
             self.assertEqual(after_backward, whole, "NO_SHARD parameter bytes after backward")
             self.assertEqual(peak, N_UNITS * unit, "NO_SHARD: the whole model stays live")
             return
-        self.assertEqual(
-            after_forward,
-            dict.fromkeys(after_forward, 0),
-            "unsharded parameter bytes between forward and backward",
-        )
-        self.assertEqual(
-            after_backward,
-            dict.fromkeys(after_backward, 0),
-            "unsharded parameter bytes after backward",
-        )
+        self._assert_every_unit(after_forward, 0, "between forward and backward")
+        self._assert_every_unit(after_backward, 0, "after backward")
         if api == "fsdp2":
             for name, p in model.named_parameters():
                 self.assertTrue(compat.is_dtensor(p), f"{name} not resharded after forward")
@@ -166,15 +174,8 @@ class MemoryTest(multirank.MultiRankTestCase, parameterized.TestCase):
 
     @parameterized.named_parameters(("shard_grad_op_fsdp1", "fsdp1"), ("fsdp2", "fsdp2"))
     def test_without_reshard_unsharded_params_stay_allocated(self, api):
-        model = equal_unit_stack.wrap(api, reshard=False)
-        after_forward, _, peak = self._step_with_samples(model, api)
-        unit = equal_unit_stack.unit_bytes(self.world_size, api)
-        self.assertLen(after_forward, N_UNITS, f"units found: {sorted(after_forward)}")
-        self.assertEqual(
-            after_forward,
-            dict.fromkeys(after_forward, unit),
-            "unsharded parameter bytes between forward and backward",
-        )
+        _, after_forward, _, peak, unit = self._sampled_step(api, reshard=False)
+        self._assert_every_unit(after_forward, unit, "between forward and backward")
         self.assertGreaterEqual(peak, (N_UNITS - 1) * unit)
 
     @parameterized.named_parameters(

@@ -95,12 +95,6 @@ def _train_in_group(model, opt, steps, device):
         opt.zero_grad(set_to_none=True)
 
 
-def _from_rank0(obj):
-    holder = [obj if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
 _FSDP1_SUBGROUP_OPTIM = known_failures.TorchBug(
     "pytorch#180449",
     "the optimizer state dict of an FSDP1 model sharded on a subgroup issues a collective "
@@ -181,7 +175,7 @@ class ResumeWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 if self.rank in savers
                 else None
             )
-            expected_params, expected_optim, *full = _from_rank0(saved)
+            expected_params, expected_optim, *full = state_dicts.from_rank0(saved)
             fresh, fresh_opt = _load_on_world(api, how, path, full, self.device)
         self._assert_state(fresh, fresh_opt, expected_params, expected_optim, what)
 

@@ -21,18 +21,8 @@ import torch.distributed.checkpoint as dcp
 from absl.testing import parameterized
 
 from testing import dist_helpers, multirank
-from testing.fsdp import (
-    api_cases,
-    at_world_size,
-    compat,
-    data,
-    models,
-    params,
-    parity,
-    state_dicts,
-    training,
-    wrapping,
-)
+from testing.fsdp import api_cases, at_world_size, compat, data, models, params, parity, state_dicts
+from testing.fsdp import training, wrapping
 
 SPEC = models.get("nested_mlp")
 
