@@ -50,19 +50,9 @@ class CpuOffloadPolicyTest(multirank.MultiRankTestCase):
 
         for step in range(STEPS):
             left_over = sorted(n for n, p in model.named_parameters() if p.grad is not None)
-            training.train(
-                model,
-                SPEC,
-                steps=[step],
-                optimizer=optimizer,
-                before_step=record,
-            )
+            training.train(model, SPEC, steps=[step], optimizer=optimizer, before_step=record)
             training.reference_train(
-                SPEC,
-                steps=[step],
-                model=reference,
-                optimizer=ref_optimizer,
-                before_step=record_ref,
+                SPEC, steps=[step], model=reference, optimizer=ref_optimizer, before_step=record_ref
             )
             actual = params.full_params(model)  # collective: before any assertion
             context = f"step {step}"

@@ -67,11 +67,7 @@ class PerUnitPolicyTest(multirank.MultiRankTestCase, parameterized.TestCase):
             grad_dtypes.update(p.grad.dtype for p in m.parameters() if p.grad is not None)
 
         losses, reductions = training.train_recording_reductions(
-            model,
-            SPEC,
-            steps=STEPS,
-            optimizer=optimizer,
-            before_step=record_grads,
+            model, SPEC, steps=STEPS, optimizer=optimizer, before_step=record_grads
         )
         ref, ref_losses = training.reference_train(SPEC, steps=STEPS)
         actual = params.full_params(model)  # collective: before any assert
