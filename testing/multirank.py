@@ -4,13 +4,12 @@ Example::
 
     from testing import multirank
 
-    class AllReduceTest(multirank.MultiRankTestCase):
+    class BroadcastTest(multirank.MultiRankTestCase):
 
-        def test_sum(self):
-            t = torch.full((3,), float(self.rank + 1), device=self.device)
-            dist.all_reduce(t)
-            expected = self.world_size * (self.world_size + 1) / 2
-            self.assertEqual(t.tolist(), [expected] * 3)
+        def test_rank0_value_reaches_every_rank(self):
+            t = torch.full((3,), float(self.rank + 7), device=self.device)
+            dist.broadcast(t, src=0)
+            self.assertEqual(t.tolist(), [7.0] * 3)
 
     if __name__ == "__main__":
         multirank.main()

@@ -12,16 +12,8 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from testing.fsdp import (
-    at_world_size,
-    collective_spy,
-    compat,
-    data,
-    params,
-    parity,
-    rank_device,
-    training,
-)
+from testing.fsdp import at_world_size, collective_spy, compat, data, params, parity, rank_device
+from testing.fsdp import training
 from testing.fsdp.models import ModelSpec
 
 

@@ -51,29 +51,13 @@ def rank_batch(
     return _to(spec.make_batch(gen, batch_size), device)
 
 
-def rank_batches(
-    spec: ModelSpec,
-    *,
-    seed: int,
-    world_size: int,
-    step: int,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    device=None,
-    same_across_ranks: bool = False,
-) -> List[Batch]:
-    """Every rank's batch for ``step``, in rank order."""
-    return [
-        rank_batch(
-            spec,
-            seed=seed,
-            rank=r,
-            step=step,
-            batch_size=batch_size,
-            device=device,
-            same_across_ranks=same_across_ranks,
-        )
-        for r in range(world_size)
-    ]
+def rank_batches(spec: ModelSpec, *, world_size: int, **batch_args: Any) -> List[Batch]:
+    """Every rank's batch for ``step``, in rank order.
+
+    Takes :func:`rank_batch`'s keyword arguments but ``rank`` (``seed`` and ``step``;
+    optional ``batch_size``, ``device``, ``same_across_ranks``).
+    """
+    return [rank_batch(spec, rank=r, **batch_args) for r in range(world_size)]
 
 
 def global_batch(spec: ModelSpec, **batch_args: Any) -> Batch:

@@ -126,6 +126,31 @@ def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(outputs.float(), targets.float())
 
 
+def register_regression(
+    name: str,
+    factory: Callable[[], nn.Module],
+    units: Tuple[str, ...],
+    dims: Tuple[int, int],
+    description: str,
+    **options,
+) -> ModelSpec:
+    """Registers a model trained on :func:`regression_batch` of ``dims`` with :func:`mse`.
+
+    ``dims`` is ``(in_dim, out_dim)``; ``options`` are further :class:`ModelSpec` fields.
+    """
+    return register(
+        ModelSpec(
+            name=name,
+            factory=factory,
+            units=units,
+            make_batch=regression_batch(*dims),
+            loss_fn=mse,
+            description=description,
+            **options,
+        )
+    )
+
+
 # (a) Nested MLP -------------------------------------------------------------
 
 
@@ -153,16 +178,13 @@ class NestedMLP(nn.Module):
         return self.out(self.layers(torch.relu(self.inp(x))))
 
 
-NESTED_MLP = register(
-    ModelSpec(
-        name="nested_mlp",
-        factory=NestedMLP,
-        # layers.0.fc1 is nested inside the layers.0 unit on purpose.
-        units=("layers.0.fc1", "layers.0", "layers.1", "layers.2"),
-        make_batch=regression_batch(8, 4),
-        loss_fn=mse,
-        description="residual MLP; units nest (layers.0.fc1 inside layers.0)",
-    )
+NESTED_MLP = register_regression(
+    name="nested_mlp",
+    factory=NestedMLP,
+    # layers.0.fc1 is nested inside the layers.0 unit on purpose.
+    units=("layers.0.fc1", "layers.0", "layers.1", "layers.2"),
+    dims=(8, 4),
+    description="residual MLP; units nest (layers.0.fc1 inside layers.0)",
 )
 
 
@@ -186,15 +208,12 @@ class SharedTwice(nn.Module):
         return self.out(h)
 
 
-SHARED_TWICE = register(
-    ModelSpec(
-        name="shared_twice",
-        factory=SharedTwice,
-        units=("shared",),
-        make_batch=regression_batch(8, 4),
-        loss_fn=mse,
-        description="submodule 'shared' runs twice per forward",
-    )
+SHARED_TWICE = register_regression(
+    name="shared_twice",
+    factory=SharedTwice,
+    units=("shared",),
+    dims=(8, 4),
+    description="submodule 'shared' runs twice per forward",
 )
 
 
@@ -216,15 +235,12 @@ class UnevenMLP(nn.Module):
         return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x))))) * self.scale
 
 
-UNEVEN_MLP = register(
-    ModelSpec(
-        name="uneven_mlp",
-        factory=UnevenMLP,
-        units=("fc1", "fc3"),
-        make_batch=regression_batch(5, 3),
-        loss_fn=mse,
-        description="uneven shards; params with fewer elements than world size",
-    )
+UNEVEN_MLP = register_regression(
+    name="uneven_mlp",
+    factory=UnevenMLP,
+    units=("fc1", "fc3"),
+    dims=(5, 3),
+    description="uneven shards; params with fewer elements than world size",
 )
 
 
@@ -246,16 +262,13 @@ class BatchNormMLP(nn.Module):
         return self.head(self.block(x))
 
 
-BATCHNORM_MLP = register(
-    ModelSpec(
-        name="batchnorm_mlp",
-        factory=BatchNormMLP,
-        units=("block",),
-        make_batch=regression_batch(8, 4),
-        loss_fn=mse,
-        local_batch_stats=True,
-        description="BatchNorm1d; statistics are per rank (not SyncBatchNorm)",
-    )
+BATCHNORM_MLP = register_regression(
+    name="batchnorm_mlp",
+    factory=BatchNormMLP,
+    units=("block",),
+    dims=(8, 4),
+    local_batch_stats=True,
+    description="BatchNorm1d; statistics are per rank (not SyncBatchNorm)",
 )
 
 
@@ -276,17 +289,14 @@ class FrozenBackboneMLP(nn.Module):
         return self.head(torch.relu(self.backbone(x)))
 
 
-FROZEN_BACKBONE = register(
-    ModelSpec(
-        name="frozen_backbone",
-        factory=FrozenBackboneMLP,
-        # FSDP1 without use_orig_params needs frozen and trainable params in
-        # different units, hence the frozen backbone is its own unit.
-        units=("backbone",),
-        make_batch=regression_batch(8, 4),
-        loss_fn=mse,
-        description="frozen backbone (requires_grad=False) in its own unit",
-    )
+FROZEN_BACKBONE = register_regression(
+    name="frozen_backbone",
+    factory=FrozenBackboneMLP,
+    # FSDP1 without use_orig_params needs frozen and trainable params in
+    # different units, hence the frozen backbone is its own unit.
+    units=("backbone",),
+    dims=(8, 4),
+    description="frozen backbone (requires_grad=False) in its own unit",
 )
 
 
@@ -322,13 +332,10 @@ class TinyParams(nn.Module):
         return self.gain(self.head(torch.tanh(self.proj(x)))) + self.offset
 
 
-TINY_PARAMS = register(
-    ModelSpec(
-        name="tiny_params",
-        factory=TinyParams,
-        units=("head", "gain"),
-        make_batch=regression_batch(3, 1),
-        loss_fn=mse,
-        description="1-row Linear, a unit of one 1-element parameter, a 1-element root param",
-    )
+TINY_PARAMS = register_regression(
+    name="tiny_params",
+    factory=TinyParams,
+    units=("head", "gain"),
+    dims=(3, 1),
+    description="1-row Linear, a unit of one 1-element parameter, a 1-element root param",
 )

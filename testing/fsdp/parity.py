@@ -244,16 +244,8 @@ def assert_tensors_close(
     if dtype is None and rtol is None and atol is None:
         if isinstance(actual, torch.Tensor) and actual.dtype == torch.float64:
             dtype = torch.float32  # Python floats (e.g. losses) computed in fp32.
-    _check(
-        _as_dict(actual, name),
-        _as_dict(expected, name),
-        what=name,
-        rank=rank,
-        dtype=dtype,
-        rtol=rtol,
-        atol=atol,
-        context=context,
-    )
+    got, want = _as_dict(actual, name), _as_dict(expected, name)
+    _check(got, want, what=name, rank=rank, dtype=dtype, rtol=rtol, atol=atol, context=context)
 
 
 def assert_same_across_ranks(

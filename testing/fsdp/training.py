@@ -19,16 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from testing.fsdp import (
-    at_world_size,
-    collective_spy,
-    compat,
-    data,
-    params,
-    parity,
-    rank_device,
-    wrapping,
-)
+from testing.fsdp import at_world_size, collective_spy, compat, data, params, parity, rank_device
+from testing.fsdp import wrapping
 from testing.fsdp.models import ModelSpec
 
 OptimFn = Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer]
@@ -207,6 +199,23 @@ def _reference_loss(model, spec: ModelSpec, step: int, world_size: int, batch_ar
         return torch.stack(per_rank).mean()
     inputs, targets = data.global_batch(spec, **kwargs)
     return spec.loss_fn(model(inputs, **fwd), targets)
+
+
+def global_batch_grads(
+    spec: ModelSpec, *, world_size: int, step: int = 0, seed: int = 0, device=None
+) -> Tuple[nn.Module, Dict[str, Optional[torch.Tensor]]]:
+    """``spec``'s unsharded model (seed ``seed``) after one backward on the global batch.
+
+    The global batch is ``world_size`` ranks' batches of ``step``. Returns ``(model,
+    {name: CPU gradient})``; the model is on ``device`` (default the rank's device).
+    """
+    device = rank_device.resolve(device)
+    model = spec.build(seed).to(device)
+    inputs, targets = data.global_batch(
+        spec, seed=seed, world_size=world_size, step=step, device=device
+    )
+    spec.loss_fn(model(inputs), targets).backward()
+    return model, params.full_grads(model)
 
 
 def check_against_reference(

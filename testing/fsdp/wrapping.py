@@ -78,35 +78,34 @@ def compute_dtype(option: MixedPrecisionOption) -> torch.dtype:
     return policy.param_dtype if policy and policy.param_dtype else torch.float32
 
 
-def _fsdp1_policy(option: MixedPrecisionOption):
+# The field of the other API a policy must leave unset, and the error when it is set.
+_FOREIGN_FIELD = {
+    "fsdp1": ("output_dtype", "output_dtype is an FSDP2 option (MixedPrecisionPolicy)"),
+    "fsdp2": ("buffer_dtype", "buffer_dtype is an FSDP1 option (FSDP2 does not cast buffers)"),
+}
+
+
+def _torch_policy(api: str, option: MixedPrecisionOption):
+    """``option`` as ``api``'s torch policy (MixedPrecision or MixedPrecisionPolicy), or None.
+
+    Raises ValueError when ``option`` sets a field only the other API has.
+    """
     policy = as_precision(option)
     if policy is None:
         return None
-    if policy.output_dtype is not None:
-        raise ValueError("output_dtype is an FSDP2 option (MixedPrecisionPolicy)")
-    kwargs = dict(
-        param_dtype=policy.param_dtype,
-        reduce_dtype=policy.reduce_dtype or policy.param_dtype,
-        buffer_dtype=policy.buffer_dtype or policy.param_dtype,
-    )
-    if policy.cast_forward_inputs is not None:
-        kwargs["cast_forward_inputs"] = policy.cast_forward_inputs
-    return compat.MixedPrecision(**kwargs)
-
-
-def _fsdp2_policy(option: MixedPrecisionOption):
-    policy = as_precision(option)
-    if policy is None:
-        return None
-    if policy.buffer_dtype is not None:
-        raise ValueError("buffer_dtype is an FSDP1 option (FSDP2 does not cast buffers)")
+    foreign, message = _FOREIGN_FIELD[api]
+    if getattr(policy, foreign) is not None:
+        raise ValueError(message)
     kwargs = dict(
         param_dtype=policy.param_dtype, reduce_dtype=policy.reduce_dtype or policy.param_dtype
     )
-    if policy.output_dtype is not None:
-        kwargs["output_dtype"] = policy.output_dtype
     if policy.cast_forward_inputs is not None:
         kwargs["cast_forward_inputs"] = policy.cast_forward_inputs
+    if api == "fsdp1":
+        kwargs["buffer_dtype"] = policy.buffer_dtype or policy.param_dtype
+        return compat.MixedPrecision(**kwargs)
+    if policy.output_dtype is not None:
+        kwargs["output_dtype"] = policy.output_dtype
     return compat.MixedPrecisionPolicy(**kwargs)
 
 
@@ -187,7 +186,7 @@ def wrap(
     ordered = _sorted_units(model, units or ())
     policies = _unit_policies(ordered, mixed_precision, unit_mixed_precision)
     for policy in policies.values():  # refuse another API's option before wrapping anything
-        (_fsdp1_policy if api == "fsdp1" else _fsdp2_policy)(policy)
+        _torch_policy(api, policy)
     if api == "fsdp1":
         strategy = _strategy(sharding_strategy)
         return _wrap_fsdp1(
@@ -255,7 +254,7 @@ def _wrap_fsdp1(model, units, device, policies, cpu_offload, strategy, use_orig_
         model = model.to(device)
 
     def unit_kwargs(name):
-        policy = _fsdp1_policy(policies[name])
+        policy = _torch_policy("fsdp1", policies[name])
         # An explicit mixed_precision in extra (kwargs) wins over the wrap option.
         return {"mixed_precision": policy, **kwargs} if policy is not None else kwargs
 
@@ -282,7 +281,7 @@ def _wrap_fsdp2(model, units, device, policies, cpu_offload, reshard, mesh, extr
         model = model.to(device)
 
     def unit_kwargs(name):
-        policy = _fsdp2_policy(policies[name])
+        policy = _torch_policy("fsdp2", policies[name])
         # An explicit mp_policy in extra (kwargs) wins over the wrap option.
         return {"mp_policy": policy, **kwargs} if policy is not None else kwargs
 

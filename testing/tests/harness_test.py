@@ -147,32 +147,33 @@ class HarnessTest(absltest.TestCase):
         with open(os.path.join(run.state_dir, f"pids{rank}")) as f:
             return f.read().split()
 
+    def each_rank_pids(self, run: CasesRun, count: int):
+        """Yields ``(rank, pids)`` for both ranks after checking each recorded ``count`` pids."""
+        for rank in (0, 1):
+            pids = self.pids(run, rank)
+            self.assertLen(pids, count)
+            yield rank, pids
+
     def test_passing_tests_pass_and_reuse_the_ranks(self):
         run = self.cases("Passing")
         self.assertEqual(run.returncode, 0, run.output)
         self.assertIn("Ran 4 tests", run.output)
         self.assertEqual(set(run.testcases().values()), {"passed"})
-        for rank in (0, 1):
-            pids = self.pids(run, rank)
-            self.assertLen(pids, 2)
+        for _, pids in self.each_rank_pids(run, 2):
             self.assertEqual(pids[0], pids[1], "ranks were restarted between tests")
         self.assertTrue(os.path.exists(os.path.join(run.state_dir, "out", "environment.json")))
 
     def test_bazel_path_starts_ranks_per_class(self):
         run = self.cases("Passing", "AlsoRecordsPid")
         self.assertEqual(run.returncode, 0, run.output)
-        for rank in (0, 1):
-            pids = self.pids(run, rank)
-            self.assertLen(pids, 3)
+        for _, pids in self.each_rank_pids(run, 3):
             self.assertEqual(pids[0], pids[1])
             self.assertNotEqual(pids[1], pids[2], "a class reused another class's ranks")
 
     def test_pytest_session_reuses_ranks_across_classes(self):
         run = CasesRun(self, ["-k", "Passing or AlsoRecordsPid"], pytest=True).run()
         self.assertIn("5 passed", run.output)
-        for rank in (0, 1):
-            pids = self.pids(run, rank)
-            self.assertLen(pids, 3)
+        for rank, pids in self.each_rank_pids(run, 3):
             self.assertEqual(len(set(pids)), 1, f"rank {rank} was restarted: {pids}")
             for cls in ("Passing", "AlsoRecordsPid"):
                 with open(
@@ -183,9 +184,7 @@ class HarnessTest(absltest.TestCase):
     def test_pytest_session_replaces_ranks_after_a_failure(self):
         run = CasesRun(self, ["-k", "OneRankRaises or AlsoRecordsPid"], pytest=True).run()
         self.assertIn("1 failed, 1 passed", run.output)
-        for rank in (0, 1):
-            pids = self.pids(run, rank)
-            self.assertLen(pids, 2)
+        for _, pids in self.each_rank_pids(run, 2):
             self.assertNotEqual(pids[0], pids[1], "ranks of a failed test were reused")
 
     def test_pytest_session_does_not_leak_class_state(self):

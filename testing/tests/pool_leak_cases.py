@@ -33,6 +33,14 @@ def _gather_on_subgroup(group, device):
     return layer.weight.full_tensor(), expected
 
 
+def _gather_in_helper_group(case):
+    """Records ``case``'s pid, then checks :func:`_gather_on_subgroup` on a helper-made group."""
+    _record_pid(case.id(), case.rank)
+    with dist_helpers.new_group(list(range(case.world_size))) as group:
+        full, expected = _gather_on_subgroup(group, case.device)
+        case.assertTrue(torch.equal(full, expected))
+
+
 class A1DestroysGroupBehindHarness(multirank.MultiRankTestCase):
     """Destroys its subgroup with dist.destroy_process_group: passes its checks, leaks."""
 
@@ -48,20 +56,14 @@ class A2MeshOnSameRanks(multirank.MultiRankTestCase):
     """A new group of the same ranks: works only on ranks that never saw the destroyed one."""
 
     def test_mesh_on_same_ranks(self):
-        _record_pid(self.id(), self.rank)
-        with dist_helpers.new_group(list(range(self.world_size))) as group:
-            full, expected = _gather_on_subgroup(group, self.device)
-            self.assertTrue(torch.equal(full, expected))
+        _gather_in_helper_group(self)
 
 
 class B1DestroysGroupThroughHelper(multirank.MultiRankTestCase):
     """The same work with dist_helpers.new_group: passes, and retires its ranks."""
 
     def test_destroys_group_through_helper(self):
-        _record_pid(self.id(), self.rank)
-        with dist_helpers.new_group(list(range(self.world_size))) as group:
-            full, expected = _gather_on_subgroup(group, self.device)
-            self.assertTrue(torch.equal(full, expected))
+        _gather_in_helper_group(self)
 
 
 class B2MeshOnSameRanksAgain(A2MeshOnSameRanks):

@@ -78,6 +78,13 @@ class PoolLeakTest(absltest.TestCase):
         self.assertIn(cls, self.outcomes, self.output)
         self.assertEqual(self.outcomes[cls][0], outcome, f"{cls}:\n{self.outcomes[cls][1]}")
 
+    def assert_pair_passed(self, first, second, *, same_ranks):
+        """Both classes passed; ``second`` ran on ``first``'s ranks exactly if ``same_ranks``."""
+        self.assert_outcome(first, "passed")
+        self.assert_outcome(second, "passed")
+        check = self.assertEqual if same_ranks else self.assertNotEqual
+        check(self.pids[first], self.pids[second])
+
     def test_group_destroyed_directly_fails_the_test_and_next_test_passes(self):
         self.assert_outcome("A1DestroysGroupBehindHarness", "failed")
         message = self.outcomes["A1DestroysGroupBehindHarness"][1]
@@ -89,10 +96,8 @@ class PoolLeakTest(absltest.TestCase):
         )
 
     def test_group_destroyed_through_helper_passes_and_retires_the_ranks(self):
-        self.assert_outcome("B1DestroysGroupThroughHelper", "passed")
-        self.assert_outcome("B2MeshOnSameRanksAgain", "passed")
-        self.assertNotEqual(
-            self.pids["B1DestroysGroupThroughHelper"], self.pids["B2MeshOnSameRanksAgain"]
+        self.assert_pair_passed(
+            "B1DestroysGroupThroughHelper", "B2MeshOnSameRanksAgain", same_ranks=False
         )
 
     def test_leaked_group_variable_and_dtype_are_named(self):
@@ -105,19 +110,13 @@ class PoolLeakTest(absltest.TestCase):
         self.assertNotEqual(self.pids["C1LeavesGroupAndVariable"], self.pids["C2SeesCleanState"])
 
     def test_group_torch_keeps_retires_the_ranks(self):
-        self.assert_outcome("E1GroupsLeftToTorch", "passed")
-        self.assert_outcome("E2AfterTorchGroups", "passed")
-        self.assertNotEqual(self.pids["E1GroupsLeftToTorch"], self.pids["E2AfterTorchGroups"])
+        self.assert_pair_passed("E1GroupsLeftToTorch", "E2AfterTorchGroups", same_ranks=False)
 
     def test_variable_torch_writes_is_not_a_leak(self):
-        self.assert_outcome("F1TorchWritesEnviron", "passed")
-        self.assert_outcome("F2AfterTorchEnviron", "passed")
-        self.assertEqual(self.pids["F1TorchWritesEnviron"], self.pids["F2AfterTorchEnviron"])
+        self.assert_pair_passed("F1TorchWritesEnviron", "F2AfterTorchEnviron", same_ranks=True)
 
     def test_pool_owned_group_keeps_the_ranks(self):
-        self.assert_outcome("D1KeepsPoolOwnedGroup", "passed")
-        self.assert_outcome("D2SharesThePool", "passed")
-        self.assertEqual(self.pids["D1KeepsPoolOwnedGroup"], self.pids["D2SharesThePool"])
+        self.assert_pair_passed("D1KeepsPoolOwnedGroup", "D2SharesThePool", same_ranks=True)
 
 
 class OrderOptionTest(absltest.TestCase):
