@@ -250,6 +250,22 @@ def fsdp_test(
                 **kwargs
             )
 
+def fsdp_fixtures(name = "fixtures"):
+    """The fixtures only one package's tests use: a `py_library` of `fixtures/*.py`.
+
+    What every package uses is //testing (testing/fsdp); a module moves into a package's
+    `fixtures/` when that package alone imports it (its `__init__.py` lists them). The
+    package's `fsdp_test` targets that import one add `deps = [":fixtures"]`.
+
+    Args:
+      name: the library's name.
+    """
+    native.py_library(
+        name = name,
+        srcs = native.glob(["fixtures/*.py"]),
+        deps = ["//testing"],
+    )
+
 def fsdp_test_suites(name = None):
     """Defines one test_suite per device tag, and the package's applicability record.
 

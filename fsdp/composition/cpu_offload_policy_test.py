@@ -24,15 +24,6 @@ SPEC = models.get("nested_mlp")
 STEPS = 3
 
 
-def _devices(model, grads=False):
-    """``{name: device type}`` of this rank's local shards (or their gradients)."""
-    out = {}
-    for name, p in model.named_parameters():
-        t = p.grad if grads else p
-        out[params.clean_name(name)] = None if t is None else t.to_local().device.type
-    return out
-
-
 class CpuOffloadPolicyTest(multirank.MultiRankTestCase):
     def test_offloaded_training_matches_reference_each_step_fsdp2(self):
         policy = compat.CPUOffloadPolicy(pin_memory=self.device.type != "cpu")
@@ -43,7 +34,13 @@ class CpuOffloadPolicyTest(multirank.MultiRankTestCase):
         seen = []
 
         def record(m, step):
-            seen.append((_devices(m), _devices(m, grads=True), params.full_grads(m)))
+            seen.append(
+                (
+                    params.local_device_types(m),
+                    params.local_device_types(m, grads=True),
+                    params.full_grads(m),
+                )
+            )
 
         def record_ref(m, step):
             seen[-1] += (params.full_grads(m),)
@@ -62,7 +59,9 @@ class CpuOffloadPolicyTest(multirank.MultiRankTestCase):
             self.assertEqual(
                 set(grad_placed.values()), {"cpu"}, f"{context}: grads on {grad_placed}"
             )
-            self.assertEqual(set(_devices(model).values()), {"cpu"}, f"{context}: after step")
+            self.assertEqual(
+                set(params.local_device_types(model).values()), {"cpu"}, f"{context}: after step"
+            )
             parity.assert_params_close(grads, ref_grads, what="gradient", context=context)
             parity.assert_params_close(actual, params.full_params(reference), context=context)
         self.assertTrue(all(torch.is_tensor(g) for g in seen[-1][2].values()), "missing grads")

@@ -32,9 +32,6 @@ from absl.testing import parameterized
 from testing import known_failures
 from testing import multirank
 from fsdp.hsdp.fixtures import divide_factor
-from testing.fsdp import meshes
-
-CASES = tuple((f"{kind}_fsdp2", kind) for kind in meshes.SHAPE_KINDS)
 
 
 class HsdpGradientDivideFactorSumCommsTest(multirank.MultiRankTestCase, parameterized.TestCase):
@@ -50,11 +47,9 @@ class HsdpGradientDivideFactorSumCommsTest(multirank.MultiRankTestCase, paramete
         ),
     }
 
-    @parameterized.named_parameters(*CASES)
+    @parameterized.named_parameters(*divide_factor.SHAPE_CASES)
     def test_gradient_divide_factor_with_sum_reductions_scales_gradients(self, kind):
-        divide_factor.check_scaling(
-            kind, rank=self.rank, world_size=self.world_size, force_sum=True
-        )
+        divide_factor.check_scaling(kind, force_sum=True)
 
 
 if __name__ == "__main__":

@@ -31,17 +31,12 @@ from absl.testing import parameterized
 
 from testing import multirank
 from fsdp.hsdp.fixtures import divide_factor
-from testing.fsdp import meshes
-
-CASES = tuple((f"{kind}_fsdp2", kind) for kind in meshes.SHAPE_KINDS)
 
 
 class HsdpGradientDivideFactorTest(multirank.MultiRankTestCase, parameterized.TestCase):
-    @parameterized.named_parameters(*CASES)
+    @parameterized.named_parameters(*divide_factor.SHAPE_CASES)
     def test_gradient_divide_factor_scales_gradients(self, kind):
-        divide_factor.check_scaling(
-            kind, rank=self.rank, world_size=self.world_size, force_sum=False
-        )
+        divide_factor.check_scaling(kind, force_sum=False)
 
 
 if __name__ == "__main__":

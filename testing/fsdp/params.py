@@ -104,3 +104,18 @@ def full_grads(model: nn.Module) -> Dict[str, Optional[torch.Tensor]]:
         for name, p in _unique_named(model.named_parameters()):
             out[clean_name(name)] = None if p.grad is None else _to_full_cpu(p.grad)
     return out
+
+
+def local_device_types(model: nn.Module, *, grads: bool = False) -> Dict[str, Optional[str]]:
+    """``{name: device type}`` of this rank's local parameters (or their gradients).
+
+    A DTensor (FSDP2) counts by its local shard; a missing gradient is ``None``,
+    kept so that a caller can tell it from a gradient on the wrong device.
+    """
+    out: Dict[str, Optional[str]] = {}
+    for name, p in model.named_parameters():
+        t = p.grad if grads else p
+        if t is not None and compat.is_dtensor(t):
+            t = t.to_local()
+        out[clean_name(name)] = None if t is None else t.device.type
+    return out
