@@ -56,7 +56,7 @@ _ONE_RANK_SUM_ONLY = known_failures.TorchBug(
     "FSDP2 divide factor with SUM-only reductions on a one-rank shard group",
     "the copy that replaces a one-rank reduce-scatter divides by the custom factor and "
     "the SUM-only post-divide divides again, so gradients come out 1/factor too small",
-    affected=">=2.13,<2.15",  # measured on 2.13.0 and 2.14.1 (CPU); elsewhere an ordinary test
+    affected=">=2.10,<2.15",  # measured on 2.10.0, 2.12.1, 2.13.0 and 2.14.1 (CPU)
 )
 
 
