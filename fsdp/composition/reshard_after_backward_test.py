@@ -54,7 +54,11 @@ class ReshardAfterBackwardTest(multirank.MultiRankTestCase):
         self.assertEqual(gathered[0], names, "gathered after micro-batch 1's backward")
         self.assertEqual(gathered[1], [], "gathered after the synchronized micro-batch")
         counts = [log.counts() for log in logs]
-        unit_bytes = sum(distinct_size_units.unit_bytes(u) for u in distinct_size_units.UNITS)
+        # What FSDP2 gathers: each parameter's dim 0 padded to a multiple of the world size.
+        unit_bytes = sum(
+            distinct_size_units.padded_bytes(u, "fsdp2", self.world_size)
+            for u in distinct_size_units.UNITS
+        )
         reduced = counts[0].get(collective_count.BACKWARD, {}).get("reduce_scatter")
         self.assertIsNone(reduced, f"micro-batch 1 reduced gradients: {logs[0].describe()}")
         expected = {
