@@ -292,7 +292,7 @@ class MultiRankTestCase(absltest.TestCase):
         # The class's pool, also when shared: its tearDownClass then lets go of it.
         if held is not None and held is not pool:
             session_pools.discard(held)
-        cls._pool = pool
+        session_pools.hold(cls, pool)
         return pool
 
     def _failure_message(self, failed, pool: rank_pool.RankPool) -> str:
