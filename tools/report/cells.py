@@ -103,11 +103,16 @@ def cell_of(mine, beh, dev, api, target_level, beh_targets, used, qdevs) -> Cell
         if not live:
             reasons = sorted({t.reason or "no reason given" for t in dev_targets})
             return Cell(st.DISABLED, reason="; ".join(reasons))
-        return Cell(
-            st.NOT_RUN,
-            reason="target %s has no result" % ", ".join(t.label for t in live),
-            notes=notes,
-        )
+        return Cell(st.NOT_RUN, reason=_no_result_reason(live), notes=notes)
     if beh_targets and dev in qdevs:
         return Cell(st.NA, reason="no target for this device/API")
     return Cell(st.NOT_RUN, reason="no result for this device")
+
+
+def _no_result_reason(targets) -> str:
+    """Why targets that exist have no result: a run without the large ones, or unknown."""
+    labels = ", ".join(t.label for t in targets)
+    if all("large" in t.tags for t in targets):
+        # The default run leaves large targets out; --config=large runs them.
+        return "large target, left out of this run (--config=large runs it): %s" % labels
+    return "target %s has no result" % labels

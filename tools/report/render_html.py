@@ -65,7 +65,7 @@ def _cell_label(cell: Cell) -> str:
 
 def _cell_whys(cell: Cell) -> List[str]:
     """The short explanations under a cell's label."""
-    if cell.status == st.DISABLED or (cell.status == st.NOT_RUN and cell.results):
+    if cell.reason and cell.status in (st.DISABLED, st.NOT_RUN):
         return [presentation.shorten(cell.reason, 90)]
     if cell.status == st.KNOWN_BUG:
         bug = next((r.known_bug for r in cell.results if r.known_bug), None)

@@ -53,7 +53,7 @@ def _cell(cell: Cell) -> str:
     if cell.link:
         word = text.split(" ", 1)
         text = "%s [%s](#%s)" % (word[0], word[1].strip("*"), cell.link)
-    if cell.reason and (cell.status == st.DISABLED or (cell.status == st.NOT_RUN and cell.results)):
+    if cell.reason and cell.status in (st.DISABLED, st.NOT_RUN):
         text += ": " + _cellesc(presentation.shorten(cell.reason, 60))
     bug = next((r.known_bug for r in cell.results if r.known_bug), None)
     if cell.status == st.KNOWN_BUG and bug:

@@ -117,6 +117,11 @@ class MergedRunTest(absltest.TestCase):
             ["st-na", "st-na", "st-na", "st-not-run"],
         )
         self.assertIn("NOT RUN", cells[3])
+        self.assertIn("target //fsdp:hybrid_shard_test_cuda has no result", cells[3])
+        self.assertIn(
+            "not run: target //fsdp:hybrid_shard_test_cuda has no result",
+            md_row(self.md, "(whole target)")[3],
+        )
 
     def test_sharded_target_merges_shards(self):
         for method in ("test_uneven_params", "test_padding_grads"):
@@ -159,6 +164,26 @@ class CliTest(absltest.TestCase):
         # Only the CUDA run: no CPU column at all, failure still reported.
         self.assertNotIn("cpu fsdp1", md)
         self.assertIn("1 failed", out)
+
+    def test_large_target_without_result_says_it_was_left_out(self):
+        # The same suite with the CUDA hybrid-shard target tagged large: a run of the
+        # default set leaves it out, and its cell must say so rather than look lost.
+        tmp = tempfile.mkdtemp()
+        query = os.path.join(tmp, "query.xml")
+        with open(QUERY) as f:
+            text = f.read()
+        tagged = text.replace(
+            '<string value="requires-multi-device"/>',
+            '<string value="requires-multi-device"/><string value="large"/>',
+        )
+        self.assertNotEqual(tagged, text)
+        write_file(query, tagged)
+        rc, _, html_text, md = run_cli("--testlogs", CPU, "--testlogs", CUDA, "--query_xml", query)
+        shutil.rmtree(tmp)
+        self.assertEqual(rc, 0)
+        why = "large target, left out of this run (--config=large runs it)"
+        self.assertIn("not run: " + why, md_row(md, "(whole target)")[3])
+        self.assertIn(why + ": //fsdp:hybrid_shard_test_cuda", html_text)
 
     def test_devices_filter(self):
         rc, out, _, md = run_cli(
