@@ -9,6 +9,7 @@ from tools.report.cells import Cell, cell_of
 from tools.report.collected import Collected, Problem, TargetInfo, TestResult
 from tools.report.known_bugs import known_bugs_phrase
 from tools.report.names import KNOWN_APIS, KNOWN_DEVICES, order
+from tools.report import source_paths
 from tools.report import status as st
 
 WHOLE_TARGET = "(whole target)"
@@ -82,6 +83,7 @@ class Report:
 
 def build_report(col: Collected) -> Report:
     """Arranges collected results into the report's matrix, details and counts."""
+    _shorten_paths(col.results)
     layout = _Layout.of(col)
     groups = [_group(layout, beh) for beh in layout.behaviours]
     return Report(
@@ -97,6 +99,13 @@ def build_report(col: Collected) -> Report:
         counts=_count(groups),
         ran_devices=tuple(sorted({r.device for r in col.results})),
     )
+
+
+def _shorten_paths(results: List[TestResult]) -> None:
+    """Cuts sandbox and environment prefixes from the text the report shows."""
+    for r in results:
+        r.message, r.text = source_paths.shorten(r.message), source_paths.shorten(r.text)
+        r.rank_logs = [(name, source_paths.shorten(log)) for name, log in r.rank_logs]
 
 
 @dataclasses.dataclass
