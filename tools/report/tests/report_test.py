@@ -29,6 +29,22 @@ from tools.report.tests.fixtures import (
 )
 
 
+def _report_of_one_failure(message, text):
+    """Runs the report on one target with one failing case; (exit code, HTML, Markdown)."""
+    tmp = tempfile.mkdtemp()
+    d = os.path.join(tmp, "fsdp", "one_test_cpu")
+    os.makedirs(d)
+    write_file(
+        os.path.join(d, "test.xml"),
+        '<testsuites><testsuite name="E"><testcase name="test_e_fsdp1" '
+        'classname="__main__.E" time="1"><failure message="%s">%s</failure>'
+        "</testcase></testsuite></testsuites>" % (message, text),
+    )
+    rc, _, html_text, md = run_cli("--testlogs", tmp)
+    shutil.rmtree(tmp)
+    return rc, html_text, md
+
+
 class MergedRunTest(absltest.TestCase):
     """CPU + CUDA testlogs and the query XML: the realistic report."""
 
@@ -209,17 +225,7 @@ class CliTest(absltest.TestCase):
         self.assertIn("tools/bazel not found", why)
 
     def test_escaping(self):
-        tmp = tempfile.mkdtemp()
-        d = os.path.join(tmp, "fsdp", "esc_test_cpu")
-        os.makedirs(d)
-        write_file(
-            os.path.join(d, "test.xml"),
-            '<testsuites><testsuite name="E"><testcase name="test_e_fsdp1" '
-            'classname="__main__.E" time="1"><failure message="a|b &lt;'
-            'script&gt;x">tb</failure></testcase></testsuite></testsuites>',
-        )
-        rc, _, html_text, md = run_cli("--testlogs", tmp)
-        shutil.rmtree(tmp)
+        rc, html_text, md = _report_of_one_failure("a|b &lt;script&gt;x", "tb")
         self.assertEqual(rc, 0)
         self.assertNotIn("<script>", html_text)
         self.assertIn("a|b &lt;script&gt;x", html_text)
@@ -238,17 +244,7 @@ class CliTest(absltest.TestCase):
             'File "/root/.pyenv/versions/3.11.7/lib/python3.11/unittest/case.py", line 3\n'
             'File "/home/ci/checkout/testing/fsdp/parity.py", line 5' % (sandbox, venv)
         )
-        tmp = tempfile.mkdtemp()
-        d = os.path.join(tmp, "fsdp", "p_test_cpu")
-        os.makedirs(d)
-        write_file(
-            os.path.join(d, "test.xml"),
-            '<testsuites><testsuite name="P"><testcase name="test_p_fsdp2" '
-            'classname="__main__.P" time="1"><failure message="differs at %sfsdp/p_test.py">'
-            "%s</failure></testcase></testsuite></testsuites>" % (sandbox, trace),
-        )
-        rc, _, html_text, md = run_cli("--testlogs", tmp)
-        shutil.rmtree(tmp)
+        rc, html_text, md = _report_of_one_failure("differs at %sfsdp/p_test.py" % sandbox, trace)
         self.assertEqual(rc, 0)
         for text in (html.unescape(html_text), md):
             self.assertNotIn("/sandbox/", text)
