@@ -21,6 +21,7 @@ must not import torch can use it.
 
 import ast
 import dataclasses
+import functools
 import fnmatch
 import json
 import os
@@ -226,10 +227,16 @@ def for_test_file(test_file: str) -> Optional[Declaration]:
     (pytest, a test file run by hand) it is read from the package's BUILD file.
     """
     if os.environ.get(_ENV):
-        return Declaration.from_json(os.environ[_ENV])
+        return _from_environment(os.environ[_ENV])
     if test_file not in _BY_FILE:
         _BY_FILE[test_file] = declaration_for(test_file)
     return _BY_FILE[test_file]
+
+
+@functools.lru_cache(maxsize=4)
+def _from_environment(text: str) -> Declaration:
+    """The declaration in ``FSDP_TEST_APPLICABILITY``, parsed once per distinct value."""
+    return Declaration.from_json(text)
 
 
 def declaration_for(test_file: str) -> Optional[Declaration]:
