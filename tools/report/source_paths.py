@@ -17,6 +17,11 @@ _START = r"(?<![^\s\"'(<>=])/"
 
 # The repository root inside a target's runfiles tree, whatever sandbox holds it.
 _RUNFILES_ROOT = re.compile(_START + r"[^\s\"'<>]*?/[^/\s\"'<>]+\.runfiles/[^/\s\"'<>]+/")
+# A sandbox's output tree, for a path cut short before its runfiles root (the harness
+# shortens long messages).
+_EXECROOT_BIN = re.compile(
+    _START + r"[^\s\"'<>]*?/execroot/[^/\s\"'<>]+/bazel-out/[^/\s\"'<>]+/bin/"
+)
 # An interpreter's package directory, whichever environment or prefix holds it.
 _PACKAGES_ROOT = re.compile(_START + r"[^\s\"'<>]*?/((?:site|dist)-packages)/")
 # The standard library of whichever interpreter ran (pyenv, a venv's base, /usr).
@@ -31,5 +36,6 @@ def shorten(text: str) -> str:
     ``site-packages/`` and standard-library roots to ``python3.X/``."""
     if not text:
         return text
-    text = _PACKAGES_ROOT.sub(r"\1/", _RUNFILES_ROOT.sub("", text))
+    text = _EXECROOT_BIN.sub("", _RUNFILES_ROOT.sub("", text))
+    text = _PACKAGES_ROOT.sub(r"\1/", text)
     return _CHECKOUT_ROOT.sub(r"\1", _STDLIB_ROOT.sub(r"\1/", text))
