@@ -17,10 +17,10 @@ _START = r"(?<![^\s\"'(<>=])/"
 
 # The repository root inside a target's runfiles tree, whatever sandbox holds it.
 _RUNFILES_ROOT = re.compile(_START + r"[^\s\"'<>]*?/[^/\s\"'<>]+\.runfiles/[^/\s\"'<>]+/")
-# A sandbox's output tree, for a path cut short before its runfiles root (the harness
-# shortens long messages).
+# A sandbox's execution root (and its output tree), for a path cut short before its
+# runfiles root (the harness shortens long messages).
 _EXECROOT_BIN = re.compile(
-    _START + r"[^\s\"'<>]*?/execroot/[^/\s\"'<>]+/bazel-out/[^/\s\"'<>]+/bin/"
+    _START + r"[^\s\"'<>]*?/execroot/[^/\s\"'<>]+/(?:bazel-out/[^/\s\"'<>]+/bin/)?"
 )
 # An interpreter's package directory, whichever environment or prefix holds it.
 _PACKAGES_ROOT = re.compile(_START + r"[^\s\"'<>]*?/((?:site|dist)-packages)/")
