@@ -5,9 +5,9 @@
 
 Reads, for each RELEASE, ``OUT/<release>/times.tsv`` (written by tools/matrix:
 release, torch version, Bazel's exit status, seconds to provide the environment,
-seconds of ``bazel test``), ``OUT/<release>/bazel.log`` (Bazel's target counts)
-and ``OUT/<release>/testlogs`` (the test cases, by outcome; expected failures are
-the known torch bugs that applied and reproduced). Exits 2 when OUT is missing.
+seconds of ``bazel test``), ``OUT/<release>/bazel.log`` (the targets this run tested, by outcome)
+and ``OUT/<release>/testlogs`` (the test cases of those targets, by outcome; expected
+failures are the known torch bugs that applied and reproduced). Exits 2 when OUT is missing.
 """
 
 import os
@@ -25,16 +25,24 @@ from tools.report.testlogs import scan_testlogs  # noqa: E402
 _EXECUTED = re.compile(r"Executed (\d+) out of (\d+) tests?: (.*)")
 
 
-def _targets(log_path: str) -> str:
-    """``"48 of 48 passed"``, or the failing count, from Bazel's last summary line."""
+_OUTCOME = re.compile(r"^(//\S+) +(?:\(cached\) )?(PASSED|FAILED|TIMEOUT|NO STATUS)", re.M)
+
+
+def _run_targets(log_path: str):
+    """{label: outcome} of the targets in Bazel's summary, or None without a log."""
     try:
         with open(log_path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
+            return dict(_OUTCOME.findall(f.read()))
     except OSError:
+        return None
+
+
+def _targets(outcomes) -> str:
+    """``"48 passed, 0 failed"``: the targets of this run by outcome."""
+    if outcomes is None:
         return "?"
-    passed = len(re.findall(r"^//\S+ +(?:\(cached\) )?PASSED", text, re.M))
-    failed = len(re.findall(r"^//\S+ +(?:\(cached\) )?(?:FAILED|TIMEOUT|NO STATUS)", text, re.M))
-    return "%d passed, %d failed" % (passed, failed)
+    passed = sum(1 for o in outcomes.values() if o == "PASSED")
+    return "%d passed, %d failed" % (passed, len(outcomes) - passed)
 
 
 def row(out: str, release: str) -> str:
@@ -46,6 +54,11 @@ def row(out: str, release: str) -> str:
     except (OSError, ValueError):
         return "| %s | (no run) | | | | | | | |" % release
     part = scan_testlogs(os.path.join(folder, "testlogs"))
+    outcomes = _run_targets(os.path.join(folder, "bazel.log"))
+    if outcomes:
+        # The release's output base keeps earlier runs' results (the default set, when
+        # this run was --config=large): count the cases of this run's targets only.
+        part.results = [r for r in part.results if r.label in outcomes]
     releases.tag(part)
     # The lock pins "2.10.0"; the run reports its build, "2.10.0+cu128".
     cases = [c for c in releases.counts(part) if c.torch.split("+")[0] == version.split("+")[0]]
@@ -53,7 +66,7 @@ def row(out: str, release: str) -> str:
     return "| %s | %s | %s | %d | %d | %d | %s s | %s s | %s |" % (
         release,
         version,
-        _targets(os.path.join(folder, "bazel.log")),
+        _targets(outcomes),
         c.passed,
         c.failed,
         c.expected_failures,

@@ -144,6 +144,23 @@ class ReleaseColumnsTest(absltest.TestCase):
             "| 2.13 | 2.13.0+cpu | 1 passed, 0 failed | 1 | 0 | 1 | 1 s | 95 s | green |",
         )
 
+    def test_matrix_summary_counts_only_this_runs_targets(self):
+        # A later run of other targets (say --config=large) in the same output base: the
+        # copied testlogs still hold unfreeze_test_cpu's results, which are not this run's.
+        folder = os.path.join(self.tmp, "2.13-large")
+        shutil.copytree(
+            os.path.join(self.tmp, "2.13", "testlogs"), os.path.join(folder, "testlogs")
+        )
+        fixtures.write_file(os.path.join(folder, "times.tsv"), "2.13\t2.13.0+cpu\t0\t1\t30\n")
+        fixtures.write_file(
+            os.path.join(folder, "bazel.log"),
+            "//fsdp/precision:other_test_cpu_ws8                PASSED in 9.1s\n",
+        )
+        self.assertEqual(
+            matrix_summary.row(self.tmp, "2.13-large"),
+            "| 2.13-large | 2.13.0+cpu | 1 passed, 0 failed | 0 | 0 | 0 | 1 s | 30 s | green |",
+        )
+
 
 if __name__ == "__main__":
     absltest.main()
