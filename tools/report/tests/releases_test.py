@@ -132,32 +132,33 @@ class ReleaseColumnsTest(absltest.TestCase):
         self.assertIn("| 2.14.1+cu130 | 1 | 1 | 0 | 0 | 4 s |", self.md)
         self.assertIn("torch 2.13.0+cpu: 1 passed, 0 failed, 1 expected failures", self.out)
 
-    def test_matrix_summary_row(self):
-        folder = os.path.join(self.tmp, "2.13")
-        fixtures.write_file(os.path.join(folder, "times.tsv"), "2.13\t2.13.0+cpu\t0\t1\t95\n")
+    def _summary_row(self, name, seconds, summary_line):
+        """matrix_summary's row for run ``name`` over the 2.13 testlogs, with Bazel's
+        ``summary_line`` as its log and ``seconds`` of ``bazel test``."""
+        folder = os.path.join(self.tmp, name)
+        if not os.path.isdir(os.path.join(folder, "testlogs")):
+            shutil.copytree(
+                os.path.join(self.tmp, "2.13", "testlogs"), os.path.join(folder, "testlogs")
+            )
         fixtures.write_file(
-            os.path.join(folder, "bazel.log"),
-            "//fsdp/precision:unfreeze_test_cpu                PASSED in 9.1s\n",
+            os.path.join(folder, "times.tsv"), "2.13\t2.13.0+cpu\t0\t1\t%d\n" % seconds
         )
+        fixtures.write_file(os.path.join(folder, "bazel.log"), summary_line + "\n")
+        return matrix_summary.row(self.tmp, name)
+
+    def test_matrix_summary_row(self):
         self.assertEqual(
-            matrix_summary.row(self.tmp, "2.13"),
+            self._summary_row("2.13", 95, "//fsdp/precision:unfreeze_test_cpu   PASSED in 9.1s"),
             "| 2.13 | 2.13.0+cpu | 1 passed, 0 failed | 1 | 0 | 1 | 1 s | 95 s | green |",
         )
 
     def test_matrix_summary_counts_only_this_runs_targets(self):
         # A later run of other targets (say --config=large) in the same output base: the
         # copied testlogs still hold unfreeze_test_cpu's results, which are not this run's.
-        folder = os.path.join(self.tmp, "2.13-large")
-        shutil.copytree(
-            os.path.join(self.tmp, "2.13", "testlogs"), os.path.join(folder, "testlogs")
-        )
-        fixtures.write_file(os.path.join(folder, "times.tsv"), "2.13\t2.13.0+cpu\t0\t1\t30\n")
-        fixtures.write_file(
-            os.path.join(folder, "bazel.log"),
-            "//fsdp/precision:other_test_cpu_ws8                PASSED in 9.1s\n",
-        )
         self.assertEqual(
-            matrix_summary.row(self.tmp, "2.13-large"),
+            self._summary_row(
+                "2.13-large", 30, "//fsdp/precision:other_test_cpu_ws8   PASSED in 9.1s"
+            ),
             "| 2.13-large | 2.13.0+cpu | 1 passed, 0 failed | 0 | 0 | 0 | 1 s | 30 s | green |",
         )
 
