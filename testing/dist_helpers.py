@@ -41,16 +41,29 @@ def shared_tempdir(prefix: str = "tmp-") -> Iterator[str]:
     for inspection: its peers may be in another collective, or never reach the
     barrier, and waiting there would hide the exception behind a hang.
     """
-    holder = [
+    mine = (
         tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("TEST_TMPDIR"))
         if dist.get_rank() == 0
         else None
-    ]
-    dist.broadcast_object_list(holder, src=0)
-    yield holder[0]
+    )
+    path = from_rank0(mine)
+    yield path
     dist.barrier()
     if dist.get_rank() == 0:
-        shutil.rmtree(holder[0], ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def from_rank0(obj):
+    """Rank 0's ``obj`` (any picklable object) on every rank of the default group.
+
+    A collective (``broadcast_object_list``): every rank calls it with its own ``obj``,
+    of which only rank 0's is kept. On one rank it is ``obj``, with no collective.
+    """
+    if dist.get_world_size() == 1:
+        return obj
+    holder = [obj if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
 
 
 @contextlib.contextmanager

@@ -17,9 +17,9 @@ from absl.testing import parameterized
 from torch.distributed.checkpoint import state_dict as dcp_state_dict
 from torch.distributed.fsdp import FullStateDictConfig, StateDictType
 
-from testing import known_failures, multirank
+from testing import dist_helpers, known_failures, multirank
 from testing.fsdp import api_cases, compat, data, models, params, parity, training, wrapping
-from testing.fsdp import state_dicts
+
 
 SPEC = models.get("nested_mlp")
 
@@ -86,7 +86,7 @@ class FullStateDictTest(multirank.MultiRankTestCase, parameterized.TestCase):
             )
         else:
             self.assertEqual(dict(state), {}, "rank0_only: non-zero ranks get nothing")
-        return state_dicts.from_rank0(dict(state)), expected
+        return dist_helpers.from_rank0(dict(state)), expected
 
     def _assert_restored(self, loaded, trained, expected, api):
         parity.assert_params_close(

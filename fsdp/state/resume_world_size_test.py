@@ -175,7 +175,7 @@ class ResumeWorldSizeTest(multirank.MultiRankTestCase, parameterized.TestCase):
                 if self.rank in savers
                 else None
             )
-            expected_params, expected_optim, *full = state_dicts.from_rank0(saved)
+            expected_params, expected_optim, *full = dist_helpers.from_rank0(saved)
             fresh, fresh_opt = _load_on_world(api, how, path, full, self.device)
         self._assert_state(fresh, fresh_opt, expected_params, expected_optim, what)
 

@@ -21,8 +21,8 @@ import dataclasses
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.distributed as dist
 
+from testing import dist_helpers
 from testing.fsdp import compat
 
 # dtype -> (rtol, atol).  float32 is tight: FSDP and the reference differ only
@@ -269,10 +269,7 @@ def assert_same_across_ranks(
     local = {
         k: (None if v is None else v.detach().to("cpu")) for k, v in _as_dict(tensors, name).items()
     }
-    objs = [local if dist.get_rank() == 0 else None]
-    if dist.get_world_size() > 1:
-        dist.broadcast_object_list(objs, src=0)
-    expected = objs[0]
+    expected = dist_helpers.from_rank0(local)
     where = f"{name} vs rank 0" + (f"; {context}" if context else "")
     dtypes = [
         f"{k}: dtype {local[k].dtype} != rank 0's {expected[k].dtype}"

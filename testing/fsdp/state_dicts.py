@@ -89,14 +89,3 @@ def assert_loaded_exactly(
         what="optimizer state",
         context=f"{what}: after load",
     )
-
-
-def from_rank0(obj):
-    """Rank 0's ``obj`` (a state dict, or any picklable object) on every rank.
-
-    A collective (``broadcast_object_list`` on the default group): every rank calls it,
-    with its own ``obj``, of which only rank 0's is kept.
-    """
-    holder = [obj if torch.distributed.get_rank() == 0 else None]
-    torch.distributed.broadcast_object_list(holder, src=0)
-    return holder[0]
