@@ -5,23 +5,20 @@ is held by one class at a time and outlives it, until it breaks, retires or the
 session ends.
 """
 
-from typing import Dict, List, Tuple
+from typing import Dict, Set, Tuple
 
 from testing import rank_pool
 
 _POOLS: Dict[Tuple[str, int, str], rank_pool.RankPool] = {}
-# The test classes whose ``_pool`` is each pool, keyed by id(pool): letting go of a
-# pool must clear every holder, and this module cannot import the classes (they
-# import it).
-_HOLDERS: Dict[int, List[type]] = {}
+# The test classes whose ``_pool`` is each pool: letting go of a pool must clear every
+# holder, and this module cannot import the classes (they import it).
+_HOLDERS: Dict[rank_pool.RankPool, Set[type]] = {}
 
 
 def hold(cls: type, pool: rank_pool.RankPool) -> None:
     """Makes ``pool`` the pool of test class ``cls`` and remembers that it holds it."""
     cls._pool = pool
-    holders = _HOLDERS.setdefault(id(pool), [])
-    if cls not in holders:
-        holders.append(cls)
+    _HOLDERS.setdefault(pool, set()).add(cls)
 
 
 def get(key: Tuple[str, int, str]):
@@ -59,6 +56,6 @@ def close_all() -> None:
 
 def _release_holders(pool: rank_pool.RankPool) -> None:
     """Clears ``_pool`` on every test class that holds ``pool``."""
-    for cls in _HOLDERS.pop(id(pool), []):
+    for cls in _HOLDERS.pop(pool, ()):
         if cls.__dict__.get("_pool") is pool:
             cls._pool = None
